@@ -1,0 +1,163 @@
+"""The stack client: start a job, follow it, fetch its model.
+
+The same code drives a deployed stack (boto3 against AWS) and the embedded engine
+(boto3 against moto): the CLI never branches on where the stack runs. Progress comes
+from the job's ``status.json``, which the steps update each round, so following a job
+works across continue-as-new executions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lambdagrad.spec import JobSpec
+from lambdagrad.store import JobKeys, Store, StoreError
+
+__all__ = ["TERMINAL_STATES", "JobFailedError", "StackClient", "StackError"]
+
+TERMINAL_STATES = {"SUCCEEDED", "FAILED"}
+_EXECUTION_DONE = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+
+class StackError(RuntimeError):
+    """The stack cannot be found or lacks an expected output."""
+
+
+class JobFailedError(RuntimeError):
+    """A job ended in failure; ``error`` is the named error, the message says why."""
+
+    def __init__(self, job_id: str, error: str, message: str) -> None:
+        super().__init__(f"job {job_id} failed: {error}: {message}")
+        self.job_id, self.error, self.message = job_id, error, message
+
+
+@dataclass
+class StackClient:
+    """Talks to one lambdagrad stack through boto3 clients."""
+
+    s3: Any
+    sfn: Any
+    bucket: str
+    state_machine_arn: str
+
+    @classmethod
+    def from_outputs(
+        cls, outputs: dict[str, str], make_client: Callable[[str], Any]
+    ) -> StackClient:
+        """Build from stack Outputs and a ``service -> boto3 client`` factory."""
+        try:
+            bucket, arn = outputs["BucketName"], outputs["TrainStateMachineArn"]
+        except KeyError as exc:
+            raise StackError(
+                f"stack has no output {exc.args[0]}: is it a lambdagrad stack?"
+            ) from None
+        return cls(make_client("s3"), make_client("stepfunctions"), bucket, arn)
+
+    @classmethod
+    def from_stack(cls, stack_name: str, region: str | None = None) -> StackClient:
+        """Find a deployed stack's bucket and state machine by its name."""
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        session = boto3.session.Session(region_name=region)
+        try:
+            stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)
+        except (ClientError, BotoCoreError) as exc:
+            raise StackError(f"cannot read stack {stack_name!r}: {exc}") from None
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks["Stacks"][0].get("Outputs", [])}
+        return cls.from_outputs(outputs, session.client)
+
+    @property
+    def store(self) -> Store:
+        return Store(self.s3, self.bucket)
+
+    # ---- starting -------------------------------------------------------------------
+    def upload_dataset(self, path: Path) -> str:
+        """Upload a local dataset under a content-addressed key; return its s3:// URI."""
+        body = Path(path).read_bytes()
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        key = f"datasets/{digest}/{Path(path).name}"
+        if not self.store.exists(key):
+            self.store.put_bytes(key, body)
+        return f"s3://{self.bucket}/{key}"
+
+    def start(self, spec: JobSpec) -> str:
+        """Start the training state machine for a spec that has a job_id; return the id."""
+        if not spec.job_id:
+            raise ValueError("spec.job_id must be set before starting")
+        payload = {"job_id": spec.job_id, "spec": json.loads(spec.model_dump_json())}
+        self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=spec.job_id, input=json.dumps(payload)
+        )
+        return spec.job_id
+
+    # ---- following ------------------------------------------------------------------
+    def status(self, job_id: str) -> dict[str, Any]:
+        try:
+            return self.store.get_json(JobKeys(job_id).status)
+        except StoreError:
+            return {"job_id": job_id, "state": "PENDING"}
+
+    def _execution_failure(self, status: dict[str, Any]) -> tuple[str, str] | None:
+        """An execution that ended without its steps recording why (stopped, timed out)."""
+        arn = status.get("execution")
+        if not arn:
+            return None
+        desc = self.sfn.describe_execution(executionArn=arn)
+        if desc["status"] in _EXECUTION_DONE and desc["status"] != "SUCCEEDED":
+            return desc.get("error") or desc["status"], desc.get("cause") or "execution ended"
+        return None
+
+    def follow(
+        self,
+        job_id: str,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        poll_seconds: float = 0.2,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job succeeds (return its status) or fails (raise JobFailedError)."""
+        for status in self.iter_status(job_id, poll_seconds, timeout):
+            if on_status:
+                on_status(status)
+        if status["state"] == "FAILED":
+            raise JobFailedError(job_id, status.get("error", "Unknown"), status.get("message", ""))
+        return status
+
+    def iter_status(
+        self, job_id: str, poll_seconds: float = 0.2, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        checks = 0
+        while True:
+            status = self.status(job_id)
+            if status.get("state") not in TERMINAL_STATES:
+                checks += 1
+                if checks % 10 == 0 and (failure := self._execution_failure(status)):
+                    status = {
+                        **status,
+                        "state": "FAILED",
+                        "error": failure[0],
+                        "message": failure[1],
+                    }
+            yield status
+            if status.get("state") in TERMINAL_STATES:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status.get('state')} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    # ---- results --------------------------------------------------------------------
+    def model_files(self, job_id: str) -> dict[str, bytes]:
+        """model.npz, model.json and history.csv of a finished job."""
+        keys = JobKeys(job_id)
+        return {
+            "model.npz": self.store.get_bytes(keys.model_npz),
+            "model.json": self.store.get_bytes(keys.model_json),
+            "history.csv": self.store.get_bytes(keys.history),
+        }

@@ -1,0 +1,567 @@
+"""Load and validate datasets; split, standardize and shard them.
+
+Every problem a user can fix in the file is a :class:`DataError` whose message names the
+source and, where known, the line (1-based, the header being line 1) and the column, so
+a bad cell in a million-row CSV is found from the message alone. Arrays are always read
+with ``allow_pickle=False``: a dataset is data, never code.
+
+Examples
+--------
+>>> ds = load_dataset(b"sqft,price\\n50,1.5\\n80,2.0\\n", source="data.csv", fmt=None,
+...                   label="price", task="regression")
+>>> ds.X.shape, ds.y.tolist(), ds.feature_names
+((2, 1), [1.5, 2.0], ['sqft'])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+
+__all__ = [
+    "FORMATS",
+    "SPLIT_TAG",
+    "DataError",
+    "Dataset",
+    "Standardizer",
+    "labels_from_indices",
+    "load_dataset",
+    "shard_bounds",
+    "train_validation_split",
+]
+
+FORMATS = ("csv", "npy", "npz")
+TASKS = ("regression", "classification", "features")
+# Keys the split's SeedSequence apart from the (seed, round, shard) streams of training.
+# Large on purpose: SeedSequence([s]) and SeedSequence([s, 0]) give the same stream.
+SPLIT_TAG = 0x53504C54  # "SPLT"
+_CHUNK_ROWS = 65_536  # CSV rows converted to float64 at a time (bounds string memory)
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given; the message says where and why."""
+
+
+@dataclass
+class Dataset:
+    """Features, labels and the names needed to interpret them later.
+
+    ``y`` is float64 for regression and int64 indices into ``classes`` for
+    classification; ``classes`` holds the original labels (all ``int`` or all ``str``).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+    classes: list | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+
+def load_dataset(
+    data: bytes,
+    *,
+    source: str,
+    fmt: str | None,
+    label: str | None,
+    task: str,
+    max_features: int = 10_000,
+    min_classes: int = 2,
+) -> Dataset:
+    """Parse and validate a dataset held in memory.
+
+    Parameters
+    ----------
+    data : bytes
+        Raw file content.
+    source : str
+        File name or URI, used in error messages and, if ``fmt`` is None, for the format.
+    fmt : {"csv", "npy", "npz"} or None
+        None infers the format from the extension of ``source``.
+    label : str or None
+        csv: name of the label column. npy: column index as a string (``"-1"`` is the
+        last column). npz: ignored, labels are the array ``y``. None means the last
+        column for csv and npy.
+    task : {"regression", "classification", "features"}
+        "features" reads every column (csv, npy) or just ``X`` (npz) as features and
+        returns an empty ``y``: what ``predict`` needs for unlabelled data.
+    max_features : int
+        More feature columns than this is an error (a guard against a wrong file).
+    min_classes : int
+        Fewest classes a classification label may have: 2 for training, 1 to score a
+        trained model on data that happens to hold a single class.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    fmt = _resolve_format(source, fmt)
+    if task == "features" and fmt != "csv":
+        X = _np_features(data, source, fmt)
+        _check_feature_count(X.shape[1], source, max_features)
+        return Dataset(_numeric_features(X, source), np.zeros(0), _x_names(X.shape[1]), None)
+    if fmt == "csv":
+        feature_names, X, y_raw, label_name = _read_csv(data, source, label, task, max_features)
+        if task == "features":
+            return Dataset(X, np.zeros(0), feature_names, None)
+    elif fmt == "npy":
+        feature_names, X, y_raw, label_name = _read_npy(data, source, label)
+    else:
+        feature_names, X, y_raw, label_name = _read_npz(data, source)
+    _check_feature_count(len(feature_names), source, max_features)
+    if fmt != "csv":
+        X = _numeric_features(X, source)
+    if task == "regression":
+        return Dataset(X, _regression_labels(y_raw, source), feature_names, None)
+    classes, y = _encode_classes(y_raw, source, label_name)
+    if len(classes) < min_classes:
+        raise DataError(f"{source}: label column {label_name!r} has only one class: {classes[0]!r}")
+    return Dataset(X, y, feature_names, classes)
+
+
+def labels_from_indices(indices: Sequence[int] | np.ndarray, classes: Sequence) -> list:
+    """Map class indices back to the original labels.
+
+    Examples
+    --------
+    >>> labels_from_indices([1, 0, 1], ["cat", "dog"])
+    ['dog', 'cat', 'dog']
+    """
+    return [classes[int(i)] for i in np.asarray(indices).ravel()]
+
+
+# --------------------------------------------------------------------------- format
+
+
+def _resolve_format(source: str, fmt: str | None) -> str:
+    if fmt is None:
+        fmt = PurePosixPath(source.rstrip("/")).suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise DataError(
+                f"cannot tell the format of {source!r} from its extension; "
+                f"name it .csv, .npy or .npz or give the format ({', '.join(FORMATS)})"
+            )
+        return fmt
+    if fmt.lower() not in FORMATS:
+        raise DataError(f"{source}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt.lower()
+
+
+def _check_feature_count(d: int, source: str, max_features: int) -> None:
+    if d == 0:
+        raise DataError(f"{source}: no feature columns (only the label)")
+    if d > max_features:
+        raise DataError(f"{source}: {d} feature columns; the limit is {max_features}")
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _read_csv(
+    data: bytes, source: str, label: str | None, task: str, max_features: int
+) -> tuple[list[str], np.ndarray, list[str] | np.ndarray, str]:
+    """Features as float64, labels as float64 (regression) or stripped strings."""
+    try:
+        text = data.decode("utf-8-sig")  # strips a UTF-8 BOM if present
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{source} line {line}: not valid UTF-8 ({exc.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows = _nonblank_rows(reader, source)
+
+    header = next(rows, None)
+    if header is None:
+        raise DataError(f"{source} is empty")
+    names = _check_header([c.strip() for c in header[1]], source, header[0])
+    if task == "features":
+        li = len(names)  # no label column: every column is a feature
+    elif label is None:
+        li = len(names) - 1
+    elif label in names:
+        li = names.index(label)
+    else:
+        raise DataError(
+            f"{source}: no label column {label!r}; columns are {', '.join(map(repr, names))}"
+        )
+    feature_names = names[:li] + names[li + 1 :]
+    _check_feature_count(len(feature_names), source, max_features)
+
+    ncols, label_name = len(names), (names[li] if li < len(names) else "")
+    regression = task == "regression"
+    features_only = task == "features"
+    x_chunks: list[np.ndarray] = []
+    y_chunks: list[np.ndarray] = []
+    labels: list[str] = []  # all label cells (classification) or this chunk's (regression)
+    cells: list[list[str]] = []
+    lines: list[int] = []
+    for line, row in rows:
+        if len(row) != ncols:
+            raise DataError(
+                f"{source} line {line}: expected {ncols} fields as in the header, got {len(row)}"
+            )
+        y_cell = "" if features_only else row[li].strip()
+        if not y_cell and not features_only:
+            raise DataError(f"{source} line {line}, column {label_name!r}: empty cell")
+        labels.append(y_cell)
+        cells.append(row[:li] + row[li + 1 :])
+        lines.append(line)
+        if len(cells) >= _CHUNK_ROWS:
+            x_chunks.append(_to_float(cells, lines, feature_names, source))
+            if regression:
+                y_chunks.append(_column_to_float(labels, lines, label_name, source))
+                labels = []
+            cells, lines = [], []
+    if cells:
+        x_chunks.append(_to_float(cells, lines, feature_names, source))
+        if regression:
+            y_chunks.append(_column_to_float(labels, lines, label_name, source))
+    if not x_chunks:
+        raise DataError(f"{source} has a header but no data rows")
+    X = np.concatenate(x_chunks) if len(x_chunks) > 1 else x_chunks[0]
+    return feature_names, X, (np.concatenate(y_chunks) if regression else labels), label_name
+
+
+def _nonblank_rows(reader, source: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line, row)`` for rows that are not blank; csv errors become DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{source} line {reader.line_num}: {exc}") from None
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        yield reader.line_num, row
+
+
+def _check_header(names: list[str], source: str, line: int) -> list[str]:
+    for j, name in enumerate(names):
+        if not name:
+            raise DataError(f"{source} line {line}: column {j + 1} of the header has no name")
+    seen: set[str] = set()
+    dups = list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+    if dups:
+        listed = ", ".join(map(repr, dups))
+        raise DataError(f"{source} line {line}: duplicate column names {listed}")
+    return names
+
+
+def _to_float(
+    cells: list[list[str]], lines: list[int], names: list[str], source: str
+) -> np.ndarray:
+    """Convert rows of string cells with numpy; on any problem, report the first bad cell."""
+    arr = _try_float(cells)
+    if arr is not None:
+        return arr
+    for line, row in zip(lines, cells, strict=True):
+        for name, cell in zip(names, row, strict=True):
+            _check_cell(cell, source, line, name)
+    raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
+
+
+def _column_to_float(cells: list[str], lines: list[int], name: str, source: str) -> np.ndarray:
+    """One column of string cells to float64, with the same error reporting."""
+    arr = _try_float(cells)
+    if arr is not None:
+        return arr
+    for line, cell in zip(lines, cells, strict=True):
+        _check_cell(cell, source, line, name)
+    raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
+
+
+def _try_float(cells: list) -> np.ndarray | None:
+    """float64 array if every cell parses to a finite number, else None."""
+    try:
+        arr = np.array(cells, dtype=np.float64)
+    except ValueError:
+        return None
+    return arr if np.isfinite(arr).all() else None
+
+
+def _check_cell(cell: str, source: str, line: int, name: str) -> float:
+    where = f"{source} line {line}, column {name!r}"
+    s = cell.strip()
+    if not s:
+        raise DataError(f"{where}: empty cell")
+    try:
+        value = float(s)
+    except ValueError:
+        raise DataError(f"{where}: {s!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {s!r} is not a finite number")
+    return value
+
+
+# --------------------------------------------------------------------------- npy / npz
+
+
+def _np_load(data: bytes, source: str, fmt: str):
+    magic = _NPY_MAGIC if fmt == "npy" else _ZIP_MAGIC
+    if not data:
+        raise DataError(f"{source} is empty")
+    if not data.startswith(magic):
+        raise DataError(f"{source} is not a .{fmt} file (bad magic bytes)")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise _pickle_or_corrupt(exc, source, fmt) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{source} is not a valid .{fmt} file: {exc}") from None
+
+
+def _pickle_or_corrupt(exc: ValueError, source: str, fmt: str, what: str = "") -> DataError:
+    msg = str(exc).lower()
+    where = f"{source}{what}"
+    if "pickle" in msg or "object" in msg:
+        return DataError(f"{where} holds Python objects; refusing to unpickle")
+    return DataError(f"{where} is not a valid .{fmt} file: {exc}")
+
+
+def _read_npy(
+    data: bytes, source: str, label: str | None
+) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    arr = _np_load(data, source, "npy")
+    if arr.ndim != 2:
+        raise DataError(f"{source}: expected one 2-D array, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{source}: expected a numeric array, got dtype {arr.dtype}")
+    ncols = arr.shape[1]
+    try:
+        col = -1 if label is None else int(label)
+    except ValueError:
+        raise DataError(
+            f"{source}: for .npy data the label is a column index, got {label!r}"
+        ) from None
+    if not -ncols <= col < ncols:
+        raise DataError(f"{source}: label column {col} is out of range for {ncols} columns")
+    col %= ncols
+    X = np.delete(arr, col, axis=1)
+    return _x_names(X.shape[1]), X, arr[:, col], str(col)
+
+
+def _read_npz(data: bytes, source: str) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    with _np_load(data, source, "npz") as npz:
+        missing = [k for k in ("X", "y") if k not in npz.files]
+        if missing:
+            raise DataError(
+                f"{source}: expected arrays named 'X' and 'y', found "
+                f"{', '.join(map(repr, npz.files)) or 'none'}"
+            )
+        arrays = {}
+        for key in ("X", "y"):
+            try:
+                arrays[key] = npz[key]
+            except ValueError as exc:
+                raise _pickle_or_corrupt(exc, source, "npz", f" array {key!r}") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{source}: cannot read array {key!r}: {exc}") from None
+    X, y = arrays["X"], arrays["y"]
+    if X.ndim != 2:
+        raise DataError(f"{source}: X must be 2-D, got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{source}: X must be numeric, got dtype {X.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{source}: y must be 1-D, got shape {y.shape}")
+    if len(y) != X.shape[0]:
+        raise DataError(f"{source}: X has {X.shape[0]} rows but y has {len(y)}")
+    return _x_names(X.shape[1]), X, y, "y"
+
+
+def _np_features(data: bytes, source: str, fmt: str) -> np.ndarray:
+    """The feature matrix alone: a .npy array, or the ``X`` array of an .npz."""
+    if fmt == "npy":
+        X = _np_load(data, source, "npy")
+    else:
+        with _np_load(data, source, "npz") as npz:
+            if "X" not in npz.files:
+                raise DataError(f"{source}: expected an array named 'X', found {npz.files}")
+            try:
+                X = npz["X"]
+            except ValueError as exc:
+                raise _pickle_or_corrupt(exc, source, "npz", " array 'X'") from None
+    if X.ndim != 2:
+        raise DataError(f"{source}: expected a 2-D feature array, got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{source}: features must be numeric, got dtype {X.dtype}")
+    return X
+
+
+def _x_names(d: int) -> list[str]:
+    return [f"x{j}" for j in range(d)]
+
+
+def _numeric_features(X: np.ndarray, source: str) -> np.ndarray:
+    if X.shape[0] == 0:
+        raise DataError(f"{source} has no rows")
+    X = X.astype(np.float64)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataError(f"{source}: X row {i}, column 'x{j}' (0-based) is {X[i, j]}, not finite")
+    return X
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _regression_labels(y_raw: np.ndarray, source: str) -> np.ndarray:
+    if y_raw.dtype.kind not in "biuf":
+        raise DataError(f"{source}: regression labels must be numeric, got dtype {y_raw.dtype}")
+    y = y_raw.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise DataError(f"{source}: label at row {bad[0]} (0-based) is {y[bad[0]]}, not finite")
+    return y
+
+
+def _encode_classes(
+    y_raw: list[str] | np.ndarray, source: str, label_name: str
+) -> tuple[list, np.ndarray]:
+    """Sorted classes (ints if every label is an integer, else strings) and indices."""
+    if isinstance(y_raw, np.ndarray):
+        kind = y_raw.dtype.kind
+        if kind == "f" and not (np.isfinite(y_raw).all() and np.all(y_raw == np.round(y_raw))):
+            raise DataError(
+                f"{source}: class labels in {label_name!r} must be integers or strings, "
+                "found non-integer numbers (is this a regression task?)"
+            )
+        if kind in "biuf":
+            uniq, idx = np.unique(y_raw.astype(np.int64), return_inverse=True)
+            return [int(c) for c in uniq], idx.astype(np.int64)
+        if kind not in "US":
+            raise DataError(f"{source}: class labels must be integers or strings, got {kind}")
+        y_raw = [v.decode() if isinstance(v, bytes) else v for v in y_raw.tolist()]
+    as_int = {s: _parse_int(s) for s in set(y_raw)}
+    if all(v is not None for v in as_int.values()):
+        classes: list = sorted(set(as_int.values()))
+        pos = {c: k for k, c in enumerate(classes)}
+        lookup = {s: pos[v] for s, v in as_int.items()}
+    else:
+        classes = sorted(as_int)
+        lookup = {s: k for k, s in enumerate(classes)}
+    y = np.fromiter((lookup[s] for s in y_raw), dtype=np.int64, count=len(y_raw))
+    return classes, y
+
+
+def _parse_int(s: str) -> int | None:
+    """``"3"``, ``"-1"`` and ``"3.0"`` are integers; ``"3.5"`` and ``"cat"`` are not."""
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        f = float(s)
+    except ValueError:
+        return None
+    return int(f) if math.isfinite(f) and f == int(f) else None
+
+
+# --------------------------------------------------------------------------- split etc.
+
+
+def train_validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random, reproducible ``(train, validation)`` row indices.
+
+    The permutation comes from ``SeedSequence([seed, SPLIT_TAG])``. The validation set has
+    ``round(n * fraction)`` rows (at least one if ``fraction > 0`` and ``n > 1``). Both
+    index arrays are in shuffled order, so contiguous shards of the training rows are
+    random samples even when the file is sorted (e.g. by label).
+
+    Examples
+    --------
+    >>> train, val = train_validation_split(10, 0.2, seed=0)
+    >>> len(train), len(val), sorted([*train, *val]) == list(range(10))
+    (8, 2, True)
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"validation fraction must be in [0, 1), got {fraction!r}")
+    n_val = round(n * fraction)
+    if fraction > 0 and n > 1:
+        n_val = max(1, n_val)
+    if n - n_val < 1:
+        raise DataError(f"{n} rows leave no training data with validation fraction {fraction}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_TAG]))
+    perm = rng.permutation(n).astype(np.int64)
+    return perm[n_val:], perm[:n_val]
+
+
+@dataclass
+class Standardizer:
+    """Per-column ``(X - mean) / scale``, fitted on training rows and saved with the model.
+
+    Constant columns get ``scale = 1`` so they map to zero instead of dividing by zero.
+
+    Examples
+    --------
+    >>> s = Standardizer.fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    >>> s.transform(np.array([[2.0, 5.0]]))
+    array([[0., 0.]])
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Standardizer:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise DataError(f"cannot fit a standardizer on an array of shape {X.shape}")
+        mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        constant = (X.max(axis=0) == X.min(axis=0)) | (std == 0)
+        return cls(mean=mean, scale=np.where(constant, 1.0, std))
+
+    @classmethod
+    def identity(cls, d: int) -> Standardizer:
+        return cls(mean=np.zeros(d), scale=np.ones(d))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Standardizer:
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        scale = np.asarray(d["scale"], dtype=np.float64)
+        if mean.ndim != 1 or mean.shape != scale.shape or np.any(scale == 0):
+            raise DataError("standardizer: mean and scale must be equal-length, scale nonzero")
+        return cls(mean=mean, scale=scale)
+
+
+def shard_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous ``[start, stop)`` ranges covering ``0..n``, sizes differing by <= 1.
+
+    The first ``n % k`` shards get one extra row; with ``k > n`` some shards are empty.
+
+    Examples
+    --------
+    >>> shard_bounds(10, 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    if k < 1 or n < 0:
+        raise DataError(f"cannot cut {n} rows into {k} shards")
+    base, extra = divmod(n, k)
+    bounds, start = [], 0
+    for i in range(k):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds

@@ -1,0 +1,64 @@
+"""What every Lambda handler shares: Powertools, and a store bound to the stack's bucket.
+
+A handler is ``lambda_handler = powertools_handler("worker", steps.worker)``: the job id
+becomes the logger's correlation id, numbers a step reports become CloudWatch metrics, and
+the handler is traced with X-Ray. boto3 is imported here, never in the numerics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from lambdagrad.store import Store
+
+__all__ = ["powertools_handler", "store_from_env"]
+
+Step = Callable[..., dict[str, Any]]
+
+
+@lru_cache(maxsize=8)
+def _s3_client(region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 8, "mode": "adaptive"})
+    return boto3.client("s3", region_name=region, config=config)
+
+
+def store_from_env() -> Store:
+    """The stack bucket named by the BUCKET variable (read per call: one process may host
+    several stacks in the embedded engine)."""
+    bucket = os.environ.get("BUCKET")
+    if not bucket:
+        raise RuntimeError("environment variable BUCKET is not set (the template sets it)")
+    return Store(
+        _s3_client(os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")), bucket
+    )
+
+
+def powertools_handler(service: str, step: Step, correlation_id_path: str = "job_id") -> Callable:
+    """Wrap a training step as a Lambda handler with Logger, Metrics and Tracer."""
+    logger = Logger(service=f"lambdagrad-{service}")
+    metrics = Metrics(service=f"lambdagrad-{service}")
+    tracer = Tracer(service=f"lambdagrad-{service}")
+
+    def emit(name: str, value: float, unit: str) -> None:
+        metrics.add_metric(
+            name=name, unit=getattr(MetricUnit, unit, MetricUnit.NoUnit), value=value
+        )
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_id_path, log_event=False)
+    @tracer.capture_lambda_handler(capture_response=False)
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        result = step(store_from_env(), event, emit)
+        logger.info("step finished", extra={"result": result})
+        return result
+
+    return lambda_handler

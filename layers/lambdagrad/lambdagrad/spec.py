@@ -1,0 +1,168 @@
+"""The job spec: one pydantic model, the single source of truth.
+
+CLI flags, the sample files in ``events/``, the state machine input and every handler
+read and write this model. Unknown fields are errors and every number is range-checked,
+so a typo in a job file fails before any Lambda runs.
+
+Example
+-------
+>>> spec = JobSpec.model_validate({"dataset": {"uri": "s3://b/d.csv", "label": "y"}})
+>>> spec.model.type, spec.training.batch_size
+('linear', 64)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "DatasetSpec",
+    "JobSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "OutputSpec",
+    "SpecError",
+    "TrainingSpec",
+    "parse_spec",
+]
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$"
+MAX_WORKERS = 1000
+DEFAULT_LEARNING_RATE = {"sgd": 0.1, "momentum": 0.05, "adam": 0.01}
+
+
+class SpecError(ValueError):
+    """A job spec failed validation; the message names every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """Where the data is and how to read it."""
+
+    uri: str = Field(min_length=1, description="s3://bucket/key of the dataset")
+    format: Literal["csv", "npy", "npz"] | None = Field(
+        None, description="file format; inferred from the extension when omitted"
+    )
+    label: str | None = Field(
+        None, description="label column (CSV) or column index (npy); npz uses array y"
+    )
+    validation: float = Field(0.1, ge=0.0, le=0.9, description="held-out fraction")
+    standardize: bool = Field(True, description="scale features to zero mean, unit variance")
+
+    @field_validator("uri")
+    @classmethod
+    def _s3_uri(cls, value: str) -> str:
+        if not re.match(r"^s3://[a-z0-9.\-]{3,63}/[^\s]+$", value):
+            raise ValueError(f"must look like s3://bucket/key, got {value!r}")
+        key = value.split("/", 3)[3]
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"key {key!r} must be relative and contain no '..'")
+        return value
+
+
+class ModelSpec(_Strict):
+    """Which model to fit."""
+
+    type: Literal["linear", "logistic", "softmax"] = "linear"
+    l2: float = Field(0.0, ge=0.0, le=1e6, description="L2 penalty 0.5*l2*||w||^2 (not biases)")
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.type == "linear" else "classification"
+
+
+class OptimizerSpec(_Strict):
+    """Optimizer and its hyper-parameters (optax-shaped in ``lambdagrad.optim``)."""
+
+    name: Literal["sgd", "momentum", "adam"] = "sgd"
+    learning_rate: float | None = Field(
+        None, gt=0.0, le=1e3, description="step size; a per-optimizer default when omitted"
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in force (explicit or the optimizer's default)."""
+        return (
+            self.learning_rate
+            if self.learning_rate is not None
+            else DEFAULT_LEARNING_RATE[self.name]
+        )
+
+
+class TrainingSpec(_Strict):
+    """How long and how wide to train. Batch size is the one knob for GD / SGD / mini-batch."""
+
+    batch_size: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["full"] = Field(
+        64, description="global batch per round, split across workers; 1 = SGD, 'full' = batch GD"
+    )
+    workers: int = Field(4, ge=1, le=MAX_WORKERS, description="data shards, one Lambda each")
+    epochs: float | None = Field(None, gt=0.0, le=1e6)
+    rounds: int | None = Field(None, ge=1, le=10_000_000)
+    tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="stop when |Δ train loss| / train loss falls below this"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    segment_rounds: int | None = Field(
+        None, ge=1, le=100_000, description="rounds per execution before continue-as-new (auto)"
+    )
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainingSpec:
+        if self.epochs is not None and self.rounds is not None:
+            raise ValueError("give epochs or rounds, not both")
+        return self
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == "full"
+
+
+class OutputSpec(_Strict):
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class JobSpec(_Strict):
+    """A whole training job."""
+
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
+    dataset: DatasetSpec
+    model: ModelSpec = ModelSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    training: TrainingSpec = TrainingSpec()
+    output: OutputSpec = OutputSpec()
+
+    @property
+    def default_epochs(self) -> float:
+        """Epochs when neither epochs nor rounds is given: enough for the defaults to converge."""
+        return 100.0 if self.training.full_batch else 20.0
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{where}: {msg}")
+    return "invalid job spec: " + "; ".join(parts)
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a dict (or JSON text) into a JobSpec, raising SpecError that names each field."""
+    try:
+        if isinstance(data, str | bytes):
+            return JobSpec.model_validate_json(data)
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc)) from None

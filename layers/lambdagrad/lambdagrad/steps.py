@@ -1,0 +1,458 @@
+"""The training steps over a store: prepare, worker, reduce, finalize, record_failure.
+
+Each step takes a :class:`~lambdagrad.store.Store` and the small JSON event its state
+passes, does its I/O through the store and its arithmetic through
+:mod:`lambdagrad.training`, and returns small JSON. The Lambda handlers are these
+functions plus Powertools; the state machine decides the order.
+
+Every write goes to a key determined by (job, round, shard), so a retried step rewrites
+identical bytes. The reducer checks before it trusts: if params ``t+1`` already exist it
+does not apply the optimizer again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+
+from lambdagrad import __version__
+from lambdagrad.artifact import TrainedModel
+from lambdagrad.data import (
+    Dataset,
+    Standardizer,
+    load_dataset,
+    shard_bounds,
+    train_validation_split,
+)
+from lambdagrad.evaluation import classification_metrics, regression_metrics
+from lambdagrad.models import Model, build_model
+from lambdagrad.spec import JobSpec, SpecError, parse_spec
+from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
+from lambdagrad.training import (
+    batch_indices,
+    combine_gradients,
+    global_batch,
+    initial_params,
+    optimizer_for,
+    reduce_round,
+    segment_rounds_for,
+    total_rounds,
+    worker_gradient,
+)
+
+__all__ = [
+    "JobExistsError",
+    "MetricSink",
+    "ModelDiverged",
+    "finalize",
+    "prepare",
+    "record_failure",
+    "reduce",
+    "worker",
+]
+
+
+class ModelDiverged(RuntimeError):
+    """The loss or the parameters stopped being finite."""
+
+
+class JobExistsError(RuntimeError):
+    """A job with this id was already prepared by another execution."""
+
+
+class MetricSink(Protocol):
+    """Where steps report numbers (Powertools Metrics in Lambda, nothing in tests)."""
+
+    def __call__(self, name: str, value: float, unit: str) -> None: ...
+
+
+def _no_metrics(name: str, value: float, unit: str) -> None:
+    return None
+
+
+# ---- small cache of per-job documents and shards (warm Lambdas reuse them) ----------
+_CACHE: OrderedDict[tuple[Any, str, str, str], Any] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def _cached(store: Store, key: str, loader: str) -> Any:
+    """Objects that never change once written (spec, meta, shards), cached by key."""
+    cache_key = (store.client, store.bucket, key, loader)
+    if cache_key in _CACHE:
+        _CACHE.move_to_end(cache_key)
+        return _CACHE[cache_key]
+    value = getattr(store, loader)(key)
+    _CACHE[cache_key] = value
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def _job(store: Store, job_id: str) -> tuple[JobKeys, JobSpec, dict[str, Any]]:
+    keys = JobKeys(job_id)
+    spec = parse_spec(_cached(store, keys.spec, "get_json"))
+    meta = _cached(store, keys.meta, "get_json")
+    return keys, spec, meta
+
+
+def _model(meta: dict[str, Any], spec: JobSpec) -> Model:
+    return build_model(spec.model.type, meta["n_features"], meta["n_classes"])
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
+    try:
+        status = store.get_json(keys.status)
+    except StoreError:
+        status = {"job_id": keys.job_id}
+    status.update(fields, updated_at=_now())
+    store.put_json(keys.status, status)
+
+
+# ---- prepare ------------------------------------------------------------------------
+def _spec_from_input(store: Store, payload: dict[str, Any]) -> JobSpec:
+    if "spec" in payload:
+        spec = parse_spec(payload["spec"])
+    elif "spec_key" in payload:
+        spec = parse_spec(store.get_bytes(payload["spec_key"]))
+    else:
+        raise SpecError("the execution input has neither 'spec' nor 'spec_key'")
+    job_id = payload.get("job_id") or spec.job_id
+    if not job_id:
+        raise SpecError("job_id: missing (in the execution input or the spec)")
+    return spec.model_copy(update={"job_id": job_id})
+
+
+def _read_dataset(store: Store, spec: JobSpec) -> Dataset:
+    bucket, key = parse_s3_uri(spec.dataset.uri)
+    data = store.get_bytes(key, bucket=bucket)
+    return load_dataset(
+        data,
+        source=key.rsplit("/", 1)[-1],
+        fmt=spec.dataset.format,
+        label=spec.dataset.label,
+        task=spec.model.task,
+    )
+
+
+def _check_sizes(spec: JobSpec, n_train: int) -> None:
+    bs = spec.training.batch_size
+    if bs != "full" and int(bs) > n_train:
+        raise SpecError(
+            f"training.batch_size: {bs} is larger than the {n_train} training rows "
+            "(use a smaller batch or 'full')"
+        )
+    if spec.training.workers > n_train:
+        raise SpecError(
+            f"training.workers: {spec.training.workers} workers for {n_train} training rows; "
+            "every worker needs at least one row"
+        )
+
+
+def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
+    """Validate the spec, split and standardize the data, write shards and round 0."""
+    payload = event.get("input", event)
+    execution = event.get("execution")
+    spec = _spec_from_input(store, payload)
+    keys = JobKeys(spec.job_id)
+    if store.exists(keys.status):
+        status = store.get_json(keys.status)
+        if status.get("prepared_by") not in (None, execution):
+            raise JobExistsError(
+                f"job {spec.job_id!r} already exists (prepared by {status['prepared_by']}); "
+                "choose another job id"
+            )
+    _update_status(store, keys, state="PREPARING", execution=execution, prepared_by=execution)
+
+    data = _read_dataset(store, spec)
+    train_idx, val_idx = train_validation_split(
+        len(data.y), spec.dataset.validation, spec.training.seed
+    )
+    _check_sizes(spec, len(train_idx))
+    X_train, y_train = data.X[train_idx], data.y[train_idx]
+    scaler = (
+        Standardizer.fit(X_train)
+        if spec.dataset.standardize
+        else Standardizer.identity(data.X.shape[1])
+    )
+    X_train = scaler.transform(X_train)
+    X_val, y_val = scaler.transform(data.X[val_idx]), data.y[val_idx]
+
+    workers = spec.training.workers
+    bounds = shard_bounds(len(y_train), workers)
+    for k, (lo, hi) in enumerate(bounds):
+        store.put_arrays(keys.shard(k), {"X": X_train[lo:hi], "y": y_train[lo:hi]})
+    store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
+
+    n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
+    model = build_model(spec.model.type, data.X.shape[1], n_classes)
+    params = initial_params(model, spec.training.seed)
+    store.put_array(keys.params(0), params)
+    store.put_arrays(keys.optimizer(0), optimizer_for(spec).init(params))
+
+    rounds = total_rounds(spec, len(y_train))
+    segment = segment_rounds_for(spec)
+    meta = {
+        "n_train": len(y_train),
+        "n_validation": len(y_val),
+        "n_features": int(data.X.shape[1]),
+        "n_classes": n_classes,
+        "feature_names": data.feature_names,
+        "classes": data.classes,
+        "standardizer": scaler.to_json(),
+        "shard_sizes": [hi - lo for lo, hi in bounds],
+        "global_batch": global_batch(spec, len(y_train)),
+        "rounds": rounds,
+        "segment_rounds": segment,
+        "prepared_at": _now(),
+        "version": __version__,
+    }
+    store.put_json(keys.spec, json.loads(spec.model_dump_json()))
+    store.put_json(keys.meta, meta)
+    _update_status(store, keys, state="RUNNING", round=0, rounds=rounds)
+    emit("TrainingRows", len(y_train), "Count")
+    return {
+        "job_id": spec.job_id,
+        "round": 0,
+        "shards": list(range(workers)),
+        "segment_end": min(segment, rounds),
+    }
+
+
+# ---- worker -------------------------------------------------------------------------
+def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
+    """One shard's gradient sum for one round, written to S3; loss sum and count returned."""
+    job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
+    keys, spec, meta = _job(store, job_id)
+    data = _cached(store, keys.shard(shard), "get_arrays")
+    X, y = data["X"], data["y"]
+    params = store.get_array(keys.params(round_))
+    idx = batch_indices(
+        len(y), spec.training.batch_size, spec.training.workers, spec.training.seed, round_, shard
+    )
+    grad_sum, loss_sum, count = worker_gradient(_model(meta, spec), params, X[idx], y[idx])
+    if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad_sum))):
+        raise ModelDiverged(
+            f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
+            f"finite parameters are round {round_}. {_advice(spec)}"
+        )
+    store.put_array(keys.grad(round_, shard), grad_sum)
+    emit("WorkerRows", count, "Count")
+    return {"shard": shard, "loss_sum": loss_sum, "count": count}
+
+
+# ---- reduce -------------------------------------------------------------------------
+def _advice(spec: JobSpec) -> str:
+    return f"Try a smaller learning rate (now {spec.optimizer.lr}) or a larger batch."
+
+
+def _validation_loss(
+    store: Store, keys: JobKeys, model: Model, params: np.ndarray, spec: JobSpec, round_: int
+) -> float | None:
+    val = _cached(store, keys.validation, "get_arrays")
+    if len(val["y"]) == 0:
+        return None
+    loss = float(model.loss(params, val["X"], val["y"]))
+    if not math.isfinite(loss):
+        raise ModelDiverged(f"round {round_}: the validation loss is {loss}. {_advice(spec)}")
+    return loss
+
+
+def _tolerance_reached(
+    store: Store, keys: JobKeys, spec: JobSpec, round_: int, loss: float
+) -> bool:
+    if spec.training.tolerance <= 0 or round_ == 0:
+        return False
+    previous = store.get_json(keys.metrics(round_))["train_loss"]
+    return abs(previous - loss) <= spec.training.tolerance * max(abs(previous), 1e-12)
+
+
+def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
+    """Aggregate the round's gradients in shard order and take one optimizer step."""
+    job_id, round_ = event["job_id"], int(event["round"])
+    keys, spec, meta = _job(store, job_id)
+    model = _model(meta, spec)
+    results = sorted(event["results"], key=lambda r: int(r["shard"]))
+    shards = [int(r["shard"]) for r in results]
+    if shards != list(range(spec.training.workers)):
+        raise StoreError(
+            f"round {round_}: expected results of shards "
+            f"0..{spec.training.workers - 1}, got {shards}"
+        )
+
+    next_round = round_ + 1
+    if store.exists(keys.metrics(next_round)):
+        # A retried reducer: round t+1 is complete; never apply the optimizer twice.
+        record = store.get_json(keys.metrics(next_round))
+    else:
+        params = store.get_array(keys.params(round_))
+        state = store.get_arrays(keys.optimizer(round_))
+        grads = [store.get_array(keys.grad(round_, k)) for k in shards]
+        mean_grad, train_loss, _ = combine_gradients(
+            grads, [float(r["loss_sum"]) for r in results], [int(r["count"]) for r in results]
+        )
+        if not (math.isfinite(train_loss) and np.all(np.isfinite(mean_grad))):
+            raise ModelDiverged(
+                f"round {round_}: training loss {train_loss} or its gradient is not finite; "
+                f"the last finite parameters are round {round_}. {_advice(spec)}"
+            )
+        new_params, new_state = reduce_round(
+            model, optimizer_for(spec), params, state, mean_grad, spec.model.l2
+        )
+        if not np.all(np.isfinite(new_params)):
+            raise ModelDiverged(
+                f"round {round_}: the update made the parameters non-finite. {_advice(spec)}"
+            )
+        store.put_array(keys.params(next_round), new_params)
+        store.put_arrays(keys.optimizer(next_round), new_state)
+        record = {
+            "round": next_round,
+            "train_loss": train_loss,
+            "validation_loss": _validation_loss(store, keys, model, new_params, spec, next_round),
+            "finished_at": _now(),
+        }
+        store.put_json(keys.metrics(next_round), record)
+
+    total = int(meta["rounds"])
+    stop = next_round >= total or _tolerance_reached(
+        store, keys, spec, round_, record["train_loss"]
+    )
+    segment_end = int(event["segment_end"])
+    if stop:
+        step = "finalize"
+    elif next_round >= segment_end:
+        step = "continue"
+        segment_end = min(next_round + int(meta["segment_rounds"]), total)
+    else:
+        step = "round"
+    _update_status(
+        store,
+        keys,
+        state="RUNNING",
+        round=next_round,
+        rounds=total,
+        train_loss=record["train_loss"],
+        validation_loss=record["validation_loss"],
+        execution=event.get("execution"),
+    )
+    emit("TrainLoss", record["train_loss"], "None")
+    if record["validation_loss"] is not None:
+        emit("ValidationLoss", record["validation_loss"], "None")
+    return {
+        "job_id": job_id,
+        "round": next_round,
+        "shards": shards,
+        "segment_end": segment_end,
+        "next": step,
+    }
+
+
+# ---- finalize -----------------------------------------------------------------------
+def _history(store: Store, keys: JobKeys, meta: dict[str, Any]) -> tuple[list[dict], bytes]:
+    records = [store.get_json(k) for k in store.list_keys(keys.metrics_prefix)]
+    previous = float(meta["prepared_at"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["round", "train_loss", "validation_loss", "seconds"])
+    for rec in records:
+        seconds = max(0.0, rec["finished_at"] - previous)
+        previous = rec["finished_at"]
+        val = "" if rec["validation_loss"] is None else repr(rec["validation_loss"])
+        writer.writerow([rec["round"], repr(rec["train_loss"]), val, f"{seconds:.4f}"])
+    return records, buf.getvalue().encode()
+
+
+def _final_metrics(store: Store, keys: JobKeys, trained: TrainedModel, meta: dict) -> dict:
+    """Metrics of the final model on the validation split (features already standardized)."""
+    val = _cached(store, keys.validation, "get_arrays")
+    if len(val["y"]) == 0:
+        return {}
+    model, params = trained.model, trained.params
+    if model.task == "classification":
+        return classification_metrics(val["y"], model.predict_proba(params, val["X"]))
+    return regression_metrics(val["y"], model.predict(params, val["X"]))
+
+
+def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
+    """Write model.npz, model.json and history.csv; mark the job succeeded."""
+    job_id, round_ = event["job_id"], int(event["round"])
+    keys, spec, meta = _job(store, job_id)
+    params = store.get_array(keys.params(round_))
+    records, history_csv = _history(store, keys, meta)
+    last = records[-1] if records else {}
+    trained = TrainedModel(
+        model=_model(meta, spec),
+        params=params,
+        standardizer=Standardizer.from_json(meta["standardizer"]),
+        feature_names=meta["feature_names"],
+        classes=meta["classes"],
+    )
+    validation = _final_metrics(store, keys, trained, meta)
+    trained.info = {
+        "job_id": job_id,
+        "model": {"type": spec.model.type},
+        "rounds": round_,
+        "trained_at": _now(),
+        "metrics": {
+            "train_loss": last.get("train_loss"),
+            "validation_loss": last.get("validation_loss"),
+            "validation": validation,
+        },
+        "data": {k: meta[k] for k in ("n_train", "n_validation", "global_batch")},
+        "spec": json.loads(spec.model_dump_json()),
+        "lambdagrad_version": __version__,
+    }
+    npz_bytes, doc = trained.to_documents()
+    store.put_bytes(keys.history, history_csv, "text/csv")
+    store.put_bytes(keys.model_npz, npz_bytes)
+    store.put_json(keys.model_json, doc)  # last: its presence marks a complete model
+    _update_status(
+        store,
+        keys,
+        state="SUCCEEDED",
+        round=round_,
+        model=keys.model_json,
+        metrics=doc["metrics"],
+    )
+    return {"job_id": job_id, "state": "SUCCEEDED", "rounds": round_, "model": keys.model_json}
+
+
+# ---- failure ------------------------------------------------------------------------
+def _error_message(error: dict[str, Any]) -> str:
+    cause = error.get("Cause", "")
+    try:
+        parsed = json.loads(cause)
+    except (TypeError, ValueError):
+        return str(cause)
+    return parsed.get("errorMessage", cause) if isinstance(parsed, dict) else str(cause)
+
+
+def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
+    """Write why the job failed into status.json; checkpoints stay for inspection or resume."""
+    state = event.get("state", {})
+    error = state.get("error", {})
+    job_id = state.get("job_id") or state.get("input", {}).get("job_id")
+    name, message = error.get("Error", "Unknown"), _error_message(error)
+    if not job_id:
+        return {"status": "FAILED", "error": name, "message": message, "recorded": False}
+    keys = JobKeys(job_id)
+    _update_status(
+        store,
+        keys,
+        state="FAILED",
+        error=name,
+        message=message,
+        execution=event.get("execution"),
+    )
+    emit("FailedJobs", 1, "Count")
+    return {"status": "FAILED", "error": name, "message": message, "recorded": True}

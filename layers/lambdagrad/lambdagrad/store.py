@@ -1,0 +1,221 @@
+"""S3 keys and an array/JSON store over one bucket.
+
+Keys are deterministic functions of (job, round, shard), so a retried step overwrites
+its own object with identical bytes and every step is idempotent. Arrays travel as
+``.npy``/``.npz`` and are always read with ``allow_pickle=False``.
+
+The store takes any object with the boto3 S3 client's methods; this module never imports
+boto3, so the training steps can be tested against an in-memory fake.
+
+Example
+-------
+>>> keys = JobKeys("job-1")
+>>> keys.params(3), keys.grad(3, 0)
+('jobs/job-1/params/3.npy', 'jobs/job-1/grads/3/0.npy')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["JobKeys", "MemoryS3", "Store", "StoreError", "parse_s3_uri"]
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$")
+
+
+class StoreError(RuntimeError):
+    """An object is missing or unreadable; the message names the key."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key), refusing absolute or ``..`` keys."""
+    match = re.match(r"^s3://([^/]+)/(.+)$", uri)
+    if not match:
+        raise StoreError(f"not an s3://bucket/key URI: {uri!r}")
+    bucket, key = match.groups()
+    if key.startswith("/") or ".." in key.split("/"):
+        raise StoreError(f"unsafe S3 key {key!r}: must be relative with no '..'")
+    return bucket, key
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """The S3 layout of one job (DESIGN.md §4)."""
+
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if not _JOB_ID.match(self.job_id):
+            raise StoreError(f"invalid job id {self.job_id!r}")
+
+    @property
+    def prefix(self) -> str:
+        return f"jobs/{self.job_id}/"
+
+    @property
+    def spec(self) -> str:
+        return self.prefix + "spec.json"
+
+    @property
+    def status(self) -> str:
+        return self.prefix + "status.json"
+
+    @property
+    def meta(self) -> str:
+        return self.prefix + "meta.json"
+
+    @property
+    def validation(self) -> str:
+        return self.prefix + "validation.npz"
+
+    def shard(self, k: int) -> str:
+        return f"{self.prefix}shards/{k}.npz"
+
+    def params(self, round_: int) -> str:
+        return f"{self.prefix}params/{round_}.npy"
+
+    def optimizer(self, round_: int) -> str:
+        return f"{self.prefix}optimizer/{round_}.npz"
+
+    def grad(self, round_: int, k: int) -> str:
+        return f"{self.prefix}grads/{round_}/{k}.npy"
+
+    def metrics(self, round_: int) -> str:
+        return f"{self.prefix}metrics/{round_:08d}.json"
+
+    @property
+    def metrics_prefix(self) -> str:
+        return self.prefix + "metrics/"
+
+    @property
+    def model_npz(self) -> str:
+        return self.prefix + "model/model.npz"
+
+    @property
+    def model_json(self) -> str:
+        return self.prefix + "model/model.json"
+
+    @property
+    def history(self) -> str:
+        return self.prefix + "model/history.csv"
+
+
+class S3Client(Protocol):
+    """The slice of the boto3 S3 client the store uses."""
+
+    def put_object(self, **kwargs: Any) -> Any: ...
+    def get_object(self, **kwargs: Any) -> Any: ...
+    def head_object(self, **kwargs: Any) -> Any: ...
+    def list_objects_v2(self, **kwargs: Any) -> Any: ...
+
+
+def _is_missing(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code in {"NoSuchKey", "404", "NotFound"}
+
+
+class Store:
+    """Read and write arrays and JSON documents in one bucket."""
+
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    # bytes ---------------------------------------------------------------
+    def put_bytes(
+        self, key: str, body: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
+        try:
+            return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if _is_missing(exc):
+                raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """All keys under a prefix, sorted."""
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.client.list_objects_v2(**kwargs)
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return sorted(keys)
+            token = page["NextContinuationToken"]
+
+    # JSON ----------------------------------------------------------------
+    def put_json(self, key: str, doc: Any) -> None:
+        body = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+        self.put_bytes(key, body, "application/json")
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    # arrays --------------------------------------------------------------
+    def put_array(self, key: str, array: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        self.put_bytes(key, buf.getvalue())
+
+    def get_array(self, key: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
+
+    def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self.put_bytes(key, buf.getvalue())
+
+    def get_arrays(self, key: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+
+
+class MemoryS3:
+    """A dict-backed stand-in for the boto3 S3 client, for unit tests and reference runs."""
+
+    class _Missing(Exception):
+        def __init__(self) -> None:
+            super().__init__("NoSuchKey")
+            self.response = {"Error": {"Code": "NoSuchKey"}}
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> dict:
+        self.objects[(Bucket, Key)] = bytes(Body)
+        return {}
+
+    def get_object(self, Bucket: str, Key: str, **_: Any) -> dict:
+        if (Bucket, Key) not in self.objects:
+            raise self._Missing()
+        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+
+    def head_object(self, Bucket: str, Key: str, **_: Any) -> dict:
+        if (Bucket, Key) not in self.objects:
+            raise self._Missing()
+        return {"ContentLength": len(self.objects[(Bucket, Key)])}
+
+    def list_objects_v2(self, Bucket: str, Prefix: str = "", **_: Any) -> dict:
+        keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix))
+        return {"Contents": [{"Key": k} for k in keys], "IsTruncated": False}

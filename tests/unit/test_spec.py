@@ -1,0 +1,56 @@
+"""The job spec: defaults, unknown fields, ranges, and error messages naming the field."""
+
+import json
+from pathlib import Path
+
+import pytest
+from lambdagrad.spec import SpecError, parse_spec
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+URI = "s3://bucket-name/datasets/d.csv"
+
+
+def test_defaults_train_without_tuning():
+    spec = parse_spec({"dataset": {"uri": URI, "label": "y"}})
+    assert spec.model.type == "linear"
+    assert spec.optimizer.name == "sgd" and spec.optimizer.lr == 0.1
+    assert spec.training.batch_size == 64 and spec.training.workers == 4
+    assert spec.dataset.validation == 0.1 and spec.model.l2 == 0.0
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"dataset": {"uri": URI, "colour": 1}}, "dataset.colour: unknown field"),
+        ({"dataset": {"uri": URI}, "extra": 1}, "extra: unknown field"),
+        (
+            {"dataset": {"uri": URI}, "optimizer": {"learning_rate": -0.1}},
+            "optimizer.learning_rate",
+        ),
+        ({"dataset": {"uri": URI}, "training": {"workers": 0}}, "training.workers"),
+        ({"dataset": {"uri": URI}, "training": {"batch_size": 0}}, "training.batch_size"),
+        ({"dataset": {"uri": URI}, "training": {"batch_size": "half"}}, "training.batch_size"),
+        ({"dataset": {"uri": URI, "validation": 1.5}}, "dataset.validation"),
+        ({"dataset": {"uri": URI}, "model": {"l2": -1}}, "model.l2"),
+        ({"dataset": {"uri": URI}, "model": {"type": "forest"}}, "model.type"),
+        ({"dataset": {"uri": "/etc/passwd"}}, "dataset.uri"),
+        ({"dataset": {"uri": "s3://bucket-name/../secret"}}, "dataset.uri"),
+        ({"dataset": {"uri": URI}, "training": {"epochs": 2, "rounds": 3}}, "epochs or rounds"),
+        ({"dataset": {"uri": URI}, "job_id": "../x"}, "job_id"),
+        ({}, "dataset: Field required"),
+    ],
+)
+def test_bad_specs_name_the_field(doc, field):
+    with pytest.raises(SpecError) as err:
+        parse_spec(doc)
+    assert field in str(err.value)
+
+
+def test_json_text_and_full_batch():
+    spec = parse_spec(json.dumps({"dataset": {"uri": URI}, "training": {"batch_size": "full"}}))
+    assert spec.training.full_batch and spec.default_epochs == 100.0
+
+
+@pytest.mark.parametrize("path", sorted((EVENTS / "jobs").glob("*.json")), ids=lambda p: p.name)
+def test_example_job_specs_are_valid(path):
+    parse_spec(path.read_text())

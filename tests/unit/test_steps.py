@@ -1,0 +1,143 @@
+"""The steps over an in-memory S3, driven in the state machine's order, against the
+reference loop: same spec + same data -> the same parameters, bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lambdagrad import steps
+from lambdagrad.artifact import TrainedModel
+from lambdagrad.data import DataError
+from lambdagrad.spec import SpecError, parse_spec
+from lambdagrad.store import JobKeys, MemoryS3, Store
+from tests.reference import reference_train
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+BUCKET = "lambdagrad-example-bucket"
+
+
+def drive(store: Store, spec_doc: dict, job_id: str = "job-1") -> dict:
+    """Run the steps in the order the state machine runs them."""
+    state = steps.prepare(store, {"input": {"job_id": job_id, "spec": spec_doc}, "execution": "e"})
+    while True:
+        results = [
+            steps.worker(store, {"job_id": job_id, "round": state["round"], "shard": k})
+            for k in state["shards"]
+        ]
+        state = steps.reduce(store, {**state, "results": results})
+        if state["next"] == "finalize":
+            return steps.finalize(store, {"job_id": job_id, "round": state["round"]})
+
+
+def store_with(name: str) -> tuple[Store, bytes]:
+    store = Store(MemoryS3(), BUCKET)
+    data = (EVENTS / "data" / name).read_bytes()
+    store.put_bytes(f"datasets/{name}", data)
+    return store, data
+
+
+@pytest.mark.parametrize(
+    ("spec_file", "data_file", "overrides"),
+    [
+        (
+            "houses-linear.json",
+            "houses.csv",
+            {"training": {"batch_size": 64, "workers": 4, "epochs": 1}},
+        ),
+        (
+            "houses-linear.json",
+            "houses.csv",
+            {
+                "optimizer": {"name": "momentum", "learning_rate": 0.01},
+                "model": {"type": "linear", "l2": 0.1},
+                "training": {"batch_size": 7, "workers": 3, "rounds": 50},
+            },
+        ),
+        ("iris-softmax.json", "iris.csv", {}),
+    ],
+)
+def test_steps_match_reference_loop(spec_file, data_file, overrides):
+    doc = json.loads((EVENTS / "jobs" / spec_file).read_text())
+    for group, fields in overrides.items():
+        doc[group] = fields if group != "training" else {**doc[group], **fields}
+        if group == "training" and "rounds" in fields:
+            doc[group].pop("epochs", None)
+    store, data = store_with(data_file)
+    result = drive(store, doc)
+    keys = JobKeys("job-1")
+    params = store.get_array(keys.params(result["rounds"]))
+    expected, losses = reference_train(parse_spec(doc), data, data_file)
+    np.testing.assert_array_equal(params, expected)
+    assert len(losses) == result["rounds"]
+    status = store.get_json(keys.status)
+    assert status["state"] == "SUCCEEDED" and status["round"] == result["rounds"]
+    trained = TrainedModel.from_documents(
+        store.get_bytes(keys.model_npz), store.get_json(keys.model_json)
+    )
+    np.testing.assert_array_equal(trained.params, expected)
+    history = store.get_bytes(keys.history).decode().splitlines()
+    assert history[0] == "round,train_loss,validation_loss,seconds"
+    assert len(history) == result["rounds"] + 1
+
+
+def test_retried_reducer_does_not_step_twice():
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    state = steps.prepare(store, {"input": {"job_id": "j", "spec": doc}})
+    results = [
+        steps.worker(store, {"job_id": "j", "round": 0, "shard": k}) for k in state["shards"]
+    ]
+    first = steps.reduce(store, {**state, "results": results})
+    params1 = store.get_array(JobKeys("j").params(1))
+    again = steps.reduce(store, {**state, "results": results})
+    assert first == again
+    np.testing.assert_array_equal(store.get_array(JobKeys("j").params(1)), params1)
+
+
+def test_prepare_names_bad_input():
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    with pytest.raises(DataError, match="no label column 'cost'"):
+        steps.prepare(
+            store,
+            {
+                "input": {
+                    "job_id": "a",
+                    "spec": {**doc, "dataset": {**doc["dataset"], "label": "cost"}},
+                }
+            },
+        )
+    with pytest.raises(SpecError, match="training.batch_size: 5000 is larger than the 1800"):
+        steps.prepare(
+            store, {"input": {"job_id": "b", "spec": {**doc, "training": {"batch_size": 5000}}}}
+        )
+
+
+def test_second_execution_cannot_reuse_a_job_id():
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    steps.prepare(store, {"input": {"job_id": "dup", "spec": doc}, "execution": "first"})
+    with pytest.raises(steps.JobExistsError):
+        steps.prepare(store, {"input": {"job_id": "dup", "spec": doc}, "execution": "second"})
+
+
+def test_divergence_is_a_named_error():
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["optimizer"] = {"name": "sgd", "learning_rate": 900.0}
+    doc["training"] = {"batch_size": "full", "workers": 2, "rounds": 500}
+    with pytest.raises(steps.ModelDiverged, match="smaller learning rate"):
+        drive(store, doc)
+
+
+def test_record_failure_writes_status():
+    store, _ = store_with("houses.csv")
+    event = json.loads((EVENTS / "record_failure.json").read_text())
+    out = steps.record_failure(store, event)
+    assert out["recorded"] and out["error"] == "ModelDiverged"
+    status = store.get_json(JobKeys("houses-demo").status)
+    assert status["state"] == "FAILED" and "not finite" in status["message"]

@@ -1,0 +1,66 @@
+"""Store keys and round trips (in-memory S3 and moto S3)."""
+
+import boto3
+import numpy as np
+import pytest
+from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError, parse_s3_uri
+from moto import mock_aws
+
+
+def test_keys_are_deterministic():
+    keys = JobKeys("job-1")
+    assert keys.params(3) == "jobs/job-1/params/3.npy"
+    assert keys.optimizer(3) == "jobs/job-1/optimizer/3.npz"
+    assert keys.grad(3, 2) == "jobs/job-1/grads/3/2.npy"
+    assert keys.shard(1) == "jobs/job-1/shards/1.npz"
+    assert keys.model_npz == "jobs/job-1/model/model.npz"
+    assert keys.metrics(12) < keys.metrics(100)  # lexicographic = numeric order
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 61, "-lead"])
+def test_bad_job_ids_refused(bad):
+    with pytest.raises(StoreError):
+        JobKeys(bad)
+
+
+@pytest.mark.parametrize("uri", ["s3://b/../k", "s3://b//abs", "http://b/k", "s3://b"])
+def test_unsafe_uris_refused(uri):
+    with pytest.raises(StoreError):
+        parse_s3_uri(uri)
+
+
+def _roundtrip(store: Store):
+    a = np.arange(6.0).reshape(2, 3)
+    store.put_array("x.npy", a)
+    np.testing.assert_array_equal(store.get_array("x.npy"), a)
+    store.put_arrays("x.npz", {"X": a, "y": np.array([1, 2])})
+    got = store.get_arrays("x.npz")
+    assert set(got) == {"X", "y"}
+    store.put_json("d.json", {"a": 1})
+    assert store.get_json("d.json") == {"a": 1}
+    assert store.exists("d.json") and not store.exists("nope")
+    assert store.list_keys("x.") == ["x.npy", "x.npz"]
+    with pytest.raises(StoreError, match="nope does not exist"):
+        store.get_bytes("nope")
+
+
+def test_memory_store_roundtrip():
+    _roundtrip(Store(MemoryS3(), "bucket"))
+
+
+@mock_aws
+def test_s3_store_roundtrip():
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="bucket")
+    _roundtrip(Store(s3, "bucket"))
+
+
+def test_pickled_arrays_are_refused():
+    store = Store(MemoryS3(), "bucket")
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    store.put_bytes("evil.npy", buf.getvalue())
+    with pytest.raises(ValueError, match="allow_pickle"):
+        store.get_array("evil.npy")

@@ -1,0 +1,87 @@
+"""Round arithmetic: batch splitting, sampling without replacement, lengths, segments."""
+
+import numpy as np
+import pytest
+from lambdagrad.spec import parse_spec
+from lambdagrad.training import (
+    EVENTS_PER_ROUND_FIXED,
+    EVENTS_PER_ROUND_PER_WORKER,
+    batch_indices,
+    combine_gradients,
+    local_batch_sizes,
+    segment_rounds_for,
+    total_rounds,
+)
+
+URI = "s3://bucket-name/d.csv"
+
+
+@pytest.mark.parametrize(("batch", "workers"), [(64, 4), (10, 4), (1, 4), (3, 8), (100, 1)])
+def test_local_batches_sum_to_global(batch, workers):
+    for r in range(10):
+        sizes = local_batch_sizes(batch, workers, r)
+        assert sum(sizes) == batch
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_remainder_rotates_so_sgd_visits_every_shard():
+    assert [local_batch_sizes(1, 4, r) for r in range(4)] == [
+        [1, 0, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 0, 0, 1],
+    ]
+
+
+def test_each_epoch_visits_every_row_once():
+    n, batch, workers = 40, 8, 2  # 20 rows per shard, 4 per worker per round: 5 rounds/epoch
+    for shard in range(workers):
+        seen = np.concatenate(
+            [batch_indices(n // workers, batch, workers, 3, r, shard) for r in range(5)]
+        )
+        assert sorted(seen.tolist()) == list(range(20))
+        again = np.concatenate(
+            [batch_indices(n // workers, batch, workers, 3, r, shard) for r in range(5, 10)]
+        )
+        assert sorted(again.tolist()) == list(range(20))
+        assert seen.tolist() != again.tolist()  # reshuffled each epoch
+
+
+def test_batches_deterministic_and_seeded():
+    a = batch_indices(100, 16, 4, 0, 7, 2)
+    assert np.array_equal(a, batch_indices(100, 16, 4, 0, 7, 2))
+    assert not np.array_equal(a, batch_indices(100, 16, 4, 1, 7, 2))
+
+
+def test_batch_wraps_across_epochs_and_uneven_remainders():
+    # 3 rows in the shard, local batch 2: positions run over epoch boundaries
+    rows = [batch_indices(3, 4, 2, 0, r, 0) for r in range(6)]
+    flat = np.concatenate(rows)
+    for e in range(4):
+        assert sorted(flat[3 * e : 3 * e + 3].tolist()) == [0, 1, 2]
+
+
+def test_full_batch_is_every_row():
+    assert batch_indices(5, "full", 3, 0, 9, 1).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_total_rounds():
+    spec = parse_spec({"dataset": {"uri": URI}, "training": {"batch_size": 64, "epochs": 2}})
+    assert total_rounds(spec, 1000) == 32  # ceil(2000 / 64)
+    spec = parse_spec({"dataset": {"uri": URI}, "training": {"batch_size": "full"}})
+    assert total_rounds(spec, 1000) == 100
+    spec = parse_spec({"dataset": {"uri": URI}, "training": {"rounds": 7}})
+    assert total_rounds(spec, 1000) == 7
+
+
+@pytest.mark.parametrize("workers", [1, 4, 40, 1000])
+def test_segment_keeps_history_well_under_limit(workers):
+    spec = parse_spec({"dataset": {"uri": URI}, "training": {"workers": workers}})
+    seg = segment_rounds_for(spec)
+    events = seg * (EVENTS_PER_ROUND_FIXED + EVENTS_PER_ROUND_PER_WORKER * workers)
+    assert seg >= 1 and events <= 20_000 - 100
+
+
+def test_combine_is_weighted_mean():
+    g, loss, n = combine_gradients([np.array([2.0]), np.array([6.0])], [4.0, 2.0], [2, 4])
+    assert n == 6 and g.tolist() == [8.0 / 6] and loss == 1.0

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lambdagrad import steps
 from lambdagrad.artifact import TrainedModel
 from lambdagrad.data import DataError
 from lambdagrad.spec import SpecError, parse_spec
 from lambdagrad.store import JobKeys, MemoryS3, Store
+
 from tests.reference import reference_train
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -111,7 +111,7 @@ def test_prepare_names_bad_input():
                 }
             },
         )
-    with pytest.raises(SpecError, match="training.batch_size: 5000 is larger than the 1800"):
+    with pytest.raises(SpecError, match=r"training\.batch_size: 5000 is larger than the 1800"):
         steps.prepare(
             store, {"input": {"job_id": "b", "spec": {**doc, "training": {"batch_size": 5000}}}}
         )

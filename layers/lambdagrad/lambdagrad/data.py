@@ -99,7 +99,8 @@ def load_dataset(
         column for csv and npy.
     task : {"regression", "classification", "features"}
         "features" reads every column (csv, npy) or just ``X`` (npz) as features and
-        returns an empty ``y``: what ``predict`` needs for unlabelled data.
+        returns an empty ``y``: what ``predict`` needs for unlabelled data. A CSV column
+        named ``label`` is skipped if present.
     max_features : int
         More feature columns than this is an error (a guard against a wrong file).
     min_classes : int
@@ -187,7 +188,8 @@ def _read_csv(
         raise DataError(f"{source} is empty")
     names = _check_header([c.strip() for c in header[1]], source, header[0])
     if task == "features":
-        li = len(names)  # no label column: every column is a feature
+        # every column is a feature, except the label column when the file still has it
+        li = names.index(label) if label in names else len(names)
     elif label is None:
         li = len(names) - 1
     elif label in names:

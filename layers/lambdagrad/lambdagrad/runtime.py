@@ -49,9 +49,12 @@ def powertools_handler(service: str, step: Step, correlation_id_path: str = "job
     tracer = Tracer(service=f"lambdagrad-{service}")
 
     def emit(name: str, value: float, unit: str) -> None:
-        metrics.add_metric(
-            name=name, unit=getattr(MetricUnit, unit, MetricUnit.NoUnit), value=value
-        )
+        # Powertools prints a full metric set even when disabled; the embedded engine
+        # disables metrics, so do not collect them at all there.
+        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
+            return
+        unit_ = getattr(MetricUnit, unit, MetricUnit.NoUnit)
+        metrics.add_metric(name=name, unit=unit_, value=value)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_id_path, log_event=False)
     @tracer.capture_lambda_handler(capture_response=False)

@@ -215,6 +215,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "rounds": rounds,
         "segment_rounds": segment,
         "prepared_at": _now(),
+        "prepared_by": execution,
         "version": __version__,
     }
     store.put_json(keys.spec, json.loads(spec.model_dump_json()))
@@ -335,15 +336,20 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         segment_end = min(next_round + int(meta["segment_rounds"]), total)
     else:
         step = "round"
-    _update_status(
-        store,
-        keys,
-        state="RUNNING",
-        round=next_round,
-        rounds=total,
-        train_loss=record["train_loss"],
-        validation_loss=record["validation_loss"],
-        execution=event.get("execution"),
+    # Written whole, not read-modified: one PUT per round instead of a GET and a PUT.
+    store.put_json(
+        keys.status,
+        {
+            "job_id": job_id,
+            "state": "RUNNING",
+            "round": next_round,
+            "rounds": total,
+            "train_loss": record["train_loss"],
+            "validation_loss": record["validation_loss"],
+            "execution": event.get("execution"),
+            "prepared_by": meta.get("prepared_by"),
+            "updated_at": _now(),
+        },
     )
     emit("TrainLoss", record["train_loss"], "None")
     if record["validation_loss"] is not None:

@@ -43,9 +43,11 @@ def read_features(
     CSV: columns by name. ``.npy``: the model's width, or one more when the training label
     column index is still in it (dropped). ``.npz``: the ``X`` array.
     """
-    ds = load_dataset(data, source=source, fmt=fmt, label=None, task="features")
-    by_name = _is_csv(source, fmt)
     label = (trained.info.get("spec") or {}).get("dataset", {}).get("label")
+    by_name = _is_csv(source, fmt)
+    ds = load_dataset(
+        data, source=source, fmt=fmt, label=label if by_name else None, task="features"
+    )
     width = len(trained.feature_names)
     if not by_name and ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
         column = int(label) if label is not None and label.lstrip("-").isdigit() else -1

@@ -1,0 +1,45 @@
+"""Shared fixtures: one embedded-engine deployment of template.yaml per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """template.yaml deployed into moto, with the real handlers."""
+    from lambdagrad.local.engine import LocalEngine
+
+    with LocalEngine(ROOT / "template.yaml", stack_name="lambdagrad-test") as eng:
+        yield eng
+
+
+@pytest.fixture
+def stack(engine):
+    """A StackClient on the embedded deployment; finished executions are forgotten after."""
+    from lambdagrad.client import StackClient
+
+    yield StackClient.from_outputs(engine.outputs, engine.client)
+    engine.reset()
+
+
+def job_doc(name: str, **groups) -> dict:
+    """An example job spec from events/jobs with groups replaced field by field."""
+    doc = json.loads((EVENTS / "jobs" / name).read_text())
+    for group, fields in groups.items():
+        if group == "job_id":
+            doc["job_id"] = fields
+            continue
+        merged = {**doc.get(group, {}), **fields}
+        if "rounds" in fields:
+            merged.pop("epochs", None)
+        if "epochs" in fields:
+            merged.pop("rounds", None)
+        doc[group] = merged
+    return doc

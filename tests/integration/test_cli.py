@@ -1,0 +1,190 @@
+"""The CLI as a user runs it: train on the embedded engine (and --stack against a moto
+deployment), evaluate, predict, and clear one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lambdagrad.cli import main
+
+from tests.conftest import EVENTS, ROOT
+
+HOUSES = EVENTS / "data" / "houses.csv"
+IRIS = EVENTS / "data" / "iris.csv"
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        "--template",
+        str(ROOT / "template.yaml"),
+        *extra,
+    ]
+
+
+def test_train_evaluate_predict_regression(tmp_path, capsys):
+    out = tmp_path / "price"
+    rc = main(
+        train_args(
+            HOUSES,
+            out,
+            "--label",
+            "price",
+            "--model",
+            "linear",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.05",
+            "--batch-size",
+            "64",
+            "--workers",
+            "4",
+            "--epochs",
+            "3",
+            "--validation",
+            "0.1",
+            "--l2",
+            "0",
+            "--seed",
+            "0",
+            "--json",
+        )
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rounds"] == 85  # ceil(3 * 1800 / 64)
+    for name in ("model.npz", "model.json", "history.csv", "loss.png"):
+        assert (out / name).is_file(), name
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 85 and set(rows[0]) == {"round", "train_loss", "validation_loss", "seconds"}
+
+    assert main(["evaluate", str(out), str(HOUSES), "--label", "price", "--json"]) == 0
+    printed = capsys.readouterr().out.strip()
+    metrics = json.loads(printed)  # exactly one JSON object
+    assert {"mse", "rmse", "r2"} <= set(metrics) and metrics["r2"] > 0.8
+
+    preds = tmp_path / "predictions.csv"
+    assert main(["predict", str(out), str(HOUSES), "--out", str(preds)]) == 0
+    lines = preds.read_text().splitlines()
+    assert lines[0] == "prediction" and len(lines) == 2001
+
+
+def test_train_classifier_with_config_and_flag_override(tmp_path, capsys):
+    out = tmp_path / "iris"
+    config = tmp_path / "job.json"
+    doc = json.loads((EVENTS / "jobs" / "iris-softmax.json").read_text())
+    doc.pop("job_id")
+    config.write_text(json.dumps(doc))
+    rc = main(train_args(IRIS, out, "--config", str(config), "--rounds", "120"))
+    assert rc == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["rounds"] == 120 and model["classes"] == ["setosa", "versicolor", "virginica"]
+    assert model["spec"]["optimizer"]["name"] == "adam"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(IRIS), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
+    preds = tmp_path / "p.csv"
+    assert main(["predict", str(out), str(IRIS), "--out", str(preds)]) == 0
+    assert set(preds.read_text().split()[1:]) <= {"setosa", "versicolor", "virginica"}
+
+
+def test_defaults_train_well(tmp_path, capsys):
+    """Only data, label and model: the defaults must give a sensible model."""
+    out = tmp_path / "defaults"
+    assert main(train_args(HOUSES, out, "--label", "price")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["r2"] > 0.85
+
+
+def test_train_against_a_stack_by_name(engine, tmp_path, capsys):
+    """--stack goes through CloudFormation outputs and boto3, as against AWS."""
+    out = tmp_path / "stacked"
+    rc = main(
+        [
+            "train",
+            str(IRIS),
+            "--label",
+            "species",
+            "--model",
+            "softmax",
+            "--rounds",
+            "20",
+            "--batch-size",
+            "full",
+            "--out",
+            str(out),
+            "--quiet",
+            "--stack",
+            engine.stack_name,
+            "--region",
+            engine.region,
+        ]
+    )
+    assert rc == 0
+    assert (out / "model.json").is_file()
+    engine.reset()
+
+
+BAD_INPUTS = {
+    "missing-label": ("sqft,price\n1,2\n3,4\n", ["--label", "cost"], "no label column 'cost'"),
+    "non-numeric": ("sqft,price\n1,2\nabc,4\n5,6\n", ["--label", "price"], "line 3, column 'sqft'"),
+    "nan": ("sqft,price\n1,2\nnan,4\n5,6\n", ["--label", "price"], "line 3, column 'sqft'"),
+    "infinity": ("sqft,price\n1,2\n3,inf\n5,6\n", ["--label", "price"], "line 3, column 'price'"),
+    "empty-file": ("", ["--label", "price"], "is empty"),
+    "single-class": (
+        "a,y\n1,cat\n2,cat\n3,cat\n",
+        ["--label", "y", "--model", "logistic"],
+        "only one class",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, case):
+    text, flags, expected = BAD_INPUTS[case]
+    data = tmp_path / "data.csv"
+    data.write_text(text)
+    out = tmp_path / "out"
+    rc = main(train_args(data, out, *flags))
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert err.startswith("error: ") and "\n" not in err
+    assert expected in err and "data.csv" in err
+    assert not out.exists()
+
+
+def test_bad_flag_values_are_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(HOUSES), "--batch-size", "zero"])
+    assert exit_.value.code == 2
+    rc = main(train_args(HOUSES, tmp_path / "o", "--label", "price", "--lr", "-1"))
+    assert rc == 1 and "optimizer.learning_rate" in capsys.readouterr().err
+
+
+def test_predict_checks_features(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(train_args(HOUSES, out, "--label", "price", "--rounds", "3")) == 0
+    bad = tmp_path / "new.csv"
+    bad.write_text("sqft,bedrooms\n1000,2\n")
+    assert main(["predict", str(out), str(bad)]) == 1
+    assert "missing feature column(s) 'age', 'distance_km'" in capsys.readouterr().err
+    reordered = tmp_path / "reordered.csv"
+    reordered.write_text("distance_km,age,bedrooms,sqft\n3,10,3,1500\n")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(reordered)]) == 0
+    ours = float(capsys.readouterr().out.split()[1])
+    from lambdagrad.artifact import TrainedModel
+
+    direct = TrainedModel.load(out).predict(np.array([[1500.0, 3, 10, 3]]))[0]
+    assert ours == pytest.approx(direct)

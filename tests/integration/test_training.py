@@ -1,0 +1,210 @@
+"""Training through the real state machine on the embedded engine (template.yaml in moto).
+
+The yardstick is the reference loop in tests/reference.py: same spec and seed must give
+the same parameters, whatever the engine, retries or continue-as-new splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lambdagrad.client import JobFailedError
+from lambdagrad.data import Standardizer, load_dataset, train_validation_split
+from lambdagrad.spec import parse_spec
+from lambdagrad.store import JobKeys
+from lambdagrad.training import EVENTS_PER_ROUND_FIXED, EVENTS_PER_ROUND_PER_WORKER
+
+from tests.conftest import EVENTS, job_doc
+from tests.reference import reference_train
+
+
+def run_job(
+    stack, doc: dict, data_file: str | Path, timeout: float = 600
+) -> tuple[dict, np.ndarray]:
+    path = Path(data_file)
+    if not path.is_absolute():
+        path = EVENTS / "data" / path
+    doc = {**doc, "dataset": {**doc["dataset"], "uri": stack.upload_dataset(path)}}
+    spec = parse_spec(doc)
+    stack.start(spec)
+    status = stack.follow(spec.job_id, timeout=timeout)
+    params = stack.store.get_array(JobKeys(spec.job_id).params(status["round"]))
+    return status, params
+
+
+def executions_of(stack, job_id: str) -> list[dict]:
+    listing = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)["executions"]
+    return [e for e in listing if e["name"] == job_id or e["name"].startswith(job_id + "-r")]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "groups"),
+    [
+        ("houses-linear.json", "houses.csv", {"training": {"rounds": 12, "batch_size": 32}}),
+        ("iris-softmax.json", "iris.csv", {"training": {"rounds": 15}}),
+        (
+            "iris-softmax.json",
+            "iris.csv",
+            {
+                "training": {"rounds": 15, "batch_size": 10, "workers": 3},
+                "optimizer": {"name": "momentum", "learning_rate": 0.05},
+            },
+        ),
+    ],
+    ids=["linear-sgd", "softmax-adam-full", "softmax-momentum-minibatch"],
+)
+def test_state_machine_matches_reference_loop(stack, name, data, groups):
+    doc = job_doc(name, job_id=f"ref-{name[:5]}-{len(str(groups))}", **groups)
+    status, params = run_job(stack, doc, data)
+    expected, _ = reference_train(parse_spec(doc), (EVENTS / "data" / data).read_bytes(), data)
+    assert status["state"] == "SUCCEEDED"
+    np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
+
+
+def test_logistic_regression_trains(stack, tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 3))
+    y = np.where(X @ np.array([2.0, -1.0, 0.5]) + 0.3 > 0, "yes", "no")
+    csv = "a,b,c,buy\n" + "\n".join(f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y, strict=True))
+    path = tmp_path / "buy.csv"
+    path.write_text(csv)
+    doc = {
+        "job_id": "logistic-1",
+        "dataset": {"uri": "s3://placeholder-bucket/buy.csv", "label": "buy", "validation": 0.25},
+        "model": {"type": "logistic"},
+        "training": {"batch_size": 40, "workers": 2, "epochs": 5},
+    }
+    status, params = run_job(stack, doc, path)
+    expected, _ = reference_train(parse_spec(doc), path.read_bytes(), path.name)
+    np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
+    assert status["metrics"]["validation"]["accuracy"] >= 0.9
+
+
+def test_full_batch_gd_reaches_least_squares(stack):
+    doc = job_doc(
+        "houses-linear.json",
+        job_id="closed-form",
+        optimizer={"name": "sgd", "learning_rate": 0.5},
+        training={"batch_size": "full", "workers": 2, "rounds": 250},
+    )
+    _, params = run_job(stack, doc, "houses.csv")
+    ds = load_dataset(
+        (EVENTS / "data" / "houses.csv").read_bytes(),
+        source="houses.csv",
+        fmt=None,
+        label="price",
+        task="regression",
+    )
+    train_idx, _ = train_validation_split(len(ds.y), 0.1, 0)
+    X = Standardizer.fit(ds.X[train_idx]).transform(ds.X[train_idx])
+    A = np.hstack([X, np.ones((len(X), 1))])
+    exact, *_ = np.linalg.lstsq(A, ds.y[train_idx], rcond=None)
+    assert np.linalg.norm(params - exact) / np.linalg.norm(exact) <= 1e-6
+
+
+def test_transient_worker_failure_gives_identical_model(engine, stack):
+    doc = job_doc("houses-linear.json", job_id="flaky-worker", training={"rounds": 6, "workers": 3})
+    engine.fail_next("WorkerFunction", times=1)
+    before = engine.invocations("WorkerFunction")
+    status, params = run_job(stack, doc, "houses.csv")
+    assert engine.invocations("WorkerFunction") - before == 6 * 3 + 1  # one retried
+    expected, _ = reference_train(
+        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
+    )
+    assert status["state"] == "SUCCEEDED"
+    np.testing.assert_array_equal(params, expected)
+
+
+def test_continue_as_new_splits_executions_without_changing_the_result(stack):
+    doc = job_doc(
+        "houses-linear.json", job_id="segments", training={"rounds": 7, "segment_rounds": 3}
+    )
+    status, params = run_job(stack, doc, "houses.csv")
+    names = sorted(e["name"] for e in executions_of(stack, "segments"))
+    assert names == ["segments", "segments-r3", "segments-r6"]
+    expected, _ = reference_train(
+        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
+    )
+    np.testing.assert_array_equal(params, expected)
+    assert status["round"] == 7
+
+
+def test_history_events_per_round_keep_segments_under_limit(stack):
+    """Measure events per round for 1 and 3 workers; the segment formula must cover them."""
+    counts = {}
+    for workers in (1, 3):
+        for rounds in (2, 4):
+            doc = job_doc(
+                "houses-linear.json",
+                job_id=f"events-{workers}-{rounds}",
+                training={"rounds": rounds, "workers": workers},
+            )
+            run_job(stack, doc, "houses.csv")
+            (execution,) = executions_of(stack, doc["job_id"])
+            history = stack.sfn.get_execution_history(
+                executionArn=execution["executionArn"], maxResults=1000
+            )
+            counts[workers, rounds] = len(history["events"])
+    per_round = {w: (counts[w, 4] - counts[w, 2]) / 2 for w in (1, 3)}
+    per_worker = (per_round[3] - per_round[1]) / 2
+    fixed = per_round[1] - per_worker
+    print(
+        f"events per round: {fixed:g} + {per_worker:g} x workers "
+        f"(1 worker: {per_round[1]:g}, 3 workers: {per_round[3]:g})"
+    )
+    assert per_worker <= EVENTS_PER_ROUND_PER_WORKER
+    assert fixed <= EVENTS_PER_ROUND_FIXED
+    # A full default segment, plus prepare/finalize overhead, stays under 20,000 events.
+    overhead = counts[1, 2] - 2 * per_round[1]
+    for workers in (1, 4, 40, 1000):
+        spec = parse_spec(job_doc("houses-linear.json", training={"workers": workers}))
+        from lambdagrad.training import segment_rounds_for
+
+        assert segment_rounds_for(spec) * (fixed + per_worker * workers) + overhead < 20_000
+
+
+def test_bad_data_fails_with_named_error_in_status(stack, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,price\n1,2,3\n4,x,6\n7,8,9\n")
+    doc = job_doc("houses-linear.json", job_id="bad-data")
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, path)
+    assert err.value.error == "DataError"
+    assert "bad.csv line 3, column 'b'" in err.value.message
+    status = stack.status("bad-data")
+    assert status["state"] == "FAILED" and status["error"] == "DataError"
+    (execution,) = executions_of(stack, "bad-data")
+    desc = stack.sfn.describe_execution(executionArn=execution["executionArn"])
+    assert desc["status"] == "FAILED" and desc.get("error") == "DataError"
+    assert not stack.store.exists(JobKeys("bad-data").model_json)
+
+
+def test_divergence_fails_with_model_diverged(stack):
+    doc = job_doc(
+        "houses-linear.json",
+        job_id="diverge",
+        optimizer={"name": "sgd", "learning_rate": 900.0},
+        training={"batch_size": "full", "rounds": 400, "workers": 2},
+    )
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, "houses.csv")
+    assert err.value.error == "ModelDiverged"
+    assert "smaller learning rate" in err.value.message
+
+
+@pytest.mark.slow
+def test_two_thousand_rounds_across_executions(stack):
+    doc = job_doc(
+        "houses-linear.json",
+        job_id="long-job",
+        training={"rounds": 2000, "workers": 1, "batch_size": 16, "segment_rounds": 500},
+    )
+    status, params = run_job(stack, doc, "houses.csv", timeout=1800)
+    assert status["state"] == "SUCCEEDED" and status["round"] == 2000
+    assert len(executions_of(stack, "long-job")) == 4
+    expected, _ = reference_train(
+        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
+    )
+    np.testing.assert_array_equal(params, expected)

@@ -1,0 +1,91 @@
+"""The SAM template and the ASL it deploys: lint clean, substitutions complete, handlers import."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that keeps CloudFormation short-form tags as plain values."""
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def resources_of(kind: str) -> dict[str, dict]:
+    return {k: v for k, v in template()["Resources"].items() if v["Type"] == kind}
+
+
+def test_cfn_lint_clean():
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    proc = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(resources_of("AWS::Serverless::StateMachine")))
+def test_every_asl_placeholder_has_a_substitution(name):
+    props = resources_of("AWS::Serverless::StateMachine")[name]["Properties"]
+    asl_text = (ROOT / props["DefinitionUri"]).read_text()
+    json.loads(asl_text)
+    used = set(re.findall(r"\$\{(\w+)\}", asl_text))
+    given = set(props.get("DefinitionSubstitutions", {}))
+    assert used == given, f"missing {used - given}, unused {given - used}"
+
+
+def test_asl_uses_jsonpath_only():
+    for path in (ROOT / "statemachine").glob("*.asl.json"):
+        text = path.read_text()
+        assert "JSONata" not in text and '"Assign"' not in text, path
+
+
+@pytest.mark.parametrize("name", sorted(resources_of("AWS::Serverless::Function")))
+def test_every_function_handler_imports(name):
+    props = resources_of("AWS::Serverless::Function")[name]["Properties"]
+    module, _, attr = props["Handler"].rpartition(".")
+    path = ROOT / props["CodeUri"] / f"{module.replace('.', '/')}.py"
+    spec = importlib.util.spec_from_file_location(f"handler_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert callable(getattr(mod, attr))
+
+
+def test_functions_are_python313_arm64():
+    globals_ = template()["Globals"]["Function"]
+    assert globals_["Runtime"] == "python3.13" and globals_["Architectures"] == ["arm64"]
+    layer = resources_of("AWS::Serverless::LayerVersion")["CoreLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+
+
+def test_bucket_is_encrypted_and_private():
+    bucket = resources_of("AWS::S3::Bucket")["DataBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+
+
+def test_function_policies_name_no_wildcard_actions():
+    for name, res in resources_of("AWS::Serverless::Function").items():
+        for policy in res["Properties"].get("Policies", []):
+            for stmt in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+                assert all("*" not in a for a in actions), (name, actions)
+
+
+def test_layer_requirements_cover_runtime_imports():
+    reqs = (ROOT / "layers" / "lambdagrad" / "requirements.txt").read_text()
+    for dist in ("numpy", "pydantic", "aws-lambda-powertools"):
+        assert dist in reqs

@@ -8,6 +8,7 @@ the handler is traced with X-Ray. boto3 is imported here, never in the numerics.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -20,6 +21,9 @@ from lambdagrad.store import Store
 __all__ = ["powertools_handler", "store_from_env"]
 
 Step = Callable[..., dict[str, Any]]
+
+# Steps that report no number (finalize, record_failure) are normal, not a mistake.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 @lru_cache(maxsize=8)

@@ -267,3 +267,19 @@ def test_second_engine_shares_moto(engine, monkeypatch):
     lam = engine.client("lambda")
     out = lam.invoke(FunctionName=engine.function_name("WorkFunction"), Payload=b'{"x": 1}')
     assert json.loads(out["Payload"].read())["value"] == 2
+
+
+def test_two_stacks_keep_their_own_environment(engine):
+    """Handlers of each stack see their own variables, whichever stack deployed last."""
+    with LocalEngine(FIXTURE, stack_name="engine-env-second") as second:
+        assert engine.outputs["BucketName"] != second.outputs["BucketName"]
+        for eng in (second, engine, second):
+            sfn = eng.client("stepfunctions")
+            ex = sfn.start_execution(
+                stateMachineArn=eng.outputs["LoopStateMachineArn"],
+                name=f"env-{eng.stack_name}-{time.monotonic_ns()}",
+                input=job(rounds=1),
+            )
+            d = wait(sfn, ex["executionArn"])
+            assert d["status"] == "SUCCEEDED", d.get("cause")
+            assert json.loads(d["output"])["env"]["BUCKET"] == eng.outputs["BucketName"]

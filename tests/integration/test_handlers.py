@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
+from lambdagrad.store import JobKeys
 from moto import mock_aws
 
-from lambdagrad.store import JobKeys
 from tests.conftest import EVENTS, ROOT
 
 BUCKET = "lambdagrad-example-bucket"

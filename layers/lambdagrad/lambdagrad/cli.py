@@ -341,6 +341,18 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _show_spec_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each spec field's default to its flag's help, read from the spec model itself."""
+    groups = {name: field.annotation for name, field in JobSpec.model_fields.items()}
+    for action in parser._actions:
+        if action.dest not in SPEC_FLAGS or action.help is None or "default" in action.help:
+            continue
+        group, field = SPEC_FLAGS[action.dest]
+        default = groups[group].model_fields[field].default
+        if default is not None:
+            action.help += f" (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lambdagrad",
@@ -349,52 +361,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lambdagrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = argparse.HelpFormatter
     train = sub.add_parser("train", help="train a model", formatter_class=fmt)
     train.add_argument(
         "data", nargs="?", help="CSV/.npy/.npz file, or s3://bucket/key with --stack"
     )
     train.add_argument("--config", help="job spec JSON; flags override its fields")
     d = train.add_argument_group("data")
-    d.add_argument("--label", help="label column (CSV) or column index (.npy)")
     d.add_argument(
-        "--format", choices=["csv", "npy", "npz"], help="file format (default: extension)"
+        "--label", help="label column (CSV) or column index (.npy); default: last column"
     )
-    d.add_argument("--validation", type=float, help="held-out fraction, 0 allowed (default 0.1)")
+    d.add_argument(
+        "--format", choices=["csv", "npy", "npz"], help="file format; default: from the extension"
+    )
+    d.add_argument("--validation", type=float, help="held-out fraction, 0 allowed")
     d.add_argument(
         "--no-standardize",
         dest="standardize",
         action="store_const",
         const=False,
-        help="do not scale features to zero mean / unit variance",
+        help="keep features as they are (default: scale to zero mean, unit variance)",
     )
     m = train.add_argument_group("model")
-    m.add_argument(
-        "--model", choices=["linear", "logistic", "softmax"], help="model (default linear)"
-    )
-    m.add_argument("--l2", type=float, help="L2 penalty on weights (default 0)")
+    m.add_argument("--model", choices=["linear", "logistic", "softmax"], help="model")
+    m.add_argument("--l2", type=float, help="L2 penalty 0.5*l2*||w||^2 on weights")
     o = train.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], help="default sgd")
-    o.add_argument("--lr", type=float, help=f"learning rate (defaults: {DEFAULT_LEARNING_RATE})")
-    o.add_argument("--momentum", type=float, help="momentum coefficient (default 0.9)")
-    o.add_argument("--beta1", type=float, help="Adam beta1 (default 0.9)")
-    o.add_argument("--beta2", type=float, help="Adam beta2 (default 0.999)")
+    o.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], help="optimizer")
+    o.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATE.items())
+        + ")",
+    )
+    o.add_argument("--momentum", type=float, help="momentum coefficient")
+    o.add_argument("--beta1", type=float, help="Adam beta1")
+    o.add_argument("--beta2", type=float, help="Adam beta2")
     t = train.add_argument_group("training")
     t.add_argument(
         "--batch-size",
         type=_batch_size,
-        help="global batch per round: integer (1 = SGD) or 'full' (default 64)",
+        help="global batch per round: integer (1 = SGD) or 'full' (batch GD)",
     )
-    t.add_argument("--workers", type=int, help="data shards / Lambda workers (default 4)")
+    t.add_argument("--workers", type=int, help="data shards, one Lambda worker each")
     length = t.add_mutually_exclusive_group()
     length.add_argument(
-        "--epochs", type=float, help="passes over the data (default 20; 100 for full batch)"
+        "--epochs",
+        type=float,
+        help="passes over the data; default 20, or 100 with --batch-size full",
     )
     length.add_argument("--rounds", type=int, help="optimizer steps, instead of --epochs")
     t.add_argument("--tolerance", type=float, help="stop when relative change of train loss < this")
-    t.add_argument("--seed", type=int, help="seed for split and sampling (default 0)")
+    t.add_argument("--seed", type=int, help="seed for split, initialisation and sampling")
     t.add_argument(
-        "--segment-rounds", type=int, help="rounds per execution before continue-as-new (auto)"
+        "--segment-rounds",
+        type=int,
+        help="rounds per execution before continue-as-new; default from --workers",
     )
     t.add_argument("--job-id", help="job id (default: from the data name and time)")
     out = train.add_argument_group("output")
@@ -403,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _add_stack_flags(train)
+    _show_spec_defaults(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(

@@ -387,6 +387,14 @@ class InProcessInvoker:
         if profile is not None:
             os.environ.update(profile.env)
 
+    @staticmethod
+    def _refresh_environment(fn: Any) -> None:
+        """Re-assert ``fn``'s variables before each call: another stack deployed in this
+        process since (a second engine) may have set the same names to its own values."""
+        for key, value in (fn.environment_vars or {}).items():
+            if os.environ.get(str(key)) != str(value):
+                os.environ[str(key)] = str(value)
+
     def load(self, fn: Any) -> _Loaded:
         """Import ``fn``'s handler module (once per function and code version)."""
         key = (fn.function_name, getattr(fn, "code_sha_256", ""), fn.handler or "")
@@ -470,6 +478,7 @@ class InProcessInvoker:
             log_stream_name=f"{day}/[{version}]{request_id.replace('-', '')}",
             timeout_s=float(fn.timeout or 3),
         )
+        self._refresh_environment(fn)
         started = time.monotonic()
         try:
             with self._handler_output(fn.function_name):

@@ -48,6 +48,7 @@ def s3(monkeypatch):
         "BUCKET": BUCKET,
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "lambdagrad",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
     }.items():
         monkeypatch.setenv(key, value)
     with mock_aws():

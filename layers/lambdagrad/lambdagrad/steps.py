@@ -227,6 +227,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "round": 0,
         "shards": list(range(workers)),
         "segment_end": min(segment, rounds),
+        "finished_at": meta["prepared_at"],
     }
 
 
@@ -351,6 +352,10 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             "updated_at": _now(),
         },
     )
+    if event.get("previous_finished_at") is not None:
+        emit(
+            "RoundSeconds", record["finished_at"] - float(event["previous_finished_at"]), "Seconds"
+        )
     emit("TrainLoss", record["train_loss"], "None")
     if record["validation_loss"] is not None:
         emit("ValidationLoss", record["validation_loss"], "None")
@@ -360,6 +365,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         "shards": shards,
         "segment_end": segment_end,
         "next": step,
+        "finished_at": record["finished_at"],
     }
 
 

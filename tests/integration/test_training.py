@@ -20,18 +20,27 @@ from tests.conftest import EVENTS, job_doc
 from tests.reference import reference_train
 
 
+def data_path(data_file: str | Path) -> Path:
+    """A bundled example dataset by name, or a path as given."""
+    return Path(data_file) if Path(data_file).is_absolute() else EVENTS / "data" / data_file
+
+
 def run_job(
     stack, doc: dict, data_file: str | Path, timeout: float = 600
 ) -> tuple[dict, np.ndarray]:
-    path = Path(data_file)
-    if not path.is_absolute():
-        path = EVENTS / "data" / path
+    path = data_path(data_file)
     doc = {**doc, "dataset": {**doc["dataset"], "uri": stack.upload_dataset(path)}}
     spec = parse_spec(doc)
     stack.start(spec)
     status = stack.follow(spec.job_id, timeout=timeout)
     params = stack.store.get_array(JobKeys(spec.job_id).params(status["round"]))
     return status, params
+
+
+def reference_params(doc: dict, data_file: str | Path) -> np.ndarray:
+    """Final parameters of the plain numpy reference loop for the same spec and data."""
+    path = data_path(data_file)
+    return reference_train(parse_spec(doc), path.read_bytes(), path.name)[0]
 
 
 def executions_of(stack, job_id: str) -> list[dict]:
@@ -58,7 +67,7 @@ def executions_of(stack, job_id: str) -> list[dict]:
 def test_state_machine_matches_reference_loop(stack, name, data, groups):
     doc = job_doc(name, job_id=f"ref-{name[:5]}-{len(str(groups))}", **groups)
     status, params = run_job(stack, doc, data)
-    expected, _ = reference_train(parse_spec(doc), (EVENTS / "data" / data).read_bytes(), data)
+    expected = reference_params(doc, data)
     assert status["state"] == "SUCCEEDED"
     np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
 
@@ -77,7 +86,7 @@ def test_logistic_regression_trains(stack, tmp_path):
         "training": {"batch_size": 40, "workers": 2, "epochs": 5},
     }
     status, params = run_job(stack, doc, path)
-    expected, _ = reference_train(parse_spec(doc), path.read_bytes(), path.name)
+    expected = reference_params(doc, path)
     np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
     assert status["metrics"]["validation"]["accuracy"] >= 0.9
 
@@ -110,9 +119,7 @@ def test_transient_worker_failure_gives_identical_model(engine, stack):
     before = engine.invocations("WorkerFunction")
     status, params = run_job(stack, doc, "houses.csv")
     assert engine.invocations("WorkerFunction") - before == 6 * 3 + 1  # one retried
-    expected, _ = reference_train(
-        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
-    )
+    expected = reference_params(doc, "houses.csv")
     assert status["state"] == "SUCCEEDED"
     np.testing.assert_array_equal(params, expected)
 
@@ -124,9 +131,7 @@ def test_continue_as_new_splits_executions_without_changing_the_result(stack):
     status, params = run_job(stack, doc, "houses.csv")
     names = sorted(e["name"] for e in executions_of(stack, "segments"))
     assert names == ["segments", "segments-r3", "segments-r6"]
-    expected, _ = reference_train(
-        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
-    )
+    expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)
     assert status["round"] == 7
 
@@ -204,7 +209,5 @@ def test_two_thousand_rounds_across_executions(stack):
     status, params = run_job(stack, doc, "houses.csv", timeout=1800)
     assert status["state"] == "SUCCEEDED" and status["round"] == 2000
     assert len(executions_of(stack, "long-job")) == 4
-    expected, _ = reference_train(
-        parse_spec(doc), (EVENTS / "data" / "houses.csv").read_bytes(), "houses.csv"
-    )
+    expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)

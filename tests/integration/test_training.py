@@ -211,3 +211,18 @@ def test_two_thousand_rounds_across_executions(stack):
     assert len(executions_of(stack, "long-job")) == 4
     expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)
+
+
+def test_stopped_execution_is_reported_not_waited_on(stack):
+    """An execution that ends without its steps recording why still ends the follow."""
+    doc = job_doc("houses-linear.json", job_id="stopped", training={"rounds": 5000})
+    doc["dataset"]["uri"] = stack.upload_dataset(data_path("houses.csv"))
+    stack.start(parse_spec(doc))
+    (execution,) = executions_of(stack, "stopped")
+    stack.sfn.stop_execution(
+        executionArn=execution["executionArn"], error="UserStopped", cause="stopped by a test"
+    )
+    with pytest.raises(JobFailedError) as err:
+        stack.follow("stopped", timeout=120)
+    # AWS reports the stop's error name; moto reports the status alone
+    assert err.value.error in {"UserStopped", "ABORTED"}

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class StackClient:
     sfn: Any
     bucket: str
     state_machine_arn: str
+    _executions: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_outputs(
@@ -92,9 +93,10 @@ class StackClient:
         if not spec.job_id:
             raise ValueError("spec.job_id must be set before starting")
         payload = {"job_id": spec.job_id, "spec": json.loads(spec.model_dump_json())}
-        self.sfn.start_execution(
+        started = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=spec.job_id, input=json.dumps(payload)
         )
+        self._executions[spec.job_id] = started["executionArn"]
         return spec.job_id
 
     # ---- following ------------------------------------------------------------------
@@ -106,7 +108,7 @@ class StackClient:
 
     def _execution_failure(self, status: dict[str, Any]) -> tuple[str, str] | None:
         """An execution that ended without its steps recording why (stopped, timed out)."""
-        arn = status.get("execution")
+        arn = status.get("execution") or self._executions.get(status.get("job_id", ""))
         if not arn:
             return None
         desc = self.sfn.describe_execution(executionArn=arn)

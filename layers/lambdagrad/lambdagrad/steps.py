@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -77,21 +78,34 @@ def _no_metrics(name: str, value: float, unit: str) -> None:
     return None
 
 
-# ---- small cache of per-job documents and shards (warm Lambdas reuse them) ----------
+# ---- per-process cache of immutable objects (warm Lambdas reuse them) ---------------
 _CACHE: OrderedDict[tuple[Any, str, str, str], Any] = OrderedDict()
-_CACHE_SIZE = 64
+_CACHE_SIZE = 256
+_CACHE_LOCK = threading.Lock()
+_STATUS_WRITTEN: dict[str, float] = {}
+STATUS_INTERVAL_SECONDS = 1.0
+
+
+def _remember(store: Store, key: str, loader: str, value: Any) -> None:
+    with _CACHE_LOCK:
+        _CACHE[(store.client, store.bucket, key, loader)] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
 
 
 def _cached(store: Store, key: str, loader: str) -> Any:
-    """Objects that never change once written (spec, meta, shards), cached by key."""
+    """Objects that never change once written (spec, meta, shards, checkpoints), by key.
+
+    Every key names one immutable object (a retried step rewrites identical bytes), so a
+    cached copy is never stale.
+    """
     cache_key = (store.client, store.bucket, key, loader)
-    if cache_key in _CACHE:
-        _CACHE.move_to_end(cache_key)
-        return _CACHE[cache_key]
+    with _CACHE_LOCK:
+        if cache_key in _CACHE:
+            _CACHE.move_to_end(cache_key)
+            return _CACHE[cache_key]
     value = getattr(store, loader)(key)
-    _CACHE[cache_key] = value
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    _remember(store, key, loader, value)
     return value
 
 
@@ -297,8 +311,9 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         # A retried reducer: round t+1 is complete; never apply the optimizer twice.
         record = store.get_json(keys.metrics(next_round))
     else:
-        params = store.get_array(keys.params(round_))
-        state = store.get_arrays(keys.optimizer(round_))
+        # the checkpoint this process wrote last round, if it was this process
+        params = _cached(store, keys.params(round_), "get_array")
+        state = _cached(store, keys.optimizer(round_), "get_arrays")
         grads = [store.get_array(keys.grad(round_, k)) for k in shards]
         mean_grad, train_loss, _ = combine_gradients(
             grads, [float(r["loss_sum"]) for r in results], [int(r["count"]) for r in results]
@@ -317,6 +332,8 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             )
         store.put_array(keys.params(next_round), new_params)
         store.put_arrays(keys.optimizer(next_round), new_state)
+        _remember(store, keys.params(next_round), "get_array", new_params)
+        _remember(store, keys.optimizer(next_round), "get_arrays", new_state)
         record = {
             "round": next_round,
             "train_loss": train_loss,
@@ -337,21 +354,25 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         segment_end = min(next_round + int(meta["segment_rounds"]), total)
     else:
         step = "round"
-    # Written whole, not read-modified: one PUT per round instead of a GET and a PUT.
-    store.put_json(
-        keys.status,
-        {
-            "job_id": job_id,
-            "state": "RUNNING",
-            "round": next_round,
-            "rounds": total,
-            "train_loss": record["train_loss"],
-            "validation_loss": record["validation_loss"],
-            "execution": event.get("execution"),
-            "prepared_by": meta.get("prepared_by"),
-            "updated_at": _now(),
-        },
-    )
+    # Progress, at most once a second per job (and at every hand-over): a round can take
+    # tens of milliseconds, and nobody polls faster. Written whole, not read-modified.
+    now = _now()
+    if step != "round" or now - _STATUS_WRITTEN.get(job_id, 0.0) >= STATUS_INTERVAL_SECONDS:
+        _STATUS_WRITTEN[job_id] = now
+        store.put_json(
+            keys.status,
+            {
+                "job_id": job_id,
+                "state": "RUNNING",
+                "round": next_round,
+                "rounds": total,
+                "train_loss": record["train_loss"],
+                "validation_loss": record["validation_loss"],
+                "execution": event.get("execution"),
+                "prepared_by": meta.get("prepared_by"),
+                "updated_at": _now(),
+            },
+        )
     if event.get("previous_finished_at") is not None:
         emit(
             "RoundSeconds", record["finished_at"] - float(event["previous_finished_at"]), "Seconds"
@@ -371,7 +392,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
 
 # ---- finalize -----------------------------------------------------------------------
 def _history(store: Store, keys: JobKeys, meta: dict[str, Any]) -> tuple[list[dict], bytes]:
-    records = [store.get_json(k) for k in store.list_keys(keys.metrics_prefix)]
+    records = store.get_json_many(store.list_keys(keys.metrics_prefix))
     previous = float(meta["prepared_at"])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

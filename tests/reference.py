@@ -5,45 +5,56 @@ from __future__ import annotations
 
 import numpy as np
 from lambdagrad.data import Standardizer, load_dataset, shard_bounds, train_validation_split
-from lambdagrad.models import build_model
 from lambdagrad.spec import JobSpec
 from lambdagrad.training import (
+    advance_progress,
     batch_indices,
     combine_gradients,
+    final_round,
+    infer_task,
     initial_params,
+    initial_progress,
+    model_for,
     optimizer_for,
     reduce_round,
+    schedule_for,
     total_rounds,
     worker_gradient,
 )
 
 
 def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray, list[float]]:
-    """Final parameters and the per-round training losses."""
-    ds = load_dataset(
-        data, source=source, fmt=spec.dataset.format, label=spec.dataset.label, task=spec.model.task
-    )
+    """The final model's parameters and the per-round training losses."""
+    fmt, label, task = spec.dataset.format, spec.dataset.label, spec.model.task
+    if task == "auto":
+        task = infer_task(data, source=source, fmt=fmt, label=label)
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
+    ds = load_dataset(data, source=source, fmt=fmt, label=label, task=task)
     seed, workers = spec.training.seed, spec.training.workers
-    train_idx, _ = train_validation_split(len(ds.y), spec.dataset.validation, seed)
+    train_idx, val_idx = train_validation_split(len(ds.y), spec.dataset.validation, seed)
     X, y = ds.X[train_idx], ds.y[train_idx]
     scaler = Standardizer.fit(X) if spec.dataset.standardize else Standardizer.identity(X.shape[1])
-    X = scaler.transform(X)
+    X, X_val, y_val = scaler.transform(X), scaler.transform(ds.X[val_idx]), ds.y[val_idx]
     shards = [(X[lo:hi], y[lo:hi]) for lo, hi in shard_bounds(len(y), workers)]
-    n_classes = 1 if spec.model.task == "regression" else len(ds.classes)
-    model = build_model(spec.model.type, X.shape[1], n_classes)
-    optimizer = optimizer_for(spec)
+    n_classes = 1 if task == "regression" else len(ds.classes)
+    model = model_for(spec, X.shape[1], n_classes)
+    total = total_rounds(spec, len(y))
+    optimizer, schedule = optimizer_for(spec, model, total), schedule_for(spec, total)
     params = initial_params(model, seed)
     state = optimizer.init(params)
-    losses: list[float] = []
-    for t in range(total_rounds(spec, len(y))):
+    checkpoints, losses = [params], []
+    progress = initial_progress(0.0)
+    for t in range(total):
         parts = []
         for k, (Xk, yk) in enumerate(shards):
             idx = batch_indices(len(yk), spec.training.batch_size, workers, seed, t, k)
             parts.append(worker_gradient(model, params, Xk[idx], yk[idx]))
         grad, loss, _ = combine_gradients(*map(list, zip(*parts, strict=True)))
-        params, state = reduce_round(model, optimizer, params, state, grad, spec.model.l2)
+        params, state = reduce_round(model, optimizer, params, state, grad, spec, schedule)
+        checkpoints.append(params)
         losses.append(loss)
-        tol = spec.training.tolerance
-        if tol > 0 and t > 0 and abs(losses[-2] - loss) <= tol * max(abs(losses[-2]), 1e-12):
+        val_loss = float(model.loss(params, X_val, y_val)) if len(y_val) else None
+        progress, stop = advance_progress(progress, spec, t + 1, loss, val_loss, 0.0)
+        if stop:
             break
-    return params, losses
+    return checkpoints[final_round(spec, progress, len(losses))], losses

@@ -188,3 +188,89 @@ def test_predict_checks_features(tmp_path, capsys):
 
     direct = TrainedModel.load(out).predict(np.array([[1500.0, 3, 10, 3]]))[0]
     assert ours == pytest.approx(direct)
+
+
+def test_deep_model_flags_reach_the_spec_and_predict_rebuilds_the_model(tmp_path, capsys):
+    out = tmp_path / "mlp"
+    rc = main(
+        train_args(
+            IRIS,
+            out,
+            "--label",
+            "species",
+            "--model",
+            "mlp",
+            "--hidden",
+            "16,8",
+            "--activation",
+            "gelu",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.02",
+            "--weight-decay",
+            "0.001",
+            "--beta1",
+            "0.85",
+            "--beta2",
+            "0.99",
+            "--clip-norm",
+            "5",
+            "--schedule",
+            "cosine",
+            "--warmup",
+            "5",
+            "--final-lr",
+            "0.001",
+            "--l1",
+            "0.0001",
+            "--l2",
+            "0.001",
+            "--patience",
+            "20",
+            "--min-delta",
+            "0.0001",
+            "--batch-size",
+            "32",
+            "--rounds",
+            "60",
+            "--validation",
+            "0.2",
+        )
+    )
+    assert rc == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["model"]["type"] == "mlp" and model["model"]["hidden"] == [16, 8]
+    assert model["model"]["activation"] == "gelu"
+    spec = model["spec"]
+    assert spec["model"]["task"] == "classification" and spec["model"]["l1"] == 0.0001
+    assert (spec["optimizer"]["name"], spec["optimizer"]["schedule"]) == ("adamw", "cosine")
+    assert spec["optimizer"]["warmup"] == 5 and spec["optimizer"]["clip_norm"] == 5.0
+    assert spec["training"]["patience"] == 20
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(IRIS), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
+    assert main(["predict", str(out), str(IRIS), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_deep_model_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", str(IRIS), "--hidden", "16,x"])
+    rc = main(
+        train_args(
+            IRIS, tmp_path / "o", "--label", "species", "--model", "softmax", "--hidden", "8"
+        )
+    )
+    assert rc == 1 and "hidden layers are for model type mlp" in capsys.readouterr().err
+    rc = main(
+        train_args(
+            IRIS, tmp_path / "o", "--label", "species", "--schedule", "step", "--decay-rate", "2"
+        )
+    )
+    assert rc == 1 and "would grow the learning rate" in capsys.readouterr().err
+    rc = main(
+        train_args(
+            IRIS, tmp_path / "o", "--label", "species", "--patience", "3", "--validation", "0"
+        )
+    )
+    assert rc == 1 and "needs a validation split" in capsys.readouterr().err

@@ -6,6 +6,7 @@ the same parameters, whatever the engine, retries or continue-as-new splits.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,16 +214,16 @@ def test_two_thousand_rounds_across_executions(stack):
     np.testing.assert_array_equal(params, expected)
 
 
-def test_stopped_execution_is_reported_not_waited_on(stack):
+def test_execution_failing_before_any_status_still_ends_follow(stack):
     """An execution that ends without its steps recording why still ends the follow."""
-    doc = job_doc("houses-linear.json", job_id="stopped", training={"rounds": 5000})
-    doc["dataset"]["uri"] = stack.upload_dataset(data_path("houses.csv"))
-    stack.start(parse_spec(doc))
-    (execution,) = executions_of(stack, "stopped")
-    stack.sfn.stop_execution(
-        executionArn=execution["executionArn"], error="UserStopped", cause="stopped by a test"
+    doc = job_doc("houses-linear.json")
+    doc.pop("job_id")  # Prepare cannot name the job, so nothing records a status
+    started = stack.sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn, name="orphan", input=json.dumps({"spec": doc})
     )
+    stack.attach("orphan", started["executionArn"])
     with pytest.raises(JobFailedError) as err:
-        stack.follow("stopped", timeout=120)
-    # AWS reports the stop's error name; moto reports the status alone
-    assert err.value.error in {"UserStopped", "ABORTED"}
+        stack.follow("orphan", poll_seconds=0.05, timeout=120)
+    assert err.value.error == "SpecError"
+    assert "job_id: missing" in err.value.message
+    assert not stack.store.exists(JobKeys("orphan").status)

@@ -1,8 +1,17 @@
 """Models: exact gradients (central differences), stability, shapes, conventions."""
 
+import json
+
 import numpy as np
 import pytest
-from lambdagrad.models import ModelError, build_model, l2_penalty
+from lambdagrad.models import (
+    MODEL_KINDS,
+    ModelError,
+    build_model,
+    l1_penalty,
+    l1_prox,
+    l2_penalty,
+)
 
 CASES = [("linear", 1), ("logistic", 2), ("softmax", 2), ("softmax", 4)]
 
@@ -157,6 +166,111 @@ def test_init_is_zeros(kind, n_classes):
 def test_build_model_rejects_bad_config(kind, n_classes):
     with pytest.raises(ModelError):
         build_model(kind, n_features=3, n_classes=n_classes)
+
+
+def test_build_model_error_messages():
+    with pytest.raises(ModelError, match="choose one of linear, logistic, softmax, mlp"):
+        build_model("mlp2", 3, 2)
+    with pytest.raises(ModelError, match="n_features"):
+        build_model("mlp", 0, 2, hidden=(4,))
+    with pytest.raises(ModelError, match=r"^mlp needs at least one hidden layer$"):
+        build_model("mlp", 3, 2)
+    with pytest.raises(ModelError, match="choose one of relu, tanh, sigmoid, gelu"):
+        build_model("mlp", 3, 2, hidden=(4,), activation="elu")
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), CASES)
+def test_hidden_layers_are_only_for_mlp(kind, n_classes):
+    with pytest.raises(ModelError, match="only for mlp"):
+        build_model(kind, 3, n_classes, hidden=(4,))
+    # activation is ignored by the convex models, and the defaults change nothing
+    model = build_model(kind, 3, n_classes, hidden=(), activation="tanh")
+    assert model.kind == kind
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [*CASES, ("mlp", 1), ("mlp", 3)])
+def test_describe_rebuilds_the_model(kind, n_classes):
+    extra = {"hidden": (5, 2), "activation": "sigmoid"} if kind == "mlp" else {}
+    model = build_model(kind, 3, n_classes, **extra)
+    desc = model.describe()
+    assert desc["kind"] == kind and desc["n_features"] == 3 and desc["n_classes"] == n_classes
+    assert json.loads(json.dumps(desc)) == desc
+    again = build_model(**desc)
+    assert type(again) is type(model) and again.layers() == model.layers()
+    assert again.describe() == desc
+    assert kind in MODEL_KINDS
+
+
+# ---- L1 ------------------------------------------------------------------------------------
+
+
+def test_l1_prox_soft_thresholds_weights_only():
+    model = build_model("softmax", 2, 3)  # W (2, 3) then b (3)
+    params = np.array([0.5, -0.5, 0.2, -0.1, 2.0, -3.0, 0.05, -0.05, 7.0])
+    before = params.copy()
+    out = l1_prox(model, params, 0.2)
+    expected_w = [0.3, -0.3, 0.0, 0.0, 1.8, -2.8]
+    np.testing.assert_allclose(out[:6], expected_w, rtol=0, atol=1e-15)
+    assert out[2] == 0.0 and out[3] == 0.0  # exact zeros, |w| <= threshold
+    assert not np.signbit(out[:6][out[:6] == 0]).any()  # +0.0, not -0.0
+    np.testing.assert_array_equal(out[6:], params[6:])  # small biases are not shrunk
+    np.testing.assert_array_equal(params, before)  # input not mutated
+    assert not np.shares_memory(out, params)
+    np.testing.assert_array_equal(l1_prox(model, params, 0.0), params)
+    assert out.dtype == np.float64
+
+
+def test_l1_prox_is_the_proximal_operator():
+    """v = prox(w) minimises 0.5 ||v - w||^2 + t ||v_weights||_1: no nearby point is lower."""
+    model = build_model("softmax", 4, 3)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=model.n_params)
+    t = 0.4
+    mask = model.weight_mask
+
+    def objective(v):
+        return 0.5 * np.sum((v - w) ** 2) + t * np.abs(v[mask]).sum()
+
+    v = l1_prox(model, w, t)
+    best = objective(v)
+    for _ in range(200):
+        assert objective(v + 1e-3 * rng.normal(size=v.size)) > best
+
+
+def test_l1_prox_rejects_bad_arguments():
+    model = build_model("linear", 2, 1)
+    with pytest.raises(ModelError, match=">= 0"):
+        l1_prox(model, np.zeros(3), -0.1)
+    with pytest.raises(ModelError, match=">= 0"):
+        l1_prox(model, np.zeros(3), float("nan"))
+    with pytest.raises(ModelError, match="parameters"):
+        l1_prox(model, np.zeros(4), 0.1)
+
+
+def test_l1_penalty_value_excludes_biases():
+    model = build_model("softmax", 2, 2)
+    params = np.array([1.0, -2.0, 0.5, -0.25, 100.0, -100.0])
+    assert l1_penalty(model, params, 0.1) == pytest.approx(0.1 * 3.75)
+    assert isinstance(l1_penalty(model, params, 0.1), float)
+    assert l1_penalty(model, params, 0.0) == 0.0
+
+
+def test_proximal_gradient_gives_exact_zeros_where_subgradient_does_not():
+    """Lasso on 2 informative + 3 noise features: ISTA zeroes the noise weights exactly,
+    the subgradient method leaves them dithering around 0."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = 3.0 * X[:, 0] - 2.0 * X[:, 1] + 0.1 * rng.normal(size=200)
+    model = build_model("linear", 5, 1)
+    lr, l1 = 0.1, 0.3
+    prox = np.zeros(model.n_params)
+    sub = np.zeros(model.n_params)
+    for _ in range(500):
+        prox = l1_prox(model, prox - lr * model.loss_and_grad(prox, X, y)[1], lr * l1)
+        g = model.loss_and_grad(sub, X, y)[1] + l1 * np.sign(sub) * model.weight_mask
+        sub = sub - lr * g
+    assert np.all(prox[2:5] == 0.0) and np.all(np.abs(prox[:2]) > 1.0)
+    assert np.all(sub[2:5] != 0.0)
 
 
 def test_shape_and_label_checks():

@@ -30,7 +30,9 @@ def drive(store: Store, spec_doc: dict, job_id: str = "job-1") -> dict:
         ]
         state = steps.reduce(store, {**state, "results": results})
         if state["next"] == "finalize":
-            return steps.finalize(store, {"job_id": job_id, "round": state["round"]})
+            return steps.finalize(
+                store, {"job_id": job_id, "round": state["round"], "progress": state["progress"]}
+            )
 
 
 def store_with(name: str) -> tuple[Store, bytes]:
@@ -141,3 +143,77 @@ def test_record_failure_writes_status():
     assert out["recorded"] and out["error"] == "ModelDiverged"
     status = store.get_json(JobKeys("houses-demo").status)
     assert status["state"] == "FAILED" and "not finite" in status["message"]
+
+
+@pytest.mark.parametrize(
+    ("data_file", "groups"),
+    [
+        (
+            "iris.csv",
+            {
+                "model": {"type": "mlp", "hidden": [8, 6], "activation": "tanh", "l1": 1e-3},
+                "optimizer": {
+                    "name": "adamw",
+                    "learning_rate": 0.02,
+                    "schedule": "cosine",
+                    "warmup": 5,
+                    "clip_norm": 1.0,
+                },
+                "training": {"batch_size": 16, "workers": 3, "rounds": 40},
+            },
+        ),
+        (
+            "houses.csv",
+            {
+                "model": {"type": "mlp", "hidden": [4], "activation": "gelu", "l2": 0.01},
+                "optimizer": {
+                    "name": "rmsprop",
+                    "learning_rate": 0.01,
+                    "schedule": "step",
+                    "decay_steps": 10,
+                    "decay_rate": 0.5,
+                },
+                "training": {"batch_size": 32, "workers": 2, "rounds": 30},
+            },
+        ),
+        (
+            "iris.csv",
+            {
+                "optimizer": {"name": "nesterov", "learning_rate": 0.5},
+                "training": {
+                    "batch_size": "full",
+                    "workers": 2,
+                    "rounds": 400,
+                    "patience": 3,
+                    "min_delta": 1e-4,
+                },
+            },
+        ),
+    ],
+    ids=["mlp-adamw-cosine-clip-l1", "mlp-regression-rmsprop-step", "early-stopping"],
+)
+def test_deep_models_and_optimizers_match_reference(data_file, groups):
+    base = "iris-softmax.json" if data_file == "iris.csv" else "houses-linear.json"
+    doc = json.loads((EVENTS / "jobs" / base).read_text())
+    for group, fields in groups.items():
+        merged = {**doc.get(group, {}), **fields}
+        if "rounds" in fields:
+            merged.pop("epochs", None)
+        doc[group] = merged
+    store, data = store_with(data_file)
+    result = drive(store, doc)
+    keys = JobKeys("job-1")
+    trained = TrainedModel.from_documents(
+        store.get_bytes(keys.model_npz), store.get_json(keys.model_json)
+    )
+    expected, losses = reference_train(parse_spec(doc), data, data_file)
+    np.testing.assert_array_equal(trained.params, expected)
+    model_json = store.get_json(keys.model_json)
+    if "patience" in groups["training"]:
+        assert model_json["stopped"] == "early_stopping"
+        assert model_json["model_round"] < result["rounds"] < 400
+        np.testing.assert_array_equal(
+            store.get_array(keys.params(model_json["model_round"])), trained.params
+        )
+    else:
+        assert model_json["model_round"] == result["rounds"] == len(losses)

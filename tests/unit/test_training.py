@@ -85,3 +85,39 @@ def test_segment_keeps_history_well_under_limit(workers):
 def test_combine_is_weighted_mean():
     g, loss, n = combine_gradients([np.array([2.0]), np.array([6.0])], [4.0, 2.0], [2, 4])
     assert n == 6 and g.tolist() == [8.0 / 6] and loss == 1.0
+
+
+def _spec(**training):
+    return parse_spec({"dataset": {"uri": URI}, "training": training})
+
+
+def test_early_stopping_waits_patience_rounds_and_remembers_the_best():
+    from lambdagrad.training import advance_progress, final_round, initial_progress
+
+    spec = _spec(patience=2, min_delta=0.01)
+    progress, stops = initial_progress(0.0), []
+    for r, val in enumerate([5.0, 4.0, 3.995, 4.5], start=1):
+        progress, stop = advance_progress(progress, spec, r, 1.0 / r, val, float(r))
+        stops.append(stop)
+    # 3.995 is not better than 4.0 by min_delta: two rounds without a gain stop the job
+    assert stops == [None, None, None, "early_stopping"]
+    assert progress["best_round"] == 2 and progress["best_loss"] == 4.0
+    assert final_round(spec, {"best_round": 2}, 4) == 2
+    assert final_round(_spec(), {"best_round": 2}, 4) == 4  # no patience: the last round
+
+
+def test_tolerance_stops_on_small_relative_change():
+    from lambdagrad.training import advance_progress, initial_progress
+
+    spec = _spec(tolerance=0.01)
+    p, stop = advance_progress(initial_progress(0.0), spec, 1, 10.0, None, 1.0)
+    assert stop is None
+    p, stop = advance_progress(p, spec, 2, 9.0, None, 2.0)
+    assert stop is None
+    _, stop = advance_progress(p, spec, 3, 8.95, None, 3.0)
+    assert stop == "tolerance"
+
+
+def test_patience_needs_a_validation_split():
+    with pytest.raises(Exception, match=r"training\.patience needs a validation split"):
+        parse_spec({"dataset": {"uri": URI, "validation": 0}, "training": {"patience": 3}})

@@ -62,7 +62,8 @@ class TrainedModel:
             **self.info,
             "format": MODEL_FORMAT,
             "model": {
-                "type": self.info.get("model", {}).get("type", type(self.model).__name__.lower()),
+                "type": type(self.model).__name__.lower(),
+                **self.info.get("model", {}),
                 "task": self.model.task,
                 "n_features": self.model.n_features,
                 "n_classes": self.model.n_classes,
@@ -79,7 +80,10 @@ class TrainedModel:
         if doc.get("format") != MODEL_FORMAT:
             raise ArtifactError(f"model.json format {doc.get('format')!r} is not {MODEL_FORMAT}")
         spec = doc["model"]
-        model = build_model(spec["type"], int(spec["n_features"]), int(spec["n_classes"]))
+        extra = {}
+        if spec["type"] == "mlp":
+            extra = {"hidden": spec["hidden"], "activation": spec["activation"]}
+        model = build_model(spec["type"], int(spec["n_features"]), int(spec["n_classes"]), **extra)
         with np.load(io.BytesIO(npz_bytes), allow_pickle=False) as npz:
             if "params" not in npz.files:
                 raise ArtifactError("model.npz has no 'params' array")

@@ -27,6 +27,7 @@ from lambdagrad.data import DataError, load_dataset
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, JobSpec, SpecError, parse_spec
 from lambdagrad.store import StoreError
 from lambdagrad.tabular import read_features, read_labelled
+from lambdagrad.training import infer_task
 
 __all__ = ["main"]
 
@@ -55,12 +56,24 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "validation": ("dataset", "validation"),
     "standardize": ("dataset", "standardize"),
     "model": ("model", "type"),
+    "hidden": ("model", "hidden"),
+    "activation": ("model", "activation"),
+    "task": ("model", "task"),
+    "l1": ("model", "l1"),
     "l2": ("model", "l2"),
     "optimizer": ("optimizer", "name"),
     "lr": ("optimizer", "learning_rate"),
     "momentum": ("optimizer", "momentum"),
     "beta1": ("optimizer", "beta1"),
     "beta2": ("optimizer", "beta2"),
+    "eps": ("optimizer", "eps"),
+    "weight_decay": ("optimizer", "weight_decay"),
+    "clip_norm": ("optimizer", "clip_norm"),
+    "schedule": ("optimizer", "schedule"),
+    "decay_steps": ("optimizer", "decay_steps"),
+    "decay_rate": ("optimizer", "decay_rate"),
+    "final_lr": ("optimizer", "final_lr"),
+    "warmup": ("optimizer", "warmup"),
     "batch_size": ("training", "batch_size"),
     "workers": ("training", "workers"),
     "epochs": ("training", "epochs"),
@@ -68,6 +81,8 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "tolerance": ("training", "tolerance"),
     "seed": ("training", "seed"),
     "segment_rounds": ("training", "segment_rounds"),
+    "patience": ("training", "patience"),
+    "min_delta": ("training", "min_delta"),
 }
 
 
@@ -83,6 +98,16 @@ def _batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
     return value
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
+    return sizes
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -219,13 +244,11 @@ def _stderr_console() -> Any:
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> None:
     """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
     path = Path(args.data)
-    load_dataset(
-        path.read_bytes(),
-        source=path.name,
-        fmt=spec.dataset.format,
-        label=spec.dataset.label,
-        task=spec.model.task,
-    )
+    data, fmt, label = path.read_bytes(), spec.dataset.format, spec.dataset.label
+    task = spec.model.task
+    if task == "auto":
+        task = infer_task(data, source=path.name, fmt=fmt, label=label)
+    load_dataset(data, source=path.name, fmt=fmt, label=label, task=task)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -383,10 +406,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep features as they are (default: scale to zero mean, unit variance)",
     )
     m = train.add_argument_group("model")
-    m.add_argument("--model", choices=["linear", "logistic", "softmax"], help="model")
+    m.add_argument("--model", choices=["linear", "logistic", "softmax", "mlp"], help="model")
+    m.add_argument(
+        "--hidden", type=_sizes, help="mlp hidden layer sizes, e.g. 128,64 (default: 64)"
+    )
+    m.add_argument(
+        "--activation", choices=["relu", "tanh", "sigmoid", "gelu"], help="mlp activation"
+    )
+    m.add_argument(
+        "--task",
+        choices=["auto", "regression", "classification"],
+        help="mlp: what to predict; auto decides from the labels",
+    )
+    m.add_argument("--l1", type=float, help="L1 penalty l1*|w| on weights, as a proximal step")
     m.add_argument("--l2", type=float, help="L2 penalty 0.5*l2*||w||^2 on weights")
     o = train.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], help="optimizer")
+    o.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop"],
+        help="optimizer",
+    )
     o.add_argument(
         "--lr",
         type=float,
@@ -394,9 +433,25 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATE.items())
         + ")",
     )
-    o.add_argument("--momentum", type=float, help="momentum coefficient")
-    o.add_argument("--beta1", type=float, help="Adam beta1")
-    o.add_argument("--beta2", type=float, help="Adam beta2")
+    o.add_argument("--momentum", type=float, help="momentum / nesterov coefficient")
+    o.add_argument("--beta1", type=float, help="Adam/AdamW beta1")
+    o.add_argument("--beta2", type=float, help="Adam/AdamW beta2")
+    o.add_argument("--eps", type=float, help="Adam/AdamW/RMSProp epsilon")
+    o.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
+    o.add_argument("--clip-norm", type=float, help="clip the gradient's global L2 norm to this")
+    o.add_argument(
+        "--schedule",
+        choices=["constant", "step", "exponential", "inverse_time", "cosine"],
+        help="learning-rate schedule over rounds",
+    )
+    o.add_argument("--decay-steps", type=int, help="step schedule: rounds between drops")
+    o.add_argument(
+        "--decay-rate",
+        type=float,
+        help="step/exponential: factor per drop/round; inverse_time: decay",
+    )
+    o.add_argument("--final-lr", type=float, help="cosine schedule: learning rate at the end")
+    o.add_argument("--warmup", type=int, help="rounds of linear warm-up before the schedule")
     t = train.add_argument_group("training")
     t.add_argument(
         "--batch-size",
@@ -412,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     length.add_argument("--rounds", type=int, help="optimizer steps, instead of --epochs")
     t.add_argument("--tolerance", type=float, help="stop when relative change of train loss < this")
+    t.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: rounds without validation gain; keeps the best round",
+    )
+    t.add_argument("--min-delta", type=float, help="early stopping: the least gain that counts")
     t.add_argument("--seed", type=int, help="seed for split, initialisation and sampling")
     t.add_argument(
         "--segment-rounds",

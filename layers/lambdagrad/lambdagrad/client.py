@@ -96,7 +96,7 @@ class StackClient:
         started = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=spec.job_id, input=json.dumps(payload)
         )
-        self._executions[spec.job_id] = started["executionArn"]
+        self.attach(spec.job_id, started["executionArn"])
         return spec.job_id
 
     # ---- following ------------------------------------------------------------------
@@ -105,6 +105,11 @@ class StackClient:
             return self.store.get_json(JobKeys(job_id).status)
         except StoreError:
             return {"job_id": job_id, "state": "PENDING"}
+
+    def attach(self, job_id: str, execution_arn: str) -> None:
+        """Watch this execution for ``job_id`` until its steps report (a job started elsewhere):
+        if it ends before they write a status, ``follow`` still ends, with its error."""
+        self._executions[job_id] = execution_arn
 
     def _execution_failure(self, status: dict[str, Any]) -> tuple[str, str] | None:
         """An execution that ended without its steps recording why (stopped, timed out)."""

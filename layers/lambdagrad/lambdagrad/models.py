@@ -10,6 +10,13 @@ Loss conventions (all are the MEAN over the rows of the batch):
   so the gradient for row i is ``x_i (x_i . w + b - y_i)`` with no stray factor 2.
 - ``logistic``: binary cross-entropy, ``y`` in {0, 1}, via ``logaddexp`` (stable).
 - ``softmax``: softmax cross-entropy, ``y`` class indices, via log-sum-exp (stable).
+- ``mlp``: a multi-layer perceptron (:class:`MLP`). With ``n_classes == 1`` it is a
+  regression with the same loss as ``linear``; with ``n_classes >= 2`` its output layer
+  gives ``n_classes`` logits under the same softmax cross-entropy as ``softmax`` (binary
+  is a 2-class softmax, not one logit).
+
+Regularisation acts on weights only (``weight_mask``), never on biases: L2 as a smooth
+penalty with a gradient (:func:`l2_penalty`), L1 as a proximal step (:func:`l1_prox`).
 
 Examples
 --------
@@ -23,21 +30,29 @@ Examples
 from __future__ import annotations
 
 import abc
+import itertools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
+    "ACTIVATIONS",
+    "MLP",
     "LinearRegression",
     "LogisticRegression",
     "Model",
     "ModelError",
     "SoftmaxRegression",
     "build_model",
+    "l1_penalty",
+    "l1_prox",
     "l2_penalty",
 ]
 
-MODEL_KINDS = ("linear", "logistic", "softmax")
+MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
 
 class ModelError(ValueError):
@@ -108,8 +123,17 @@ class Model(abc.ABC):
         return np.zeros(self.n_params, dtype=np.float64)
 
     def layers(self) -> list[dict]:
-        """JSON-able layer description for ``model.json``."""
+        """JSON-able layer description for ``model.json``: name and shape of each block,
+        in the order of the flat vector."""
         return self.layout.describe()
+
+    def describe(self) -> dict:
+        """JSON-able arguments that rebuild this model: ``build_model(**m.describe())``.
+
+        Always ``kind``, ``n_features`` and ``n_classes``; an ``mlp`` adds ``hidden``
+        (list of widths) and ``activation``.
+        """
+        return {"kind": self.kind, "n_features": self.n_features, "n_classes": self.n_classes}
 
     def loss_and_grad(
         self, params: np.ndarray, X: np.ndarray, y: np.ndarray
@@ -266,27 +290,224 @@ def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
 
 
-def build_model(kind: str, n_features: int, n_classes: int) -> Model:
+# ---- multi-layer perceptron ------------------------------------------------------------
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+def _relu(z: np.ndarray) -> np.ndarray:
+    return np.maximum(z, 0.0)
+
+
+def _relu_grad(z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return (z > 0.0).astype(np.float64)  # 0 at the kink z == 0 (a subgradient)
+
+
+def _tanh_grad(z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return 1.0 - a * a
+
+
+def _sigmoid_grad(z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return a * (1.0 - a)
+
+
+def _gelu(z: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: ``0.5 z (1 + tanh(c (z + 0.044715 z^3)))``, c = sqrt(2/pi)."""
+    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_A * z**3)))
+
+
+def _gelu_grad(z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Exact derivative of :func:`_gelu` (the tanh approximation, not of the erf GELU)."""
+    t = np.tanh(_GELU_C * (z + _GELU_A * z**3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * z * z)
+
+
+# name -> (activation, derivative given the pre-activation z and the activation a = f(z))
+_ACTIVATION_FNS: dict[
+    str,
+    tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]],
+] = {
+    "relu": (_relu, _relu_grad),
+    "tanh": (np.tanh, _tanh_grad),
+    "sigmoid": (_sigmoid, _sigmoid_grad),
+    "gelu": (_gelu, _gelu_grad),
+}
+
+
+class MLP(Model):
+    """Multi-layer perceptron: hidden layers ``a = f(a_prev @ W_i + b_i)``, then a linear
+    output layer.
+
+    Parameters, in the flat vector in this order: ``W1`` ``(n_features, h1)`` row-major,
+    ``b1`` ``(h1,)``, ``W2`` ``(h1, h2)``, ``b2``, ..., and last the output layer
+    ``W{L+1}`` ``(h_L, n_out)``, ``b{L+1}`` ``(n_out,)`` where ``L = len(hidden)`` and
+    ``n_out`` is 1 for regression and ``n_classes`` otherwise.
+
+    - ``n_classes == 1``: regression, ``task = "regression"``, loss
+      ``mean(0.5 * (pred - y) ** 2)`` as :class:`LinearRegression`.
+    - ``n_classes >= 2``: classification, ``task = "classification"``, softmax
+      cross-entropy on ``n_classes`` logits (log-sum-exp), as :class:`SoftmaxRegression`.
+
+    Activations (``activation``, one for all hidden layers): ``relu``; ``tanh``;
+    ``sigmoid``; ``gelu`` -- the **tanh approximation**
+    ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))`` (as in BERT/GPT-2, PyTorch's
+    ``approximate="tanh"``), and the gradient is the exact derivative of that formula,
+    not of the erf-based GELU.
+
+    The gradient is plain backprop with one BLAS matrix product per layer forward
+    (``a @ W``) and two backward (``a.T @ dz`` and ``dz @ W.T``).
+
+    Examples
+    --------
+    >>> m = build_model("mlp", 3, 2, hidden=(4,), activation="tanh")
+    >>> [layer["name"] for layer in m.layers()], m.n_params
+    (['W1', 'b1', 'W2', 'b2'], 26)
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self, n_features: int, n_classes: int, hidden: Sequence[int], activation: str
+    ) -> None:
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        self.task = "regression" if n_classes == 1 else "classification"
+        self._act, self._act_grad = _ACTIVATION_FNS[activation]
+        sizes = (n_features, *self.hidden, n_classes)
+        blocks: list[tuple[str, tuple[int, ...], bool]] = []
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes), start=1):
+            blocks += [(f"W{i}", (fan_in, fan_out), True), (f"b{i}", (fan_out,), False)]
+        self.layout = Layout(tuple(blocks))
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight matrices: hidden layers plus the output layer."""
+        return len(self.hidden) + 1
+
+    def describe(self) -> dict:
+        return {**super().describe(), "hidden": list(self.hidden), "activation": self.activation}
+
+    def init(self, rng: np.random.Generator) -> np.ndarray:
+        """Random weights, zero biases; deterministic given the state of ``rng``.
+
+        Hidden weight matrices are He-normal, std ``sqrt(2 / fan_in)``, for ``relu`` and
+        ``gelu``, and Xavier/Glorot-normal, std ``sqrt(2 / (fan_in + fan_out))``, for
+        ``tanh`` and ``sigmoid``. The output layer is always Xavier-normal (it feeds no
+        nonlinearity). Matrices are drawn in order ``W1, W2, ...`` from ``rng``.
+        """
+        params = np.zeros(self.n_params, dtype=np.float64)
+        views = self.layout.views(params)
+        he = self.activation in ("relu", "gelu")
+        for i in range(1, self.n_layers + 1):
+            W = views[f"W{i}"]
+            fan_in, fan_out = W.shape
+            if he and i < self.n_layers:
+                std = math.sqrt(2.0 / fan_in)
+            else:
+                std = math.sqrt(2.0 / (fan_in + fan_out))
+            W[...] = rng.standard_normal(W.shape) * std
+        return params
+
+    def _forward(
+        self, p: dict[str, np.ndarray], X: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Output logits ``(n, n_out)``, layer inputs ``[X, a1, ..., aL]`` and
+        pre-activations ``[z1, ..., zL]``."""
+        inputs = [X]
+        pre: list[np.ndarray] = []
+        a = X
+        for i in range(1, self.n_layers):
+            z = a @ p[f"W{i}"]
+            z += p[f"b{i}"]
+            a = self._act(z)
+            pre.append(z)
+            inputs.append(a)
+        out = a @ p[f"W{self.n_layers}"]
+        out += p[f"b{self.n_layers}"]
+        return out, inputs, pre
+
+    def _scores(self, p, X):
+        out = self._forward(p, X)[0]
+        return out[:, 0] if self.task == "regression" else out
+
+    def _loss_and_grad(self, p, X, y):
+        n = X.shape[0]
+        out, inputs, pre = self._forward(p, X)
+        if self.task == "regression":
+            r = out[:, 0] - y
+            loss = 0.5 * float(r @ r) / n
+            dz = (r / n)[:, None]
+        else:
+            lse = _logsumexp_rows(out)
+            rows = np.arange(n)
+            loss = float(np.mean(lse - out[rows, y]))
+            dz = np.exp(out - lse[:, None])  # softmax probabilities
+            dz[rows, y] -= 1.0
+            dz /= n
+        grad = np.empty(self.n_params, dtype=np.float64)
+        g = self.layout.views(grad)
+        # dz holds d(loss)/d(z_i) for the layer i being processed, from the output down.
+        for i in range(self.n_layers, 0, -1):
+            g[f"W{i}"][...] = inputs[i - 1].T @ dz
+            g[f"b{i}"][...] = dz.sum(axis=0)
+            if i > 1:
+                dz = dz @ p[f"W{i}"].T
+                dz *= self._act_grad(pre[i - 2], inputs[i - 1])
+        return loss, grad
+
+    def predict_proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        if self.task == "regression":
+            return super().predict_proba(params, X)
+        params, X = self._check(params, X)
+        z = self._scores(self.layout.views(params), X)
+        return np.exp(z - _logsumexp_rows(z)[:, None])
+
+
+def build_model(
+    kind: str,
+    n_features: int,
+    n_classes: int,
+    *,
+    hidden: Sequence[int] = (),
+    activation: str = "relu",
+) -> Model:
     """Build a model by name.
 
     Parameters
     ----------
-    kind : {"linear", "logistic", "softmax"}
+    kind : {"linear", "logistic", "softmax", "mlp"}
     n_features : int
         Number of input columns, at least 1.
     n_classes : int
-        1 for ``linear``, exactly 2 for ``logistic``, at least 2 for ``softmax``.
+        1 for ``linear``, exactly 2 for ``logistic``, at least 2 for ``softmax``; for
+        ``mlp`` 1 means regression and 2 or more classification (softmax output).
+    hidden : sequence of int, keyword-only
+        Widths of the hidden layers of an ``mlp``, at least one, each positive. Must be
+        empty for the other kinds.
+    activation : {"relu", "tanh", "sigmoid", "gelu"}, keyword-only
+        Hidden-layer activation of an ``mlp`` (``gelu`` is the tanh approximation);
+        ignored by the other kinds.
+
+    ``build_model(**model.describe())`` rebuilds a model.
 
     Examples
     --------
     >>> build_model("softmax", n_features=4, n_classes=3).n_params
     15
+    >>> build_model("mlp", 4, 3, hidden=[8, 8], activation="gelu").n_params
+    139
     """
     if kind not in MODEL_KINDS:
         raise ModelError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     if not isinstance(n_features, int | np.integer) or n_features < 1:
         raise ModelError(f"n_features must be a positive integer, got {n_features!r}")
     n_features = int(n_features)
+    hidden = _check_hidden(hidden)
+    if kind != "mlp" and hidden:
+        raise ModelError(f"hidden layers are only for mlp, not {kind}; got hidden={list(hidden)}")
     if kind == "linear":
         if n_classes != 1:
             raise ModelError(f"linear regression needs n_classes=1, got {n_classes}")
@@ -298,9 +519,33 @@ def build_model(kind: str, n_features: int, n_classes: int) -> Model:
                 "use softmax for more"
             )
         return LogisticRegression(n_features)
-    if not isinstance(n_classes, int | np.integer) or n_classes < 2:
-        raise ModelError(f"softmax regression needs at least 2 classes, got {n_classes}")
-    return SoftmaxRegression(n_features, int(n_classes))
+    if kind == "softmax":
+        if not isinstance(n_classes, int | np.integer) or n_classes < 2:
+            raise ModelError(f"softmax regression needs at least 2 classes, got {n_classes}")
+        return SoftmaxRegression(n_features, int(n_classes))
+    # mlp
+    if not hidden:
+        raise ModelError("mlp needs at least one hidden layer")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ModelError(
+            f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    if not isinstance(n_classes, int | np.integer) or isinstance(n_classes, bool) or n_classes < 1:
+        raise ModelError(
+            f"mlp needs n_classes >= 1 (1 = regression, 2+ = classification), got {n_classes!r}"
+        )
+    return MLP(n_features, int(n_classes), hidden, activation)
+
+
+def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence | np.ndarray):
+        raise ModelError(f"hidden must be a sequence of layer widths, got {hidden!r}")
+    out = []
+    for h in hidden:
+        if isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1:
+            raise ModelError(f"hidden layer widths must be positive integers, got {list(hidden)}")
+        out.append(int(h))
+    return tuple(out)
 
 
 def l2_penalty(model: Model, params: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
@@ -314,3 +559,54 @@ def l2_penalty(model: Model, params: np.ndarray, l2: float) -> tuple[float, np.n
     """
     w = np.where(model.weight_mask, np.asarray(params, dtype=np.float64), 0.0)
     return 0.5 * l2 * float(w @ w), l2 * w
+
+
+def l1_penalty(model: Model, params: np.ndarray, l1: float) -> float:
+    """``l1 * sum(|w|)`` over weights only (biases are not shrunk), for reporting.
+
+    The L1 term is not differentiable at 0, so training applies it with :func:`l1_prox`
+    rather than through a gradient; this value is what the objective includes.
+
+    Examples
+    --------
+    >>> m = build_model("linear", 2, 1)
+    >>> l1_penalty(m, np.array([1.0, -2.0, 5.0]), 0.1)
+    0.30000000000000004
+    """
+    w = np.asarray(params, dtype=np.float64)[model.weight_mask]
+    return float(l1) * float(np.abs(w).sum())
+
+
+def l1_prox(model: Model, params: np.ndarray, threshold: float) -> np.ndarray:
+    """Proximal step of the L1 penalty: soft-threshold the weights, keep the biases.
+
+    Returns a new vector (``params`` is not modified) equal to ``params`` except on
+    ``model.weight_mask``, where ``w -> sign(w) * max(|w| - threshold, 0)``. This is the
+    exact minimiser of ``0.5 * ||v - w||^2 + threshold * ||v||_1``, so a training step for
+    ``loss + l1 * ||w||_1`` is a gradient step on the smooth part (data loss, L2) with step
+    size ``lr`` followed by ``l1_prox(model, params, lr * l1)`` (proximal gradient / ISTA).
+
+    Why proximal and not a (sub)gradient ``l1 * sign(w)`` added to the gradient: the
+    subgradient step never lands on 0 -- a small weight is pushed across zero by
+    ``lr * l1`` and back the next step, oscillating around 0 and never sparse -- while
+    soft-thresholding sets every weight with ``|w| <= threshold`` to exactly 0 and keeps it
+    there until the data gradient is strong enough to move it out. Zeros come out as
+    ``+0.0``.
+
+    Examples
+    --------
+    >>> m = build_model("linear", 3, 1)
+    >>> l1_prox(m, np.array([0.05, -2.0, 0.5, -0.01]), 0.1)
+    array([ 0.  , -1.9 ,  0.4 , -0.01])
+    """
+    threshold = float(threshold)
+    if not threshold >= 0.0:  # also rejects NaN
+        raise ModelError(f"l1 threshold must be >= 0, got {threshold}")
+    out = np.array(params, dtype=np.float64, copy=True)
+    if out.shape != (model.n_params,):
+        raise ModelError(f"expected {model.n_params} parameters, got shape {out.shape}")
+    mask = model.weight_mask
+    w = out[mask]
+    # "+ 0.0" turns the -0.0 of sign(w) * 0 for negative w into +0.0.
+    out[mask] = np.sign(w) * np.maximum(np.abs(w) - threshold, 0.0) + 0.0
+    return out

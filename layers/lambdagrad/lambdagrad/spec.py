@@ -31,7 +31,15 @@ __all__ = [
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$"
 MAX_WORKERS = 1000
-DEFAULT_LEARNING_RATE = {"sgd": 0.1, "momentum": 0.05, "adam": 0.01}
+DEFAULT_LEARNING_RATE = {
+    "sgd": 0.1,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "adam": 0.01,
+    "adamw": 0.01,
+    "adagrad": 0.1,
+    "rmsprop": 0.01,
+}
 
 
 class SpecError(ValueError):
@@ -66,37 +74,81 @@ class DatasetSpec(_Strict):
         return value
 
 
-class ModelSpec(_Strict):
-    """Which model to fit."""
+TYPE_TASKS = {"linear": "regression", "logistic": "classification", "softmax": "classification"}
 
-    type: Literal["linear", "logistic", "softmax"] = "linear"
+
+class ModelSpec(_Strict):
+    """Which model to fit, and its regularisation.
+
+    ``task`` is fixed by the type for linear (regression), logistic and softmax
+    (classification); an mlp does either, ``auto`` deciding from the labels when the job
+    is prepared (the saved spec then holds the decision).
+    """
+
+    type: Literal["linear", "logistic", "softmax", "mlp"] = "linear"
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=list, max_length=8, description="mlp hidden layer sizes (default [64])"
+    )
+    activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
+    task: Literal["auto", "regression", "classification"] = "auto"
+    l1: float = Field(0.0, ge=0.0, le=1e6, description="L1 penalty l1*|w| (proximal step)")
     l2: float = Field(0.0, ge=0.0, le=1e6, description="L2 penalty 0.5*l2*||w||^2 (not biases)")
 
-    @property
-    def task(self) -> str:
-        return "regression" if self.type == "linear" else "classification"
+    @model_validator(mode="before")
+    @classmethod
+    def _task_of_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type", "linear") in TYPE_TASKS:
+            fixed = TYPE_TASKS[data.get("type", "linear")]
+            if data.get("task", "auto") not in ("auto", fixed):
+                raise ValueError(f"a {data.get('type', 'linear')} model is for {fixed}")
+            data = {**data, "task": fixed}
+        return data
+
+    @model_validator(mode="after")
+    def _hidden_for_mlp(self) -> ModelSpec:
+        if self.type != "mlp" and self.hidden:
+            raise ValueError(f"hidden layers are for model type mlp, not {self.type}")
+        if self.type == "mlp" and not self.hidden:
+            object.__setattr__(self, "hidden", [64])
+        return self
 
 
 class OptimizerSpec(_Strict):
-    """Optimizer and its hyper-parameters (optax-shaped in ``lambdagrad.optim``)."""
+    """Optimizer, learning-rate schedule and their hyper-parameters (``lambdagrad.optim``)."""
 
-    name: Literal["sgd", "momentum", "adam"] = "sgd"
+    name: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop"] = "sgd"
     learning_rate: float | None = Field(
         None, gt=0.0, le=1e3, description="step size; a per-optimizer default when omitted"
     )
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum / nesterov coefficient")
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     eps: float = Field(1e-8, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="adamw decoupled decay")
+    clip_norm: float | None = Field(None, gt=0.0, le=1e6, description="clip gradient norm")
+    schedule: Literal["constant", "step", "exponential", "inverse_time", "cosine"] = "constant"
+    decay_steps: int = Field(100, ge=1, le=10_000_000, description="step schedule: rounds per drop")
+    decay_rate: float = Field(
+        0.5, gt=0.0, le=1e3, description="step/exponential: factor; inverse_time: decay"
+    )
+    final_lr: float = Field(0.0, ge=0.0, le=1e3, description="cosine: learning rate at the end")
+    warmup: int = Field(0, ge=0, le=10_000_000, description="rounds of linear warm-up")
+
+    @model_validator(mode="after")
+    def _decay_factor(self) -> OptimizerSpec:
+        if self.schedule in ("step", "exponential") and self.decay_rate > 1:
+            raise ValueError(
+                f"decay_rate {self.decay_rate} would grow the learning rate; "
+                f"a {self.schedule} schedule needs a factor in (0, 1]"
+            )
+        return self
 
     @property
     def lr(self) -> float:
         """The learning rate in force (explicit or the optimizer's default)."""
-        return (
-            self.learning_rate
-            if self.learning_rate is not None
-            else DEFAULT_LEARNING_RATE[self.name]
-        )
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATE[self.name]
 
 
 class TrainingSpec(_Strict):
@@ -115,6 +167,10 @@ class TrainingSpec(_Strict):
     segment_rounds: int | None = Field(
         None, ge=1, le=100_000, description="rounds per execution before continue-as-new (auto)"
     )
+    patience: int | None = Field(
+        None, ge=1, le=1_000_000, description="early stopping: rounds without improvement"
+    )
+    min_delta: float = Field(0.0, ge=0.0, le=1e12, description="early stopping: least gain")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:
@@ -140,6 +196,12 @@ class JobSpec(_Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     training: TrainingSpec = TrainingSpec()
     output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> JobSpec:
+        if self.training.patience is not None and self.dataset.validation == 0:
+            raise ValueError("training.patience needs a validation split (dataset.validation > 0)")
+        return self
 
     @property
     def default_epochs(self) -> float:

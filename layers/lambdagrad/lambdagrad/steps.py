@@ -33,16 +33,22 @@ from lambdagrad.data import (
     train_validation_split,
 )
 from lambdagrad.evaluation import classification_metrics, regression_metrics
-from lambdagrad.models import Model, build_model
+from lambdagrad.models import Model
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
+    advance_progress,
     batch_indices,
     combine_gradients,
+    final_round,
     global_batch,
+    infer_task,
     initial_params,
+    initial_progress,
+    model_for,
     optimizer_for,
     reduce_round,
+    schedule_for,
     segment_rounds_for,
     total_rounds,
     worker_gradient,
@@ -117,7 +123,7 @@ def _job(store: Store, job_id: str) -> tuple[JobKeys, JobSpec, dict[str, Any]]:
 
 
 def _model(meta: dict[str, Any], spec: JobSpec) -> Model:
-    return build_model(spec.model.type, meta["n_features"], meta["n_classes"])
+    return model_for(spec, meta["n_features"], meta["n_classes"])
 
 
 def _now() -> float:
@@ -147,15 +153,17 @@ def _spec_from_input(store: Store, payload: dict[str, Any]) -> JobSpec:
     return spec.model_copy(update={"job_id": job_id})
 
 
-def _read_dataset(store: Store, spec: JobSpec) -> Dataset:
+def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
+    """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
     bucket, key = parse_s3_uri(spec.dataset.uri)
     data = store.get_bytes(key, bucket=bucket)
-    return load_dataset(
-        data,
-        source=key.rsplit("/", 1)[-1],
-        fmt=spec.dataset.format,
-        label=spec.dataset.label,
-        task=spec.model.task,
+    source = key.rsplit("/", 1)[-1]
+    task = spec.model.task
+    if task == "auto":
+        task = infer_task(data, source=source, fmt=spec.dataset.format, label=spec.dataset.label)
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
+    return spec, load_dataset(
+        data, source=source, fmt=spec.dataset.format, label=spec.dataset.label, task=task
     )
 
 
@@ -188,7 +196,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
             )
     _update_status(store, keys, state="PREPARING", execution=execution, prepared_by=execution)
 
-    data = _read_dataset(store, spec)
+    spec, data = _read_dataset(store, spec)
     train_idx, val_idx = train_validation_split(
         len(data.y), spec.dataset.validation, spec.training.seed
     )
@@ -209,12 +217,12 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
 
     n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
-    model = build_model(spec.model.type, data.X.shape[1], n_classes)
+    model = model_for(spec, data.X.shape[1], n_classes)
+    rounds = total_rounds(spec, len(y_train))
     params = initial_params(model, spec.training.seed)
     store.put_array(keys.params(0), params)
-    store.put_arrays(keys.optimizer(0), optimizer_for(spec).init(params))
+    store.put_arrays(keys.optimizer(0), optimizer_for(spec, model, rounds).init(params))
 
-    rounds = total_rounds(spec, len(y_train))
     segment = segment_rounds_for(spec)
     meta = {
         "n_train": len(y_train),
@@ -241,7 +249,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "round": 0,
         "shards": list(range(workers)),
         "segment_end": min(segment, rounds),
-        "finished_at": meta["prepared_at"],
+        "progress": initial_progress(meta["prepared_at"]),
     }
 
 
@@ -284,15 +292,6 @@ def _validation_loss(
     return loss
 
 
-def _tolerance_reached(
-    store: Store, keys: JobKeys, spec: JobSpec, round_: int, loss: float
-) -> bool:
-    if spec.training.tolerance <= 0 or round_ == 0:
-        return False
-    previous = store.get_json(keys.metrics(round_))["train_loss"]
-    return abs(previous - loss) <= spec.training.tolerance * max(abs(previous), 1e-12)
-
-
 def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Aggregate the round's gradients in shard order and take one optimizer step."""
     job_id, round_ = event["job_id"], int(event["round"])
@@ -323,8 +322,15 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
                 f"round {round_}: training loss {train_loss} or its gradient is not finite; "
                 f"the last finite parameters are round {round_}. {_advice(spec)}"
             )
+        total = int(meta["rounds"])
         new_params, new_state = reduce_round(
-            model, optimizer_for(spec), params, state, mean_grad, spec.model.l2
+            model,
+            optimizer_for(spec, model, total),
+            params,
+            state,
+            mean_grad,
+            spec,
+            schedule_for(spec, total),
         )
         if not np.all(np.isfinite(new_params)):
             raise ModelDiverged(
@@ -343,11 +349,19 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         store.put_json(keys.metrics(next_round), record)
 
     total = int(meta["rounds"])
-    stop = next_round >= total or _tolerance_reached(
-        store, keys, spec, round_, record["train_loss"]
+    previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
+    progress, stop_reason = advance_progress(
+        previous,
+        spec,
+        next_round,
+        record["train_loss"],
+        record["validation_loss"],
+        record["finished_at"],
     )
+    if next_round >= total:
+        stop_reason = stop_reason or "rounds"
     segment_end = int(event["segment_end"])
-    if stop:
+    if stop_reason:
         step = "finalize"
     elif next_round >= segment_end:
         step = "continue"
@@ -373,10 +387,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
                 "updated_at": _now(),
             },
         )
-    if event.get("previous_finished_at") is not None:
-        emit(
-            "RoundSeconds", record["finished_at"] - float(event["previous_finished_at"]), "Seconds"
-        )
+    emit("RoundSeconds", record["finished_at"] - float(previous["finished_at"]), "Seconds")
     emit("TrainLoss", record["train_loss"], "None")
     if record["validation_loss"] is not None:
         emit("ValidationLoss", record["validation_loss"], "None")
@@ -386,7 +397,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         "shards": shards,
         "segment_end": segment_end,
         "next": step,
-        "finished_at": record["finished_at"],
+        "progress": {**progress, "stop": stop_reason},
     }
 
 
@@ -420,9 +431,11 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     """Write model.npz, model.json and history.csv; mark the job succeeded."""
     job_id, round_ = event["job_id"], int(event["round"])
     keys, spec, meta = _job(store, job_id)
-    params = store.get_array(keys.params(round_))
+    progress = event.get("progress") or {}
+    model_round = final_round(spec, progress, round_)
+    params = store.get_array(keys.params(model_round))
     records, history_csv = _history(store, keys, meta)
-    last = records[-1] if records else {}
+    chosen = records[model_round - 1] if 0 < model_round <= len(records) else {}
     trained = TrainedModel(
         model=_model(meta, spec),
         params=params,
@@ -433,12 +446,18 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     validation = _final_metrics(store, keys, trained, meta)
     trained.info = {
         "job_id": job_id,
-        "model": {"type": spec.model.type},
+        "model": {
+            "type": spec.model.type,
+            "hidden": spec.model.hidden,
+            "activation": spec.model.activation,
+        },
         "rounds": round_,
+        "model_round": model_round,
+        "stopped": progress.get("stop") or "rounds",
         "trained_at": _now(),
         "metrics": {
-            "train_loss": last.get("train_loss"),
-            "validation_loss": last.get("validation_loss"),
+            "train_loss": chosen.get("train_loss"),
+            "validation_loss": chosen.get("validation_loss"),
             "validation": validation,
         },
         "data": {k: meta[k] for k in ("n_train", "n_validation", "global_batch")},
@@ -454,6 +473,8 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
         keys,
         state="SUCCEEDED",
         round=round_,
+        model_round=model_round,
+        stopped=doc["stopped"],
         model=keys.model_json,
         metrics=doc["metrics"],
     )

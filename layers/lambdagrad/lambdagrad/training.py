@@ -16,24 +16,38 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
-from lambdagrad.models import Model, l2_penalty
-from lambdagrad.optim import GradientTransformation, make_optimizer
+from lambdagrad.data import DataError, load_dataset
+from lambdagrad.models import Model, build_model, l1_prox, l2_penalty
+from lambdagrad.optim import (
+    GradientTransformation,
+    Schedule,
+    apply_updates,
+    make_optimizer,
+    make_schedule,
+)
 from lambdagrad.spec import JobSpec
 
 __all__ = [
     "EVENTS_PER_ROUND_FIXED",
     "EVENTS_PER_ROUND_PER_WORKER",
     "HISTORY_EVENT_BUDGET",
+    "advance_progress",
     "batch_indices",
     "combine_gradients",
+    "final_round",
     "global_batch",
+    "infer_task",
     "initial_params",
+    "initial_progress",
     "local_batch_sizes",
+    "model_for",
     "optimizer_for",
     "reduce_round",
+    "schedule_for",
     "segment_rounds_for",
     "total_rounds",
     "worker_gradient",
@@ -111,6 +125,37 @@ def batch_indices(
     return out
 
 
+def model_for(spec: JobSpec, n_features: int, n_classes: int) -> Model:
+    """The model a spec describes, for data of this width and number of classes."""
+    if spec.model.type == "mlp":
+        return build_model(
+            "mlp",
+            n_features,
+            n_classes,
+            hidden=spec.model.hidden,
+            activation=spec.model.activation,
+        )
+    return build_model(spec.model.type, n_features, n_classes)
+
+
+MAX_AUTO_CLASSES = 20
+
+
+def infer_task(data: bytes, *, source: str, fmt: str | None, label: str | None) -> str:
+    """Regression or classification for an mlp with ``task: auto``, from the labels.
+
+    Labels that are not numbers, or whole numbers with at most 20 distinct values, make a
+    classification; any other numbers a regression.
+    """
+    try:
+        ds = load_dataset(data, source=source, fmt=fmt, label=label, task="regression")
+    except DataError:
+        return "classification"  # non-numeric labels (or bad data, reported on loading)
+    y = ds.y
+    whole = bool(np.all(y == np.round(y)))
+    return "classification" if whole and len(np.unique(y)) <= MAX_AUTO_CLASSES else "regression"
+
+
 INIT_TAG = 0x1A17  # keys the initialisation stream apart from split and sampling
 
 
@@ -146,15 +191,34 @@ def combine_gradients(
     return grad / total, loss / total, total
 
 
-def optimizer_for(spec: JobSpec) -> GradientTransformation:
-    """The optimizer a spec asks for, with its resolved learning rate."""
+def schedule_for(spec: JobSpec, total: int) -> Schedule:
+    """The learning-rate schedule of a spec, a pure function of the round number."""
     opt = spec.optimizer
-    hyper: dict[str, float] = {}
-    if opt.name == "momentum":
+    params: dict[str, float] = {}
+    if opt.schedule == "step":
+        params = {"step_size": opt.decay_steps, "gamma": opt.decay_rate}
+    elif opt.schedule == "exponential":
+        params = {"gamma": opt.decay_rate}
+    elif opt.schedule == "inverse_time":
+        params = {"decay": opt.decay_rate}
+    elif opt.schedule == "cosine":
+        params = {"final_lr": opt.final_lr}
+    return make_schedule(
+        opt.schedule, opt.lr, warmup=opt.warmup, total_steps=max(1, total - opt.warmup), **params
+    )
+
+
+def optimizer_for(spec: JobSpec, model: Model, total: int) -> GradientTransformation:
+    """The optimizer a spec asks for: its schedule, hyper-parameters and clipping."""
+    opt = spec.optimizer
+    hyper: dict[str, Any] = {}
+    if opt.name in ("momentum", "nesterov"):
         hyper = {"beta": opt.momentum}
-    elif opt.name == "adam":
+    elif opt.name in ("adam", "adamw"):
         hyper = {"b1": opt.beta1, "b2": opt.beta2, "eps": opt.eps}
-    return make_optimizer(opt.name, opt.lr, **hyper)
+        if opt.name == "adamw":
+            hyper.update(weight_decay=opt.weight_decay, mask=model.weight_mask)
+    return make_optimizer(opt.name, schedule_for(spec, total), clip_norm=opt.clip_norm, **hyper)
 
 
 def reduce_round(
@@ -163,11 +227,82 @@ def reduce_round(
     params: np.ndarray,
     opt_state: dict[str, np.ndarray],
     mean_grad: np.ndarray,
-    l2: float,
+    spec: JobSpec,
+    schedule: Schedule,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Add the L2 term once and apply one optimizer step."""
-    if l2 > 0.0:
-        _, reg_grad = l2_penalty(model, params, l2)
+    """One optimizer step: L2 added to the gradient once, then L1 as a proximal step.
+
+    The proximal step soft-thresholds the weights by ``lr_t * l1`` (ISTA), ``lr_t`` being
+    the learning rate of this step; it gives exact zeros where plain subgradients would
+    oscillate around them.
+    """
+    if spec.model.l2 > 0.0:
+        _, reg_grad = l2_penalty(model, params, spec.model.l2)
         mean_grad = mean_grad + reg_grad
+    lr = schedule(int(opt_state["step"]))
     updates, new_state = optimizer.update(mean_grad, opt_state, params)
-    return params + updates, new_state
+    new_params = apply_updates(params, updates)
+    if spec.model.l1 > 0.0:
+        new_params = l1_prox(model, new_params, lr * spec.model.l1)
+    return new_params, new_state
+
+
+def initial_progress(started_at: float) -> dict[str, Any]:
+    """What the reducer carries from round to round (in the state, not in S3)."""
+    return {
+        "finished_at": started_at,
+        "train_loss": None,
+        "best_round": None,
+        "best_loss": None,
+        "since_best": 0,
+    }
+
+
+def advance_progress(
+    progress: dict[str, Any],
+    spec: JobSpec,
+    round_: int,
+    train_loss: float,
+    validation_loss: float | None,
+    finished_at: float,
+) -> tuple[dict[str, Any], str | None]:
+    """Fold one finished round into the progress; say why to stop, if it is time.
+
+    ``round_`` is the number of the parameters just written. Early stopping watches the
+    validation loss (``patience`` rounds without a gain of ``min_delta``); ``tolerance``
+    watches the relative change of the training loss between rounds.
+    """
+    t = spec.training
+    stop = None
+    previous = progress.get("train_loss")
+    relative_change = (
+        abs(previous - train_loss) / max(abs(previous), 1e-12) if previous is not None else None
+    )
+    if t.tolerance > 0 and relative_change is not None and relative_change <= t.tolerance:
+        stop = "tolerance"
+    best_round, best_loss, since = (
+        progress.get("best_round"),
+        progress.get("best_loss"),
+        int(progress.get("since_best", 0)),
+    )
+    if validation_loss is not None:
+        if best_loss is None or validation_loss < best_loss - t.min_delta:
+            best_round, best_loss, since = round_, validation_loss, 0
+        else:
+            since += 1
+    if t.patience is not None and since >= t.patience:
+        stop = "early_stopping"
+    return {
+        "finished_at": finished_at,
+        "train_loss": train_loss,
+        "best_round": best_round,
+        "best_loss": best_loss,
+        "since_best": since,
+    }, stop
+
+
+def final_round(spec: JobSpec, progress: dict[str, Any], last_round: int) -> int:
+    """Which checkpoint becomes the model: the best validation round under early stopping."""
+    if spec.training.patience is not None and progress.get("best_round") is not None:
+        return int(progress["best_round"])
+    return last_round

@@ -125,13 +125,25 @@ def test_transient_worker_failure_gives_identical_model(engine, stack):
     np.testing.assert_array_equal(params, expected)
 
 
-def test_continue_as_new_splits_executions_without_changing_the_result(stack):
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "learning_rate": 0.05},
+        {"name": "adam", "learning_rate": 0.05, "schedule": "cosine", "warmup": 2},
+    ],
+    ids=["sgd", "adam-cosine-warmup"],
+)
+def test_continue_as_new_splits_executions_without_changing_the_result(stack, optimizer):
+    job_id = f"segments-{optimizer['name']}"
     doc = job_doc(
-        "houses-linear.json", job_id="segments", training={"rounds": 7, "segment_rounds": 3}
+        "houses-linear.json",
+        job_id=job_id,
+        optimizer=optimizer,
+        training={"rounds": 7, "segment_rounds": 3},
     )
     status, params = run_job(stack, doc, "houses.csv")
-    names = sorted(e["name"] for e in executions_of(stack, "segments"))
-    assert names == ["segments", "segments-r3", "segments-r6"]
+    names = sorted(e["name"] for e in executions_of(stack, job_id))
+    assert names == [job_id, f"{job_id}-r3", f"{job_id}-r6"]
     expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)
     assert status["round"] == 7

@@ -11,6 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 
 
+@pytest.fixture(autouse=True)
+def fresh_step_cache():
+    """Tests re-create buckets and job ids; a warm Lambda's cache must not carry over."""
+    from lambdagrad import steps
+
+    steps.clear_cache()
+    yield
+
+
 @pytest.fixture(scope="session")
 def engine():
     """template.yaml deployed into moto, with the real handlers."""

@@ -53,6 +53,7 @@ from lambdagrad.training import (
     total_rounds,
     worker_gradient,
 )
+from lambdagrad.uploads import upload_from_event
 
 __all__ = [
     "JobExistsError",
@@ -90,6 +91,14 @@ _CACHE_SIZE = 256
 _CACHE_LOCK = threading.Lock()
 _STATUS_WRITTEN: dict[str, float] = {}
 STATUS_INTERVAL_SECONDS = 1.0
+
+
+def clear_cache() -> None:
+    """Forget cached objects: for a process that outlives a bucket (tests re-create
+    buckets of the same name with other contents)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _STATUS_WRITTEN.clear()
 
 
 def _remember(store: Store, key: str, loader: str, value: Any) -> None:
@@ -140,17 +149,49 @@ def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
 
 
 # ---- prepare ------------------------------------------------------------------------
-def _spec_from_input(store: Store, payload: dict[str, Any]) -> JobSpec:
-    if "spec" in payload:
+MAX_SPEC_BYTES = 64 * 1024
+
+
+def job_id_of(payload: dict[str, Any]) -> str | None:
+    """The job an execution input is about: derived from an upload, or given."""
+    upload = upload_from_event(payload)
+    if upload is not None:
+        return upload.job_id
+    spec = payload.get("spec")
+    return payload.get("job_id") or (spec.get("job_id") if isinstance(spec, dict) else None)
+
+
+def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobSpec:
+    upload = upload_from_event(payload)
+    if upload is not None:
+        if upload.bucket != store.bucket:
+            raise SpecError(f"s3://{upload.bucket}/{upload.key} is not in this stack's bucket")
+        text = store.get_bytes(upload.key)
+        if len(text) > MAX_SPEC_BYTES:
+            raise SpecError(
+                f"{upload.key}: {len(text)} bytes; a job spec is at most {MAX_SPEC_BYTES}"
+            )
+        try:
+            spec = parse_spec(text)
+        except SpecError as exc:
+            raise SpecError(f"{upload.key}: {exc}") from None
+    elif "spec" in payload:
         spec = parse_spec(payload["spec"])
-    elif "spec_key" in payload:
-        spec = parse_spec(store.get_bytes(payload["spec_key"]))
     else:
-        raise SpecError("the execution input has neither 'spec' nor 'spec_key'")
-    job_id = payload.get("job_id") or spec.job_id
-    if not job_id:
-        raise SpecError("job_id: missing (in the execution input or the spec)")
+        raise SpecError("the execution input has no 'spec' and is not an S3 upload event")
     return spec.model_copy(update={"job_id": job_id})
+
+
+def _claim(store: Store, keys: JobKeys, execution: str | None) -> None:
+    """Take the job id with a conditional write; a second execution for it stops here."""
+    if store.put_json_if_absent(keys.claim, {"execution": execution, "claimed_at": _now()}):
+        return
+    owner = store.get_json(keys.claim).get("execution")
+    if owner != execution:
+        raise JobExistsError(
+            f"job {keys.job_id!r} already exists (started by {owner}); "
+            "nothing was changed - choose another job id"
+        )
 
 
 def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
@@ -185,15 +226,12 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     """Validate the spec, split and standardize the data, write shards and round 0."""
     payload = event.get("input", event)
     execution = event.get("execution")
-    spec = _spec_from_input(store, payload)
-    keys = JobKeys(spec.job_id)
-    if store.exists(keys.status):
-        status = store.get_json(keys.status)
-        if status.get("prepared_by") not in (None, execution):
-            raise JobExistsError(
-                f"job {spec.job_id!r} already exists (prepared by {status['prepared_by']}); "
-                "choose another job id"
-            )
+    job_id = job_id_of(payload)
+    if not job_id:
+        raise SpecError("job_id: missing (in the execution input or the spec)")
+    keys = JobKeys(job_id)
+    _claim(store, keys, execution)
+    spec = _spec_from_input(store, payload, job_id)
     _update_status(store, keys, state="PREPARING", execution=execution, prepared_by=execution)
 
     spec, data = _read_dataset(store, spec)
@@ -495,9 +533,10 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
     """Write why the job failed into status.json; checkpoints stay for inspection or resume."""
     state = event.get("state", {})
     error = state.get("error", {})
-    job_id = state.get("job_id") or state.get("input", {}).get("job_id")
+    job_id = state.get("job_id") or job_id_of(state)
     name, message = error.get("Error", "Unknown"), _error_message(error)
-    if not job_id:
+    if not job_id or name == JobExistsError.__name__:
+        # no job to speak of, or another execution's job: leave its files alone
         return {"status": "FAILED", "error": name, "message": message, "recorded": False}
     keys = JobKeys(job_id)
     _update_status(

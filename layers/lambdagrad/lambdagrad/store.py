@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -51,12 +52,16 @@ class JobKeys:
     job_id: str
 
     def __post_init__(self) -> None:
-        if not _JOB_ID.match(self.job_id):
+        if not _JOB_ID.match(self.job_id) or self.job_id == "incoming":
             raise StoreError(f"invalid job id {self.job_id!r}")
 
     @property
     def prefix(self) -> str:
         return f"jobs/{self.job_id}/"
+
+    @property
+    def claim(self) -> str:
+        return self.prefix + "claim.json"
 
     @property
     def spec(self) -> str:
@@ -169,6 +174,24 @@ class Store:
         body = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
         self.put_bytes(key, body, "application/json")
 
+    def put_json_if_absent(self, key: str, doc: Any) -> bool:
+        """Create a JSON object only if the key is free (S3 conditional write); False if taken."""
+        body = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                return False
+            raise
+        return True
+
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
@@ -211,9 +234,16 @@ class MemoryS3:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> dict:
+    class _Taken(Exception):
+        def __init__(self) -> None:
+            super().__init__("PreconditionFailed")
+            self.response = {"Error": {"Code": "PreconditionFailed"}}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **kw: Any) -> dict:
+        if kw.get("IfNoneMatch") == "*" and (Bucket, Key) in self.objects:
+            raise self._Taken()
         self.objects[(Bucket, Key)] = bytes(Body)
-        return {}
+        return {"ETag": '"' + hashlib.md5(bytes(Body)).hexdigest() + '"'}
 
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:

@@ -24,8 +24,10 @@ from lambdagrad import __version__
 from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_atomically
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.data import DataError, load_dataset
+from lambdagrad.registry import RegistryError, list_models, lookup, promote
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, JobSpec, SpecError, parse_spec
 from lambdagrad.store import StoreError
+from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
 from lambdagrad.training import infer_task
 
@@ -41,6 +43,8 @@ USER_ERRORS = (
     FileNotFoundError,
     IsADirectoryError,
     TimeoutError,
+    RegistryError,
+    SweepError,
 )
 
 
@@ -83,6 +87,7 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "segment_rounds": ("training", "segment_rounds"),
     "patience": ("training", "patience"),
     "min_delta": ("training", "min_delta"),
+    "model_name": ("output", "model_name"),
 }
 
 
@@ -98,6 +103,20 @@ def _batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
     return value
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.01,0.1, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _batch_list(text: str) -> list[int | str]:
+    return [_batch_size(part.strip()) for part in text.split(",") if part.strip()]
 
 
 def _sizes(text: str) -> list[int]:
@@ -333,24 +352,184 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    trained = TrainedModel.load(args.run)
-    path = Path(args.data)
-    X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
-    predictions = trained.predict(X)
+def _predictions_csv(predictions: list[Any], out: str | None) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["prediction"])
     writer.writerows([p] for p in predictions)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(buf.getvalue())
-        tmp.replace(out)
-        print(f"{len(predictions)} predictions written to {out}", file=sys.stderr)
+        tmp.replace(path)
+        print(f"{len(predictions)} predictions written to {path}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
+
+
+PREDICT_CHUNK_ROWS = 1000
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.stack:
+        if not args.model_name or len(args.paths) != 1:
+            raise CliError("with --stack: lambdagrad predict --stack NAME --model-name MODEL DATA")
+        path = Path(args.paths[0])
+        with open_stack(args) as stack:
+            pointer = lookup(stack.store, args.model_name)
+            trained = TrainedModel.from_documents(
+                stack.store.get_bytes(pointer["npz_key"]),
+                stack.store.get_json(pointer["model_key"]),
+            )
+            X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
+            predictions: list[Any] = []
+            for start in range(0, len(X), PREDICT_CHUNK_ROWS):
+                rows = X[start : start + PREDICT_CHUNK_ROWS].tolist()
+                predictions += stack.predict(args.model_name, rows)["predictions"]
+        _predictions_csv(predictions, args.out)
+        return 0
+    if len(args.paths) != 2:
+        raise CliError("lambdagrad predict RUN_DIR DATA (or --stack NAME --model-name MODEL DATA)")
+    run, data = args.paths
+    trained = TrainedModel.load(run)
+    path = Path(data)
+    X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
+    _predictions_csv(trained.predict(X), args.out)
+    return 0
+
+
+def _require_stack(args: argparse.Namespace, what: str) -> None:
+    if not args.stack:
+        raise CliError(f"{what} lives in a deployed stack's bucket: pass --stack NAME")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    _require_stack(args, "the model registry")
+    with open_stack(args) as stack:
+        if args.models_command == "promote":
+            pointer = promote(stack.store, args.name, args.job_id)
+            print(f"model {pointer['name']} now serves job {pointer['job_id']}")
+            return 0
+        models = list_models(stack.store)
+    if args.json:
+        print(json.dumps(models, default=str))
+        return 0
+    if not models:
+        print("no models registered (train with --model-name NAME, or models promote)")
+    for m in models:
+        metrics = (m.get("metrics") or {}).get("validation") or {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"{m['name']:<24} job {m['job_id']:<40} {m.get('model_type') or '':<8} {shown}")
+    return 0
+
+
+def _follow_with_progress(stack: StackClient, job_id: str, quiet: bool) -> dict[str, Any]:
+    with Progress(enabled=not quiet) as progress:
+        return stack.follow(job_id, on_status=progress.update)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    doc = _read_config(args.spec)
+    doc.pop("job_id", None)  # the upload's key and ETag name the job
+    with open_stack(args) as stack:
+        if args.data:
+            doc.setdefault("dataset", {})["uri"] = stack.upload_dataset(Path(args.data))
+        parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(args.spec).stem)
+        name = f"{stem[:24]}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+        job_id = stack.submit(doc, name)
+        print(job_id)
+        if args.follow or not args.stack:  # the embedded engine ends with this process
+            status = _follow_with_progress(stack, job_id, args.quiet)
+            print(json.dumps(status) if args.json else f"{job_id}: {status['state']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _require_stack(args, "a job's status")
+    with open_stack(args) as stack:
+        status = (
+            _follow_with_progress(stack, args.job_id, args.quiet)
+            if args.follow
+            else stack.status(args.job_id)
+        )
+    if args.json:
+        print(json.dumps(status))
+    else:
+        line = f"{args.job_id}: {status.get('state')}"
+        if status.get("rounds"):
+            line += f", round {status.get('round', 0)}/{status['rounds']}"
+        if status.get("train_loss") is not None:
+            line += f", train loss {status['train_loss']:.4g}"
+        if status.get("error"):
+            line += f"\n{status['error']}: {status.get('message', '')}"
+        print(line)
+    return 0 if status.get("state") != "FAILED" else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lambdagrad import sweep_report
+    from lambdagrad.plot import loss_curve_png
+    from lambdagrad.sweep import expand_grid, result_key, sweep_input
+
+    grid: dict[str, list[Any]] = {}
+    if args.lr:
+        grid["optimizer.learning_rate"] = args.lr
+    if args.batch_size:
+        grid["training.batch_size"] = args.batch_size
+    if not grid:
+        raise CliError(
+            "give comma lists to sweep over: --lr 0.001,0.01,0.1 --batch-size 16,64,full"
+        )
+    args.lr, args.batch_size = None, None
+    local_data = args.data is not None and not args.data.startswith("s3://")
+    if local_data and not Path(args.data).is_file():
+        raise CliError(f"{args.data}: no such file")
+    placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
+    spec = spec_from_args(args, placeholder)
+    if local_data:
+        _prepare_data(args, spec)
+    sweep_id = args.sweep_id or _default_job_id(args.data or spec.dataset.uri)[:50]
+    out = Path(args.out) if args.out else Path("runs") / sweep_id
+    with open_stack(args) as stack:
+        uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
+        base = json.loads(spec.model_dump_json())
+        base["dataset"]["uri"] = uri
+        base.pop("job_id", None)
+        points = expand_grid(base, grid)
+        arn = stack.start_sweep(sweep_input(sweep_id, points, args.concurrency))
+        if not args.quiet and not args.json:
+            _stderr_console().print(
+                f"sweep [bold]{sweep_id}[/]: {len(points)} points, "
+                f"at most {args.concurrency} at once"
+            )
+        desc = stack.wait_execution(arn, poll_seconds=0.5)
+        if desc["status"] != "SUCCEEDED":
+            raise JobFailedError(
+                sweep_id, desc.get("error") or desc["status"], desc.get("cause") or ""
+            )
+        result = stack.store.get_json(result_key(sweep_id))
+        best = result.get("best")
+        best_files = stack.model_files(best["job_id"]) if best else None
+    files = {
+        "result.json": json.dumps(result, indent=2).encode(),
+        "curves.png": sweep_report.curves_png(result),
+    }
+    if len(grid) == 2:
+        files["heatmap.png"] = sweep_report.heatmap_png(result)
+    write_directory_atomically(out, files)
+    if best_files:
+        best_files["loss.png"] = loss_curve_png(best_files["history.csv"], title=best["job_id"])
+        write_directory_atomically(out / "best", best_files)
+    if args.json:
+        print(json.dumps(sweep_report.summary_json(result)))
+    else:
+        print(sweep_report.table(result))
+        print(
+            f"results in {out}/ (result.json, curves.png{', heatmap.png' if len(grid) == 2 else ''}"
+            f"{', best/' if best_files else ''})"
+        )
     return 0
 
 
@@ -376,21 +555,11 @@ def _show_spec_defaults(parser: argparse.ArgumentParser) -> None:
             action.help += f" (default: {default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lambdagrad",
-        description="Train models on serverless AWS, or locally on the same state machine.",
-    )
-    parser.add_argument("--version", action="version", version=f"lambdagrad {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
+    """The job spec's flags, grouped; ``lists`` makes --lr and --batch-size comma lists.
 
-    fmt = argparse.HelpFormatter
-    train = sub.add_parser("train", help="train a model", formatter_class=fmt)
-    train.add_argument(
-        "data", nargs="?", help="CSV/.npy/.npz file, or s3://bucket/key with --stack"
-    )
-    train.add_argument("--config", help="job spec JSON; flags override its fields")
-    d = train.add_argument_group("data")
+    Returns the "training" group, for flags that follow it."""
+    d = p.add_argument_group("data")
     d.add_argument(
         "--label", help="label column (CSV) or column index (.npy); default: last column"
     )
@@ -405,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="keep features as they are (default: scale to zero mean, unit variance)",
     )
-    m = train.add_argument_group("model")
+    m = p.add_argument_group("model")
     m.add_argument("--model", choices=["linear", "logistic", "softmax", "mlp"], help="model")
     m.add_argument(
         "--hidden", type=_sizes, help="mlp hidden layer sizes, e.g. 128,64 (default: 64)"
@@ -420,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--l1", type=float, help="L1 penalty l1*|w| on weights, as a proximal step")
     m.add_argument("--l2", type=float, help="L2 penalty 0.5*l2*||w||^2 on weights")
-    o = train.add_argument_group("optimizer")
+    o = p.add_argument_group("optimizer")
     o.add_argument(
         "--optimizer",
         choices=["sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop"],
@@ -428,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--lr",
-        type=float,
+        type=_float_list if lists else float,
         help="learning rate (default: "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATE.items())
         + ")",
@@ -452,10 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--final-lr", type=float, help="cosine schedule: learning rate at the end")
     o.add_argument("--warmup", type=int, help="rounds of linear warm-up before the schedule")
-    t = train.add_argument_group("training")
+    t = p.add_argument_group("training")
     t.add_argument(
         "--batch-size",
-        type=_batch_size,
+        type=_batch_list if lists else _batch_size,
         help="global batch per round: integer (1 = SGD) or 'full' (batch GD)",
     )
     t.add_argument("--workers", type=int, help="data shards, one Lambda worker each")
@@ -479,7 +648,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="rounds per execution before continue-as-new; default from --workers",
     )
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lambdagrad",
+        description="Train models on serverless AWS, or locally on the same state machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"lambdagrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fmt = argparse.HelpFormatter
+    train = sub.add_parser("train", help="train a model", formatter_class=fmt)
+    train.add_argument(
+        "data", nargs="?", help="CSV/.npy/.npz file, or s3://bucket/key with --stack"
+    )
+    train.add_argument("--config", help="job spec JSON; flags override its fields")
+    t = _add_spec_flags(train)
     t.add_argument("--job-id", help="job id (default: from the data name and time)")
+    t.add_argument("--model-name", help="register the model under this name when it succeeds")
     out = train.add_argument_group("output")
     out.add_argument("--out", help="output directory (default runs/JOB_ID)")
     out.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
@@ -499,12 +687,69 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict with a trained model", formatter_class=fmt)
-    pr.add_argument("run", help="training output directory (holds model.json)")
-    pr.add_argument("data", help="CSV/.npy/.npz file with the model's feature columns")
+    pr = sub.add_parser(
+        "predict",
+        help="predict with a trained model",
+        usage="lambdagrad predict RUN_DIR DATA | --stack NAME --model-name MODEL DATA",
+        formatter_class=fmt,
+    )
+    pr.add_argument("paths", nargs="+", metavar="RUN_DIR DATA", help="training output and data")
     pr.add_argument("--format", choices=["csv", "npy", "npz"])
     pr.add_argument("--out", help="CSV to write (default: standard output)")
+    pr.add_argument("--model-name", help="with --stack: the registered model to call")
+    _add_stack_flags(pr)
     pr.set_defaults(func=cmd_predict)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train a grid of learning rates x batch sizes, keep the best",
+        formatter_class=fmt,
+    )
+    sw.add_argument("data", nargs="?", help="CSV/.npy/.npz file, or s3://bucket/key with --stack")
+    sw.add_argument("--config", help="job spec JSON for everything but the grid")
+    t = _add_spec_flags(sw, lists=True)
+    t.add_argument("--sweep-id", help="sweep id (default: from the data name and time)")
+    t.add_argument(
+        "--concurrency",
+        type=int,
+        default=5,
+        help="most points training at once (each uses --workers Lambdas)",
+    )
+    sout = sw.add_argument_group("output")
+    sout.add_argument("--out", help="output directory (default runs/SWEEP_ID)")
+    sout.add_argument("--quiet", action="store_true", help="no progress messages")
+    sout.add_argument("--json", action="store_true", help="print one JSON object: best and results")
+    _add_stack_flags(sw)
+    _show_spec_defaults(sw)
+    sw.set_defaults(func=cmd_sweep, job_id=None)
+
+    mo = sub.add_parser("models", help="the model registry of a stack", formatter_class=fmt)
+    msub = mo.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="registered models and the jobs they serve")
+    ml.add_argument("--json", action="store_true")
+    _add_stack_flags(ml)
+    mp = msub.add_parser("promote", help="point a model name at a finished job")
+    mp.add_argument("name")
+    mp.add_argument("job_id")
+    _add_stack_flags(mp)
+    mo.set_defaults(func=cmd_models)
+
+    su = sub.add_parser("submit", help="start a job by uploading its spec", formatter_class=fmt)
+    su.add_argument("spec", help="job spec JSON (its job_id is ignored: the upload names the job)")
+    su.add_argument("--data", help="a local dataset to upload and train on")
+    su.add_argument("--follow", action="store_true", help="stream progress until the job ends")
+    su.add_argument("--quiet", action="store_true", help="no progress bar")
+    su.add_argument("--json", action="store_true", help="print the final status as JSON")
+    _add_stack_flags(su)
+    su.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="a job's progress", formatter_class=fmt)
+    st.add_argument("job_id")
+    st.add_argument("--follow", action="store_true", help="stream progress until the job ends")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_stack_flags(st)
+    st.set_defaults(func=cmd_status)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class StackClient:
     sfn: Any
     bucket: str
     state_machine_arn: str
+    outputs: dict[str, str] = field(default_factory=dict, repr=False)
+    make_client: Callable[[str], Any] | None = field(default=None, repr=False)
     _executions: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -58,7 +61,9 @@ class StackClient:
             raise StackError(
                 f"stack has no output {exc.args[0]}: is it a lambdagrad stack?"
             ) from None
-        return cls(make_client("s3"), make_client("stepfunctions"), bucket, arn)
+        return cls(
+            make_client("s3"), make_client("stepfunctions"), bucket, arn, outputs, make_client
+        )
 
     @classmethod
     def from_stack(cls, stack_name: str, region: str | None = None) -> StackClient:
@@ -158,6 +163,87 @@ class StackClient:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status.get('state')} after {timeout} s")
             time.sleep(poll_seconds)
+
+    def output(self, key: str) -> str:
+        """A stack output the feature at hand needs (a clear error on an older stack)."""
+        if key not in self.outputs:
+            raise StackError(f"the stack has no output {key}: redeploy it with this version")
+        return self.outputs[key]
+
+    # ---- uploads, sweeps, serving -----------------------------------------------------
+    def submit(self, spec_doc: dict[str, Any], name: str) -> str:
+        """Upload a spec under jobs/incoming/ (which starts the job); return its job id."""
+        from lambdagrad.uploads import INCOMING_PREFIX, upload_job_id
+
+        key = f"{INCOMING_PREFIX}{name}.json"
+        put = self.s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=json.dumps(spec_doc).encode(),
+            ContentType="application/json",
+        )
+        return upload_job_id(key, put["ETag"])
+
+    def start_sweep(self, sweep_input: dict[str, Any]) -> str:
+        started = self.sfn.start_execution(
+            stateMachineArn=self.output("SweepStateMachineArn"),
+            name=sweep_input["sweep_id"],
+            input=json.dumps(sweep_input),
+        )
+        return started["executionArn"]
+
+    def wait_execution(
+        self, arn: str, poll_seconds: float = 0.5, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Poll an execution until it ends; return its description."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            desc = self.sfn.describe_execution(executionArn=arn)
+            if desc["status"] in _EXECUTION_DONE:
+                return desc
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{arn} still {desc['status']} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    def predict(self, model_name: str, instances: list[Any]) -> dict[str, Any]:
+        """Call the deployed predict function (as its function URL would be called)."""
+        if self.make_client is None:
+            raise StackError("this client cannot reach Lambda")
+        body = json.dumps({"model": model_name, "instances": instances})
+        request_id = str(uuid.uuid4())
+        event = {  # the function URL payload (format 2.0) the handler is written for
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": "/",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json"},
+            "requestContext": {
+                "accountId": "anonymous",
+                "http": {
+                    "method": "POST",
+                    "path": "/",
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": "lambdagrad",
+                },
+                "requestId": request_id,
+                "routeKey": "$default",
+                "stage": "$default",
+                "timeEpoch": int(time.time() * 1000),
+            },
+            "body": body,
+            "isBase64Encoded": False,
+        }
+        answer = self.make_client("lambda").invoke(
+            FunctionName=self.output("PredictFunctionName"), Payload=json.dumps(event).encode()
+        )
+        payload = json.loads(answer["Payload"].read())
+        if answer.get("FunctionError"):
+            raise StackError(f"predict function failed: {payload.get('errorMessage', payload)}")
+        doc = json.loads(payload.get("body") or "{}")
+        if payload.get("statusCode", 200) >= 400:
+            raise StackError(f"predict: {doc.get('error', payload)}")
+        return doc
 
     # ---- results --------------------------------------------------------------------
     def model_files(self, job_id: str) -> dict[str, bytes]:

@@ -34,6 +34,7 @@ from lambdagrad.data import (
 )
 from lambdagrad.evaluation import classification_metrics, regression_metrics
 from lambdagrad.models import Model
+from lambdagrad.registry import promote
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
@@ -506,6 +507,10 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     store.put_bytes(keys.history, history_csv, "text/csv")
     store.put_bytes(keys.model_npz, npz_bytes)
     store.put_json(keys.model_json, doc)  # last: its presence marks a complete model
+    registered = None
+    if spec.output.model_name:
+        # the newest successful job of a name is the one served
+        registered = promote(store, spec.output.model_name, job_id)["name"]
     _update_status(
         store,
         keys,
@@ -515,6 +520,7 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
         stopped=doc["stopped"],
         model=keys.model_json,
         metrics=doc["metrics"],
+        registered_as=registered,
     )
     return {"job_id": job_id, "state": "SUCCEEDED", "rounds": round_, "model": keys.model_json}
 

@@ -1,0 +1,142 @@
+"""Sweeps, serving and upload-started jobs from the CLI, against a stack by name (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from lambdagrad.cli import main
+
+from tests.conftest import EVENTS
+
+HOUSES = EVENTS / "data" / "houses.csv"
+
+
+def stack_flags(engine) -> list[str]:
+    return ["--stack", engine.stack_name, "--region", engine.region]
+
+
+def test_sweep_finds_the_lowest_validation_loss_and_keeps_diverged_points(engine, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = main(
+        [
+            "sweep",
+            str(HOUSES),
+            "--label",
+            "price",
+            "--lr",
+            "0.01,0.05,1000",
+            "--batch-size",
+            "32,full",
+            "--rounds",
+            "50",
+            "--workers",
+            "2",
+            "--concurrency",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            "--sweep-id",
+            "houses-grid",
+            *stack_flags(engine),
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = summary["results"]
+    assert len(results) == 6
+    diverged = [r for r in results if r["status"] == "DIVERGED"]
+    assert {r["params"]["optimizer.learning_rate"] for r in diverged} == {1000.0}
+    succeeded = [r for r in results if r["status"] == "SUCCEEDED"]
+    best = min(succeeded, key=lambda r: r["validation_loss"])
+    assert summary["best"]["lr"] == best["params"]["optimizer.learning_rate"]
+    assert summary["best"]["batch_size"] == best["params"]["training.batch_size"]
+    assert summary["best"]["validation_loss"] == best["validation_loss"]
+    for name in ("result.json", "curves.png", "heatmap.png", "best/model.json", "best/loss.png"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best_model = json.loads((out / "best" / "model.json").read_text())
+    assert best_model["job_id"] == best["job_id"]
+    engine.reset()
+
+
+def test_registered_model_is_served_by_the_predict_function(engine, tmp_path, capsys):
+    flags = stack_flags(engine)
+    rc = main(
+        [
+            "train",
+            str(HOUSES),
+            "--label",
+            "price",
+            "--rounds",
+            "30",
+            "--quiet",
+            "--out",
+            str(tmp_path / "m"),
+            "--model-name",
+            "houses",
+            *flags,
+        ]
+    )
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["models", "list", "--json", *flags]) == 0
+    (model,) = [m for m in json.loads(capsys.readouterr().out) if m["name"] == "houses"]
+    preds = tmp_path / "served.csv"
+    assert (
+        main(["predict", "--model-name", "houses", str(HOUSES), "--out", str(preds), *flags]) == 0
+    )
+    served = [float(v) for v in preds.read_text().split()[1:]]
+    local = tmp_path / "local.csv"
+    assert main(["predict", str(tmp_path / "m"), str(HOUSES), "--out", str(local)]) == 0
+    # the same model and features; only BLAS blocking (chunks of 1000 rows) may differ
+    np.testing.assert_allclose(
+        served, [float(v) for v in local.read_text().split()[1:]], rtol=1e-12
+    )
+    assert len(served) == 2000
+
+    # promote another job under the same name: the function serves it from the next call
+    rc = main(
+        [
+            "train",
+            str(HOUSES),
+            "--label",
+            "price",
+            "--rounds",
+            "3",
+            "--quiet",
+            "--out",
+            str(tmp_path / "m2"),
+            "--job-id",
+            "houses-short",
+            *flags,
+        ]
+    )
+    assert rc == 0
+    assert main(["models", "promote", "houses", "houses-short", *flags]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model-name", "houses", str(HOUSES), *flags]) == 0
+    again = [float(v) for v in capsys.readouterr().out.split()[1:]]
+    assert again != served and model["job_id"] != "houses-short"
+    assert main(["predict", "--model-name", "nope", str(HOUSES), *flags]) == 1
+    assert "no model named 'nope'" in capsys.readouterr().err
+    engine.reset()
+
+
+def test_submit_and_status(engine, tmp_path, capsys):
+    flags = stack_flags(engine)
+    spec = tmp_path / "job.json"
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["training"] = {"rounds": 5, "workers": 2}
+    spec.write_text(json.dumps(doc))
+    assert main(["submit", str(spec), "--data", str(HOUSES), "--follow", "--quiet", *flags]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    assert main(["status", job_id, "--json", *flags]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "SUCCEEDED" and status["round"] == 5
+    assert main(["status", "no-such-job", *flags]) == 0
+    assert "PENDING" in capsys.readouterr().out
+    assert main(["models", "list"]) == 1
+    assert "pass --stack NAME" in capsys.readouterr().err
+    engine.reset()

@@ -11,6 +11,31 @@ ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 
 
+LAMBDA_BUCKET = "lambdagrad-example-bucket"  # the bucket the sample events in events/ name
+
+
+@pytest.fixture
+def lambda_s3(monkeypatch):
+    """What a handler sees in Lambda, over moto S3: the template's variables, one bucket."""
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "BUCKET": LAMBDA_BUCKET,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "lambdagrad",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=LAMBDA_BUCKET)
+        yield client
+
+
 @pytest.fixture(autouse=True)
 def fresh_step_cache():
     """Tests re-create buckets and job ids; a warm Lambda's cache must not carry over."""

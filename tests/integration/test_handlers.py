@@ -8,14 +8,12 @@ import logging
 import sys
 from types import SimpleNamespace
 
-import boto3
 import pytest
 from lambdagrad.store import JobKeys
-from moto import mock_aws
 
-from tests.conftest import EVENTS, ROOT
+from tests.conftest import EVENTS, LAMBDA_BUCKET, ROOT
 
-BUCKET = "lambdagrad-example-bucket"
+BUCKET = LAMBDA_BUCKET
 
 
 def handler(name: str):
@@ -42,23 +40,10 @@ def event(name: str) -> dict:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "BUCKET": BUCKET,
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "lambdagrad",
-        "POWERTOOLS_LOG_LEVEL": "INFO",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        body = (EVENTS / "data" / "houses.csv").read_bytes()
-        client.put_object(Bucket=BUCKET, Key="datasets/houses.csv", Body=body)
-        yield client
+def s3(lambda_s3):
+    body = (EVENTS / "data" / "houses.csv").read_bytes()
+    lambda_s3.put_object(Bucket=BUCKET, Key="datasets/houses.csv", Body=body)
+    return lambda_s3
 
 
 def test_sample_events_run_through_every_handler(s3, capsys):

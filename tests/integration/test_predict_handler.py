@@ -9,7 +9,6 @@ import importlib.util
 import io
 import json
 
-import boto3
 import numpy as np
 import pytest
 from lambdagrad.artifact import TrainedModel
@@ -17,7 +16,6 @@ from lambdagrad.data import Standardizer
 from lambdagrad.models import build_model
 from lambdagrad.registry import promote, register
 from lambdagrad.store import JobKeys, Store
-from moto import mock_aws
 
 from tests.conftest import EVENTS, ROOT
 from tests.integration.test_handlers import BUCKET, context, event
@@ -61,24 +59,11 @@ def publish(client, job_id: str, shift: float = 0.0) -> None:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "BUCKET": BUCKET,
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "lambdagrad",
-        "POWERTOOLS_LOG_LEVEL": "INFO",
-    }.items():
-        monkeypatch.setenv(key, value)
+def s3(lambda_s3, monkeypatch):
     monkeypatch.delenv("PREDICT_MAX_ROWS", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        publish(client, "houses-demo")
-        register(Store(client, BUCKET), "houses", "houses-demo")
-        yield client
+    publish(lambda_s3, "houses-demo")
+    register(Store(lambda_s3, BUCKET), "houses", "houses-demo")
+    return lambda_s3
 
 
 def call(app, evt: dict) -> tuple[int, dict, dict]:

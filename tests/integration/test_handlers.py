@@ -52,7 +52,7 @@ def test_sample_events_run_through_every_handler(s3, capsys):
     for service in ("prepare", "worker", "reduce", "finalize", "record-failure"):
         for handler_ in logging.getLogger(f"lambdagrad-{service}").handlers:
             if isinstance(handler_, logging.StreamHandler):
-                handler_.setStream(sys.stdout)
+                handler_.stream = sys.stdout  # not setStream: it flushes the old, closed one
     prepared = handler("prepare")(event("prepare"), context("prepare"))
     assert prepared["round"] == 0 and prepared["shards"] == [0, 1, 2, 3]
 

@@ -8,22 +8,11 @@ import pytest
 from lambdagrad import models
 from lambdagrad.models import ACTIVATIONS, ModelError, build_model, l1_prox, l2_penalty
 
+from tests.gradcheck import fd_grad, rel_err
+
 DEPTHS = {1: (4,), 2: (4, 3), 3: (4, 3, 5)}
 TASKS = {"regression": 1, "binary": 2, "3-class": 3}
 H = 1e-6  # central-difference step
-
-
-def _fd_grad(f, params, h=H):
-    grad = np.zeros_like(params)
-    for i in range(params.size):
-        e = np.zeros_like(params)
-        e[i] = h
-        grad[i] = (f(params + e) - f(params - e)) / (2 * h)
-    return grad
-
-
-def _rel_err(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12)
 
 
 # ---- an independent forward pass: explicit offsets, written from the documented layout ----
@@ -122,7 +111,7 @@ def test_gradient_matches_central_differences(activation, depth, task):
     # h = 1e-6: truncation error ~ h^2 |L'''| ~ 1e-12 and round-off ~ eps |L| / h ~ 1e-10,
     # so a correct gradient lands near 1e-9; any wrong term (e.g. the erf-GELU derivative,
     # see below) is >= 1e-4.
-    assert _rel_err(grad, _fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
+    assert rel_err(grad, fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -140,7 +129,7 @@ def test_gradient_with_equal_widths(activation):
             assert np.abs(z).min() > 10 * bound
     loss, grad = model.loss_and_grad(params, X, y)
     assert loss == pytest.approx(_reference_loss(params, X, y, (4, 4, 4), 3, activation))
-    assert _rel_err(grad, _fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
+    assert rel_err(grad, fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
 
 
 def _erf_gelu_grad(z, a):
@@ -162,7 +151,7 @@ def test_gradient_check_catches_a_wrong_derivative(monkeypatch, wrong):
     monkeypatch.setitem(models._ACTIVATION_FNS, "gelu", (models._gelu, bad))
     model, params, X, y = _problem("gelu", 2, 3)
     _, grad = model.loss_and_grad(params, X, y)
-    assert _rel_err(grad, _fd_grad(lambda p: model.loss(p, X, y), params)) > 1e-5
+    assert rel_err(grad, fd_grad(lambda p: model.loss(p, X, y), params)) > 1e-5
 
 
 def test_gelu_is_the_tanh_approximation():

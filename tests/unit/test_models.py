@@ -13,6 +13,8 @@ from lambdagrad.models import (
     l2_penalty,
 )
 
+from tests.gradcheck import fd_grad, rel_err
+
 CASES = [("linear", 1), ("logistic", 2), ("softmax", 2), ("softmax", 4)]
 
 
@@ -26,19 +28,6 @@ def _data(kind, n_classes, n=7, d=3, seed=0):
     return X, y
 
 
-def _fd_grad(f, params, h=1e-6):
-    grad = np.zeros_like(params)
-    for i in range(params.size):
-        e = np.zeros_like(params)
-        e[i] = h
-        grad[i] = (f(params + e) - f(params - e)) / (2 * h)
-    return grad
-
-
-def _rel_err(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12)
-
-
 @pytest.mark.parametrize(("kind", "n_classes"), CASES)
 def test_gradient_matches_central_differences(kind, n_classes):
     model = build_model(kind, n_features=3, n_classes=n_classes)
@@ -47,7 +36,7 @@ def test_gradient_matches_central_differences(kind, n_classes):
     loss, grad = model.loss_and_grad(params, X, y)
     assert grad.shape == (model.n_params,) and grad.dtype == np.float64
     assert loss == pytest.approx(model.loss(params, X, y))
-    assert _rel_err(grad, _fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
+    assert rel_err(grad, fd_grad(lambda p: model.loss(p, X, y), params)) < 1e-6
 
 
 @pytest.mark.parametrize(("kind", "n_classes"), CASES)
@@ -58,7 +47,7 @@ def test_l2_penalty_gradient_and_bias_exemption(kind, n_classes):
     w = params[model.weight_mask]
     assert pen == pytest.approx(0.5 * 0.3 * np.sum(w**2))
     assert np.all(grad[~model.weight_mask] == 0.0)
-    assert _rel_err(grad, _fd_grad(lambda p: l2_penalty(model, p, 0.3)[0], params)) < 1e-6
+    assert rel_err(grad, fd_grad(lambda p: l2_penalty(model, p, 0.3)[0], params)) < 1e-6
 
 
 def test_weight_mask_and_layers():

@@ -1,0 +1,67 @@
+"""Every state's input and output stays under Step Functions' 256 KiB at 1,000 workers."""
+
+from __future__ import annotations
+
+import json
+
+from lambdagrad import steps
+from lambdagrad.spec import MAX_WORKERS
+from lambdagrad.training import initial_progress
+
+from tests.conftest import EVENTS
+from tests.unit.test_steps import store_with
+
+LIMIT = 256 * 1024
+ARN = "arn:aws:states:us-east-1:123456789012:execution:lambdagrad-train:" + "j" * 60
+
+
+def size(doc) -> int:
+    return len(json.dumps(doc).encode())
+
+
+def test_round_payloads_at_the_most_workers():
+    workers = MAX_WORKERS
+    assert workers == 1000
+    state = {  # what Prepare and Reduce return, and ContinueAsNew passes on
+        "job_id": "j" * 60,
+        "round": 9_999_999,
+        "shards": list(range(workers)),
+        "segment_end": 9_999_999,
+        "next": "continue",
+        "progress": {
+            **initial_progress(1.8e9),
+            "train_loss": -1.2345678901234567e300,
+            "best_round": 9_999_999,
+            "best_loss": 1.2345678901234567e-300,
+            "since_best": 999_999,
+            "stop": "early_stopping",
+        },
+    }
+    results = [  # one worker's result, the widest numbers JSON can carry
+        {"shard": k, "loss_sum": -1.2345678901234567e300, "count": 10_000_000}
+        for k in range(workers)
+    ]
+    reduce_input = {**state, "results": results, "execution": ARN}
+    map_state = {**state, "results": results}  # the Map's output before Reduce trims it
+    for name, doc in {
+        "state": state,
+        "reduce input": reduce_input,
+        "map output": map_state,
+    }.items():
+        assert size(doc) < LIMIT, (name, size(doc))
+    # a worker's own input and output are tiny
+    assert size({"job_id": "j" * 60, "round": 9_999_999, "shard": 999}) < 200
+    assert size(results[0]) < 200
+    print(f"largest state at {workers} workers: {size(reduce_input) / 1024:.1f} KiB of 256")
+
+
+def test_worker_and_reducer_outputs_have_the_fields_the_size_test_assumes():
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    prepared = steps.prepare(store, {"input": {"job_id": "sizes", "spec": doc}, "execution": "e"})
+    assert set(prepared) == {"job_id", "round", "shards", "segment_end", "progress"}
+    result = steps.worker(store, {"job_id": "sizes", "round": 0, "shard": 0})
+    assert set(result) == {"shard", "loss_sum", "count"}
+    results = [steps.worker(store, {"job_id": "sizes", "round": 0, "shard": k}) for k in range(4)]
+    reduced = steps.reduce(store, {**prepared, "results": results})
+    assert set(reduced) == {"job_id", "round", "shards", "segment_end", "next", "progress"}

@@ -270,7 +270,9 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> None:
     load_dataset(data, source=path.name, fmt=fmt, label=label, task=task)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
+    """The spec from flags and --config, and whether DATA is a local file (checked here;
+    its dataset URI is a placeholder until the file is uploaded to the stack)."""
     local_data = args.data is not None and not args.data.startswith("s3://")
     if local_data and not Path(args.data).is_file():
         raise CliError(f"{args.data}: no such file")
@@ -278,6 +280,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, placeholder)
     if local_data:
         _prepare_data(args, spec)
+    return local_data, spec
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    local_data, spec = _spec_and_data(args)
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
     if (out / "model.json").exists() and not args.overwrite:
@@ -483,13 +490,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "give comma lists to sweep over: --lr 0.001,0.01,0.1 --batch-size 16,64,full"
         )
     args.lr, args.batch_size = None, None
-    local_data = args.data is not None and not args.data.startswith("s3://")
-    if local_data and not Path(args.data).is_file():
-        raise CliError(f"{args.data}: no such file")
-    placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
-    spec = spec_from_args(args, placeholder)
-    if local_data:
-        _prepare_data(args, spec)
+    local_data, spec = _spec_and_data(args)
     sweep_id = args.sweep_id or _default_job_id(args.data or spec.dataset.uri)[:50]
     out = Path(args.out) if args.out else Path("runs") / sweep_id
     with open_stack(args) as stack:

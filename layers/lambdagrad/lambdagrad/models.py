@@ -264,14 +264,7 @@ class SoftmaxRegression(Model):
         return X @ p["W"] + p["b"]
 
     def _loss_and_grad(self, p, X, y):
-        n = X.shape[0]
-        z = self._scores(p, X)
-        lse = _logsumexp_rows(z)
-        rows = np.arange(n)
-        loss = float(np.mean(lse - z[rows, y]))
-        g = np.exp(z - lse[:, None])  # softmax probabilities
-        g[rows, y] -= 1.0
-        g /= n
+        loss, g = _softmax_cross_entropy(self._scores(p, X), y)
         return loss, np.concatenate([(X.T @ g).ravel(), g.sum(axis=0)])
 
     def predict_proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -288,6 +281,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
     m = z.max(axis=1)
     return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+
+
+def _softmax_cross_entropy(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy of scores ``z`` (n, C) and its gradient w.r.t. ``z``."""
+    n = z.shape[0]
+    lse = _logsumexp_rows(z)
+    rows = np.arange(n)
+    loss = float(np.mean(lse - z[rows, y]))
+    dz = np.exp(z - lse[:, None])  # softmax probabilities
+    dz[rows, y] -= 1.0
+    dz /= n
+    return loss, dz
 
 
 # ---- multi-layer perceptron ------------------------------------------------------------
@@ -441,12 +446,7 @@ class MLP(Model):
             loss = 0.5 * float(r @ r) / n
             dz = (r / n)[:, None]
         else:
-            lse = _logsumexp_rows(out)
-            rows = np.arange(n)
-            loss = float(np.mean(lse - out[rows, y]))
-            dz = np.exp(out - lse[:, None])  # softmax probabilities
-            dz[rows, y] -= 1.0
-            dz /= n
+            loss, dz = _softmax_cross_entropy(out, y)
         grad = np.empty(self.n_params, dtype=np.float64)
         g = self.layout.views(grad)
         # dz holds d(loss)/d(z_i) for the layer i being processed, from the output down.

@@ -345,6 +345,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
 
     next_round = round_ + 1
+    total = int(meta["rounds"])
     if store.exists(keys.metrics(next_round)):
         # A retried reducer: round t+1 is complete; never apply the optimizer twice.
         record = store.get_json(keys.metrics(next_round))
@@ -361,7 +362,6 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
                 f"round {round_}: training loss {train_loss} or its gradient is not finite; "
                 f"the last finite parameters are round {round_}. {_advice(spec)}"
             )
-        total = int(meta["rounds"])
         new_params, new_state = reduce_round(
             model,
             optimizer_for(spec, model, total),
@@ -387,7 +387,6 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         }
         store.put_json(keys.metrics(next_round), record)
 
-    total = int(meta["rounds"])
     previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
     progress, stop_reason = advance_progress(
         previous,

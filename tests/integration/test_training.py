@@ -161,6 +161,8 @@ def test_history_events_per_round_keep_segments_under_limit(stack):
             )
             run_job(stack, doc, "houses.csv")
             (execution,) = executions_of(stack, doc["job_id"])
+            # finalize marks the job SUCCEEDED before the execution records its last events
+            stack.wait_execution(execution["executionArn"], poll_seconds=0.05, timeout=60)
             history = stack.sfn.get_execution_history(
                 executionArn=execution["executionArn"], maxResults=1000
             )
@@ -194,7 +196,8 @@ def test_bad_data_fails_with_named_error_in_status(stack, tmp_path):
     status = stack.status("bad-data")
     assert status["state"] == "FAILED" and status["error"] == "DataError"
     (execution,) = executions_of(stack, "bad-data")
-    desc = stack.sfn.describe_execution(executionArn=execution["executionArn"])
+    # RecordFailure writes the status just before the execution fails: wait for the end
+    desc = stack.wait_execution(execution["executionArn"], poll_seconds=0.05, timeout=60)
     assert desc["status"] == "FAILED" and desc.get("error") == "DataError"
     assert not stack.store.exists(JobKeys("bad-data").model_json)
 

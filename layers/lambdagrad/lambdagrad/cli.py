@@ -25,7 +25,7 @@ from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_ato
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.data import DataError, load_dataset
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
-from lambdagrad.spec import DEFAULT_LEARNING_RATE, JobSpec, SpecError, parse_spec
+from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import StoreError
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
@@ -130,8 +130,18 @@ def _sizes(text: str) -> list[int]:
 
 
 def _read_config(path: str) -> dict[str, Any]:
+    size = Path(path).stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise CliError(
+            f"{path}: {size} bytes; a job spec is at most {MAX_SPEC_BYTES} "
+            f"({MAX_SPEC_BYTES // 1024} KiB)"
+        )
+    raw = Path(path).read_bytes()
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CliError(f"{path} line {line}: not valid UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{path} line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
@@ -267,7 +277,14 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> None:
     task = spec.model.task
     if task == "auto":
         task = infer_task(data, source=path.name, fmt=fmt, label=label)
-    load_dataset(data, source=path.name, fmt=fmt, label=label, task=task)
+    load_dataset(
+        data,
+        source=path.name,
+        fmt=fmt,
+        label=label,
+        task=task,
+        max_features=spec.dataset.max_features,
+    )
 
 
 def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:

@@ -35,7 +35,7 @@ from lambdagrad.data import (
 from lambdagrad.evaluation import classification_metrics, regression_metrics
 from lambdagrad.models import Model
 from lambdagrad.registry import promote
-from lambdagrad.spec import JobSpec, SpecError, parse_spec
+from lambdagrad.spec import MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
     advance_progress,
@@ -54,7 +54,7 @@ from lambdagrad.training import (
     total_rounds,
     worker_gradient,
 )
-from lambdagrad.uploads import upload_from_event
+from lambdagrad.uploads import unsafe_upload_key, upload_from_event
 
 __all__ = [
     "JobExistsError",
@@ -150,7 +150,6 @@ def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
 
 
 # ---- prepare ------------------------------------------------------------------------
-MAX_SPEC_BYTES = 64 * 1024
 
 
 def job_id_of(payload: dict[str, Any]) -> str | None:
@@ -167,6 +166,9 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
     if upload is not None:
         if upload.bucket != store.bucket:
             raise SpecError(f"s3://{upload.bucket}/{upload.key} is not in this stack's bucket")
+        problem = unsafe_upload_key(upload.key)
+        if problem:
+            raise SpecError(f"{upload.key!r}: {problem}")
         text = store.get_bytes(upload.key)
         if len(text) > MAX_SPEC_BYTES:
             raise SpecError(
@@ -205,7 +207,12 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
         task = infer_task(data, source=source, fmt=spec.dataset.format, label=spec.dataset.label)
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
     return spec, load_dataset(
-        data, source=source, fmt=spec.dataset.format, label=spec.dataset.label, task=task
+        data,
+        source=source,
+        fmt=spec.dataset.format,
+        label=spec.dataset.label,
+        task=task,
+        max_features=spec.dataset.max_features,
     )
 
 

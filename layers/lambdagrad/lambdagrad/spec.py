@@ -221,7 +221,7 @@ def _format_errors(exc: ValidationError) -> str:
         # a union's branches add their tags (``constrained-int``, ``literal['full']``) to
         # the location: keep the field path alone and join the branches' messages with "or"
         loc = [str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()]
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         found.setdefault(".".join(loc) or "spec", []).append(msg)

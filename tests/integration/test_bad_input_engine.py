@@ -133,8 +133,9 @@ CLI_TRAIN = [
     ("cli-zero-workers", lambda f: [str(HOUSES), "--label", "price", "--workers", "0"],
      ["training.workers: Input should be greater than or equal to 1"]),
     ("cli-model-name-dotdot", lambda f: [str(HOUSES), "--model-name", "../houses"],
-     ["output.model_name"]),
-    ("cli-job-id-dotdot", lambda f: [str(HOUSES), "--job-id", "../other-job"], ["job_id"]),
+     ["output.model_name: '../houses' does not match"]),
+    ("cli-job-id-dotdot", lambda f: [str(HOUSES), "--job-id", "../other-job"],
+     ["job_id: '../other-job' does not match"]),
     ("cli-s3-uri-dotdot", lambda f: ["s3://bucket/datasets/../../secret.csv"],
      ["dataset.uri", "no '..'"]),
 ]

@@ -224,6 +224,8 @@ def _format_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "string_pattern_mismatch":  # say what was given, too
+            msg = f"{err['input']!r} does not match {err['ctx']['pattern']}"
         found.setdefault(".".join(loc) or "spec", []).append(msg)
     return "invalid job spec: " + "; ".join(f"{w}: {' or '.join(m)}" for w, m in found.items())
 

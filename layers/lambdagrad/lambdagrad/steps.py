@@ -374,7 +374,10 @@ def _validation_loss(
         return None
     loss = float(model.loss(params, val["X"], val["y"]))
     if not math.isfinite(loss):
-        raise ModelDiverged(f"round {round_}: the validation loss is {loss}. {_advice(spec)}")
+        raise ModelDiverged(
+            f"round {round_}: the validation loss is {loss}; the last finite parameters are "
+            f"round {round_ - 1}. {_advice(spec)}"
+        )
     return loss
 
 
@@ -423,8 +426,11 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
         if not np.all(np.isfinite(new_params)):
             raise ModelDiverged(
-                f"round {round_}: the update made the parameters non-finite. {_advice(spec)}"
+                f"round {round_}: the update made the parameters non-finite; the last finite "
+                f"parameters are round {round_}. {_advice(spec)}"
             )
+        # judged before anything is written: a diverged round leaves no trace in the bucket
+        validation_loss = _validation_loss(store, keys, model, new_params, spec, next_round)
         store.put_array(keys.params(next_round), new_params)
         store.put_arrays(keys.optimizer(next_round), new_state)
         _remember(store, keys.params(next_round), "get_array", new_params)
@@ -432,10 +438,10 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         record = {
             "round": next_round,
             "train_loss": train_loss,
-            "validation_loss": _validation_loss(store, keys, model, new_params, spec, next_round),
+            "validation_loss": validation_loss,
             "finished_at": _now(),
         }
-        store.put_json(keys.metrics(next_round), record)
+        store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 
     previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
     progress, stop_reason = advance_progress(

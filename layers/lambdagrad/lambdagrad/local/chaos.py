@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +129,9 @@ class Chaos:
     seed
         Seed of the decisions: same seed, same job -> the same invocations fail.
     functions
-        Names of the functions to disturb (others are never touched).
+        Names of the functions to disturb (others are never touched), or a mapping of
+        names to stable labels (e.g. the template's logical ids) that the decisions hash
+        instead of the names, so that a redeployed stack fails the same invocations.
     kinds
         Which of :data:`FAULT_KINDS` to inject, chosen uniformly per fault.
     max_consecutive
@@ -143,7 +145,7 @@ class Chaos:
 
     fraction: float
     seed: int = 0
-    functions: Iterable[str] = ()
+    functions: Iterable[str] | Mapping[str, str] = ()
     kinds: Iterable[str] = FAULT_KINDS
     max_consecutive: int = 3
     counts: dict[str, int] = field(default_factory=dict)
@@ -151,11 +153,16 @@ class Chaos:
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _streak: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _labels: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(f"chaos fraction must be in [0, 1), got {self.fraction}")
-        self.functions = frozenset(self.functions)
+        functions = self.functions
+        self._labels = (
+            dict(functions) if isinstance(functions, Mapping) else {f: f for f in functions}
+        )
+        self.functions = frozenset(self._labels)
         self.kinds = tuple(self.kinds)
         unknown = set(self.kinds) - set(FAULT_KINDS)
         if unknown or not self.kinds:
@@ -166,9 +173,10 @@ class Chaos:
 
     def decide(self, function_name: str, body: Any) -> Fault | None:
         """The fault this invocation must fail with, or ``None``; counts injected faults."""
-        if function_name not in self.functions:  # type: ignore[operator]
+        label = self._labels.get(function_name)
+        if label is None:
             return None
-        call = (function_name, _identity(body))
+        call = (label, _identity(body))
         with self._lock:
             self.invocations += 1
             attempt = self._attempts.get(call, 0)

@@ -517,18 +517,23 @@ class LocalEngine:
         get_invoker().fail_next(self.function_name(function_logical_id), times, error)
 
     def fail_matching(
-        self, function_logical_id: str, match: dict[str, Any], fault: Any = None
+        self,
+        function_logical_id: str,
+        match: dict[str, Any],
+        fault: Any = None,
+        times: int | None = None,
     ) -> None:
-        """Fail every invocation of a function whose event has the fields of ``match``.
+        """Fail the invocations of a function whose event has the fields of ``match``.
 
         A straggler that never recovers: ``engine.fail_matching("WorkerFunction", {"round":
         2, "shard": 1})`` times that worker out on every attempt (a
         :class:`~lambdagrad.local.chaos.Fault` chooses another failure), so its retries run
-        out and the execution fails with the fault's error name.
+        out and the execution fails with the fault's error name. With ``times``, only the
+        first ``times`` matching invocations fail.
         """
         from .invoker import get_invoker
 
-        get_invoker().fail_matching(self.function_name(function_logical_id), match, fault)
+        get_invoker().fail_matching(self.function_name(function_logical_id), match, fault, times)
 
     def start_chaos(
         self,
@@ -550,7 +555,7 @@ class LocalEngine:
         chaos = Chaos(
             fraction,
             seed=seed,
-            functions=[self.function_name(f) for f in functions],
+            functions={self.function_name(f): f for f in functions},
             kinds=kinds or FAULT_KINDS,
         )
         get_invoker().set_chaos(chaos)

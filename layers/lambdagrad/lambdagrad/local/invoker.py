@@ -173,7 +173,7 @@ class InProcessInvoker:
         self._fault_lock = threading.Lock()
         self._loaded: dict[tuple[str, str, str], _Loaded] = {}
         self._faults: dict[str, list[str]] = {}
-        self._matching: dict[str, list[tuple[dict[str, Any], Fault]]] = {}
+        self._matching: dict[str, list[list[Any]]] = {}  # [match, fault, times left]
         self._chaos: Chaos | None = None
         self._env_owner: dict[str, tuple[str, str]] = {}
         self._extracted: dict[str, Path] = {}
@@ -256,17 +256,25 @@ class InProcessInvoker:
             self._faults.setdefault(function_name, []).extend([error] * times)
 
     def fail_matching(
-        self, function_name: str, match: dict[str, Any], fault: Fault | None = None
+        self,
+        function_name: str,
+        match: dict[str, Any],
+        fault: Fault | None = None,
+        times: int | None = None,
     ) -> None:
-        """Fail *every* invocation of ``function_name`` whose event has the fields of ``match``.
+        """Fail the invocations of ``function_name`` whose event has the fields of ``match``.
 
-        A straggler: e.g. ``match={"round": 2, "shard": 1}`` with a timeout fault fails that
-        worker on every attempt, so its retries run out. ``fault`` defaults to a timeout that
-        stops the handler before it writes anything. Cleared by :meth:`clear_faults`.
+        Every one of them (``times=None``): a straggler, e.g. ``match={"round": 2, "shard":
+        1}`` fails that worker on every attempt, so its retries run out. Or only the first
+        ``times``, e.g. a reducer that crashes once after writing its checkpoint. ``fault``
+        defaults to a timeout that stops the handler before it writes anything. Cleared by
+        :meth:`clear_faults`.
         """
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0")
         with self._fault_lock:
             self._matching.setdefault(function_name, []).append(
-                (dict(match), fault or chaos_faults.timeout(run_handler=False))
+                [dict(match), fault or chaos_faults.timeout(run_handler=False), times]
             )
 
     def set_chaos(self, chaos: Chaos | None) -> None:
@@ -293,12 +301,15 @@ class InProcessInvoker:
             if queue:
                 return chaos_faults.transient(queue.pop(0))
             rules = self._matching.get(function_name)
+            if rules:
+                event = _event_of(body)
+                for rule in rules:
+                    match, fault, left = rule
+                    if left != 0 and all(event.get(k) == v for k, v in match.items()):
+                        if left is not None:
+                            rule[2] = left - 1
+                        return fault
             chaos = self._chaos
-        if rules:
-            event = _event_of(body)
-            for match, fault in rules:
-                if all(event.get(k) == v for k, v in match.items()):
-                    return fault
         return chaos.decide(function_name, body) if chaos is not None else None
 
     def clear_faults(self, function_names: list[str] | None = None) -> None:

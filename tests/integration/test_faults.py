@@ -146,3 +146,28 @@ def test_divergence_keeps_the_last_finite_checkpoint(stack):
     assert all(np.all(np.isfinite(v)) for v in state.values())
     for key in (keys.params(last + 1), keys.metrics(last + 1), keys.model_json):
         assert not stack.store.exists(key), key
+
+
+def test_train_chaos_flag(engine, tmp_path, capsys):
+    """``lambdagrad train --chaos`` on the embedded engine: survives, says what it injected;
+    refused with --stack before anything starts."""
+    from lambdagrad.cli import main
+
+    from tests.conftest import EVENTS, ROOT
+
+    base = ["train", str(EVENTS / "data" / "houses.csv"), "--label", "price", "--quiet"]
+    assert main([*base, "--chaos", "0.2", "--stack", "prod"]) == 1
+    assert "embedded engine only" in capsys.readouterr().err
+    assert main([*base, "--chaos", "1.5"]) == 1
+    assert "not a fraction" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    args = [*base, "--rounds", "5", "--workers", "2", "--out", str(out), "--json"]
+    rc = main([*args, "--chaos", "0.3", "--template", str(ROOT / "template.yaml")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    chaos = summary["chaos"]
+    assert chaos["survived"] and chaos["invocations"] >= 5 * 3
+    assert sum(chaos[k] for k in chaos_faults.FAULT_KINDS) >= 1
+    assert (out / "model.npz").is_file()
+    assert moto_fixes.retry_delay_scale() == 1.0  # the CLI's engine put the real waits back

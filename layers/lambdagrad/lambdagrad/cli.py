@@ -690,11 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    out.add_argument(
+    train.add_argument_group("development").add_argument(
         "--chaos",
         type=float,
         metavar="FRACTION",
-        help="dev: fail this fraction of worker/reducer invocations (embedded engine only)",
+        help="fail this fraction of worker/reducer invocations (embedded engine only)",
     )
     _add_stack_flags(train)
     _show_spec_defaults(train)

@@ -140,7 +140,9 @@ class Chaos:
     Attributes
     ----------
     counts
-        Injected faults by kind; ``invocations`` counts the calls considered.
+        Injected faults by kind; ``invocations`` counts the calls considered. (A handler
+        that raises its own error under a timeout or crash fault reports that error: the
+        real failure wins, and such a fault is still counted.)
     """
 
     fraction: float

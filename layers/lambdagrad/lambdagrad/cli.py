@@ -205,6 +205,10 @@ def open_stack(args: argparse.Namespace) -> Iterator[StackClient]:
 
     template = Path(args.template) if getattr(args, "template", None) else find_template()
     with LocalEngine(template) as engine:
+        if getattr(args, "chaos", None) is not None:  # dev flag: see lambdagrad.local.chaos
+            from lambdagrad.local.chaos import start_for_cli
+
+            args.chaos_run = start_for_cli(engine, args.chaos)
         yield StackClient.from_outputs(engine.outputs, engine.client)
 
 
@@ -301,6 +305,13 @@ def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.chaos is not None:
+        from lambdagrad.local.chaos import check_cli_fraction
+
+        try:
+            check_cli_fraction(args.chaos, args.stack)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     local_data, spec = _spec_and_data(args)
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
@@ -337,10 +348,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 2),
     }
     summary.update(status.get("metrics") or {})
+    chaos = getattr(args, "chaos_run", None)
+    if chaos is not None:
+        summary["chaos"] = {**chaos.counts, "invocations": chaos.invocations, "survived": True}
     if args.json:
         print(json.dumps(summary))
     else:
         _print_train_summary(summary)
+        if chaos is not None:
+            print(f"{chaos.summary()}; all retried, the job survived")
     return 0
 
 
@@ -691,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    train.add_argument_group("development").add_argument(
+        "--chaos",
+        type=float,
+        metavar="FRACTION",
+        help="fail this fraction of worker/reducer invocations (embedded engine only)",
+    )
     _add_stack_flags(train)
     _show_spec_defaults(train)
     train.set_defaults(func=cmd_train)

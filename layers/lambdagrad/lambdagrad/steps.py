@@ -6,8 +6,9 @@ passes, does its I/O through the store and its arithmetic through
 functions plus Powertools; the state machine decides the order.
 
 Every write goes to a key determined by (job, round, shard), so a retried step rewrites
-identical bytes. The reducer checks before it trusts: if params ``t+1`` already exist it
-does not apply the optimizer again.
+identical bytes. The reducer checks before it trusts: if checkpoint ``t+1`` is committed
+(params, optimizer state and metrics record all present) it does not apply the optimizer
+again; a partial one is recomputed from checkpoint ``t`` (:func:`committed_record`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ __all__ = [
     "JobExistsError",
     "MetricSink",
     "ModelDiverged",
+    "committed_record",
     "finalize",
+    "last_complete_round",
     "prepare",
     "record_failure",
     "reduce",
@@ -323,7 +326,51 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
 
 # ---- reduce -------------------------------------------------------------------------
 def _advice(spec: JobSpec) -> str:
-    return f"Try a smaller learning rate (now {spec.optimizer.lr}) or a larger batch."
+    clip = spec.optimizer.clip_norm
+    clipping = (
+        f"a smaller optimizer.clip_norm (now {clip})"
+        if clip
+        else "gradient clipping (optimizer.clip_norm, --clip-norm)"
+    )
+    return f"Try a smaller learning rate (now {spec.optimizer.lr}), {clipping}, or a larger batch."
+
+
+def committed_record(store: Store, keys: JobKeys, round_: int) -> dict[str, Any] | None:
+    """The metrics record of round ``round_`` if that checkpoint is complete, else ``None``.
+
+    The reducer writes params, then optimizer state, then the metrics record: the record is
+    the commit mark. A checkpoint counts only when all three exist and the record is the
+    round's own; anything less (a crash between the writes) is an uncommitted attempt
+    that nobody has read -- the next round's workers start only after the reducer
+    returned -- so it is recomputed from checkpoint ``round_ - 1`` and overwritten.
+    """
+    if not store.exists(keys.metrics(round_)):  # the common case: one request
+        return None
+    if not (store.exists(keys.params(round_)) and store.exists(keys.optimizer(round_))):
+        return None
+    try:
+        record = store.get_json(keys.metrics(round_))
+    except (StoreError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("round") != round_:
+        return None
+    if not isinstance(record.get("train_loss"), (int, float)):
+        return None
+    return record
+
+
+def last_complete_round(store: Store, keys: JobKeys) -> int | None:
+    """The newest committed checkpoint of a job (0 once prepared), ``None`` before that."""
+    rounds = sorted(
+        (int(k.rsplit("/", 1)[-1].split(".")[0]) for k in store.list_keys(keys.metrics_prefix)),
+        reverse=True,
+    )
+    for round_ in rounds:
+        if committed_record(store, keys, round_) is not None:
+            return round_
+    if store.exists(keys.params(0)) and store.exists(keys.optimizer(0)):
+        return 0
+    return None
 
 
 def _validation_loss(
@@ -334,7 +381,10 @@ def _validation_loss(
         return None
     loss = float(model.loss(params, val["X"], val["y"]))
     if not math.isfinite(loss):
-        raise ModelDiverged(f"round {round_}: the validation loss is {loss}. {_advice(spec)}")
+        raise ModelDiverged(
+            f"round {round_}: the validation loss is {loss}; the last finite parameters are "
+            f"round {round_ - 1}. {_advice(spec)}"
+        )
     return loss
 
 
@@ -353,10 +403,13 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
 
     next_round = round_ + 1
     total = int(meta["rounds"])
-    if store.exists(keys.metrics(next_round)):
+    committed = committed_record(store, keys, next_round)
+    if committed is not None:
         # A retried reducer: round t+1 is complete; never apply the optimizer twice.
-        record = store.get_json(keys.metrics(next_round))
+        record = committed
     else:
+        # Check, don't trust: params t+1 without its record is an interrupted attempt;
+        # recompute it from checkpoint t (the same bytes: every input is deterministic).
         # the checkpoint this process wrote last round, if it was this process
         params = _cached(store, keys.params(round_), "get_array")
         state = _cached(store, keys.optimizer(round_), "get_arrays")
@@ -380,8 +433,11 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
         if not np.all(np.isfinite(new_params)):
             raise ModelDiverged(
-                f"round {round_}: the update made the parameters non-finite. {_advice(spec)}"
+                f"round {round_}: the update made the parameters non-finite; the last finite "
+                f"parameters are round {round_}. {_advice(spec)}"
             )
+        # judged before anything is written: a diverged round leaves no trace in the bucket
+        validation_loss = _validation_loss(store, keys, model, new_params, spec, next_round)
         store.put_array(keys.params(next_round), new_params)
         store.put_arrays(keys.optimizer(next_round), new_state)
         _remember(store, keys.params(next_round), "get_array", new_params)
@@ -389,10 +445,10 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         record = {
             "round": next_round,
             "train_loss": train_loss,
-            "validation_loss": _validation_loss(store, keys, model, new_params, spec, next_round),
+            "validation_loss": validation_loss,
             "finished_at": _now(),
         }
-        store.put_json(keys.metrics(next_round), record)
+        store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 
     previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
     progress, stop_reason = advance_progress(
@@ -551,6 +607,14 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         # no job to speak of, or another execution's job: leave its files alone
         return {"status": "FAILED", "error": name, "message": message, "recorded": False}
     keys = JobKeys(job_id)
+    complete = last_complete_round(store, keys)
+    checkpoint = None
+    if complete is not None:
+        checkpoint = {
+            "round": complete,
+            "params": keys.params(complete),
+            "optimizer": keys.optimizer(complete),
+        }
     _update_status(
         store,
         keys,
@@ -558,6 +622,8 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         error=name,
         message=message,
         execution=event.get("execution"),
+        round=complete,
+        checkpoint=checkpoint,
     )
     emit("FailedJobs", 1, "Count")
     return {"status": "FAILED", "error": name, "message": message, "recorded": True}

@@ -9,6 +9,7 @@ the estimate for the same spec on every count.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -125,3 +126,22 @@ def test_round_structure_matches_a_real_job(stack, engine, s3_calls, monkeypatch
     }
     assert cost["dollars"] == pytest.approx(sum(line["dollars"] for line in cost["lines"]))
     assert status["state"] == "SUCCEEDED"
+
+
+def test_train_prints_the_cost_and_status_shows_it(engine, tmp_path, capsys):
+    from lambdagrad.cli import main
+
+    stack_flags = ["--stack", engine.stack_name, "--region", engine.region]
+    train = [
+        *("train", str(data_path("houses.csv")), "--label", "price", "--rounds", "3"),
+        *("--workers", "2", "--job-id", "cost-cli", "--out", str(tmp_path / "run"), "--quiet"),
+    ]
+    assert main([*train, *stack_flags]) == 0
+    out = capsys.readouterr().out
+    assert "AWS cost of what ran: $" in out and "(3 rounds" in out
+    assert main(["status", "cost-cli", *stack_flags]) == 0
+    out = capsys.readouterr().out
+    assert "SUCCEEDED" in out and "AWS cost (measured)" in out and "Lambda compute" in out
+    assert main(["status", "cost-cli", "--json", *stack_flags]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["cost"]["rounds"] == 3 and status["cost"]["dollars"] > 0

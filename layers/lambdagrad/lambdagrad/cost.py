@@ -70,6 +70,10 @@ DEFAULT_MEMORY_MB = 1769
 EXPRESS_MEMORY_MB = 64
 #: Express duration is rounded up to the next 100 ms, per execution.
 EXPRESS_BILLING_SECONDS = 0.1
+#: An Express execution may run at most 5 minutes.
+EXPRESS_MAX_SECONDS = 300.0
+#: Inline Map runs at most this many iterations at once (DESIGN.md §7).
+INLINE_MAP_CONCURRENCY = 40
 #: Standard parent states per segment with an Express child: IsContinuation, RunSegment
 #: (startExecution.sync:2 of the child), AfterSegment (Choice), ContinueAsNew or Finalize.
 EXPRESS_PARENT_TRANSITIONS_PER_SEGMENT = 4
@@ -480,7 +484,7 @@ def estimate(
     w, p = shape.workers, shape.n_params
     worker_s = durations.worker(shape.batch_rows / w, p, inline_gradients)
     reduce_s = durations.reduce(w, p, inline_gradients)
-    waves = math.ceil(w / 40)  # inline Map: at most 40 iterations at once
+    waves = math.ceil(w / INLINE_MAP_CONCURRENCY)
     round_s = waves * (durations.invoke_s + worker_s) + durations.invoke_s + reduce_s
     structure = round_structure(
         w,
@@ -504,6 +508,14 @@ def estimate(
         round_s,
         prices,
     )
+    warnings = []
+    segment_s = round_s * min(shape.rounds, shape.segment_rounds)
+    if orchestration == "express" and segment_s > EXPRESS_MAX_SECONDS:
+        warnings.append(
+            f"a segment of {min(shape.rounds, shape.segment_rounds)} rounds takes about "
+            f"{segment_s:.0f} s, over Express's {EXPRESS_MAX_SECONDS:.0f} s limit: "
+            f"use segments of at most {int(EXPRESS_MAX_SECONDS // round_s)} rounds"
+        )
     return CostBreakdown(
         lines=lines,
         rounds=shape.rounds,
@@ -527,6 +539,7 @@ def estimate(
                 "job": round_s * shape.rounds,
             },
             "durations": asdict(durations),
+            "warnings": warnings,
         },
     )
 

@@ -609,6 +609,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         classes = 2
     if spec.training.workers > rows:
         raise CliError(f"--workers: {spec.training.workers} workers for {rows} rows")
+    if args.memory is not None and not 128 <= args.memory <= 10_240:
+        raise CliError(f"--memory: {args.memory} MB (Lambda allows 128 to 10240)")
+    if args.s3_latency is not None and not args.s3_latency >= 0:
+        raise CliError(f"--s3-latency: {args.s3_latency} (seconds, at least 0)")
     memory, memory_from = (args.memory, "--memory") if args.memory else _template_memory(args)
     durations = DEFAULT_DURATIONS
     if args.s3_latency is not None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from lambdagrad import __version__
 from lambdagrad.artifact import TrainedModel
+from lambdagrad.cost import actual_cost_of_job, handler_seconds, write_cost
 from lambdagrad.data import (
     Dataset,
     Standardizer,
@@ -235,6 +236,7 @@ def _check_sizes(spec: JobSpec, n_train: int) -> None:
 
 def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Validate the spec, split and standardize the data, write shards and round 0."""
+    started = time.perf_counter()
     payload = event.get("input", event)
     execution = event.get("execution")
     job_id = job_id_of(payload)
@@ -288,6 +290,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "prepared_at": _now(),
         "prepared_by": execution,
         "version": __version__,
+        "prepare_seconds": time.perf_counter() - started,
     }
     store.put_json(keys.spec, json.loads(spec.model_dump_json()))
     store.put_json(keys.meta, meta)
@@ -305,6 +308,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
 # ---- worker -------------------------------------------------------------------------
 def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """One shard's gradient sum for one round, written to S3; loss sum and count returned."""
+    started = time.perf_counter()
     job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
     keys, spec, meta = _job(store, job_id)
     data = _cached(store, keys.shard(shard), "get_arrays")
@@ -321,7 +325,8 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
     store.put_array(keys.grad(round_, shard), grad_sum)
     emit("WorkerRows", count, "Count")
-    return {"shard": shard, "loss_sum": loss_sum, "count": count}
+    seconds = time.perf_counter() - started  # the handler's share of the bill (cost.json)
+    return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds}
 
 
 # ---- reduce -------------------------------------------------------------------------
@@ -390,6 +395,7 @@ def _validation_loss(
 
 def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Aggregate the round's gradients in shard order and take one optimizer step."""
+    started = time.perf_counter()
     job_id, round_ = event["job_id"], int(event["round"])
     keys, spec, meta = _job(store, job_id)
     model = _model(meta, spec)
@@ -447,6 +453,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             "train_loss": train_loss,
             "validation_loss": validation_loss,
             "finished_at": _now(),
+            "lambda_seconds": handler_seconds(results, time.perf_counter() - started),
         }
         store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 
@@ -530,6 +537,7 @@ def _final_metrics(store: Store, keys: JobKeys, trained: TrainedModel, meta: dic
 
 def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Write model.npz, model.json and history.csv; mark the job succeeded."""
+    started = time.perf_counter()
     job_id, round_ = event["job_id"], int(event["round"])
     keys, spec, meta = _job(store, job_id)
     progress = event.get("progress") or {}
@@ -569,6 +577,8 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     store.put_bytes(keys.history, history_csv, "text/csv")
     store.put_bytes(keys.model_npz, npz_bytes)
     store.put_json(keys.model_json, doc)  # last: its presence marks a complete model
+    cost = actual_cost_of_job(spec, meta, records, round_, time.perf_counter() - started)
+    write_cost(store, job_id, cost)
     registered = None
     if spec.output.model_name:
         # the newest successful job of a name is the one served

@@ -309,7 +309,7 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
             f"finite parameters are round {round_}. {_advice(spec)}"
         )
-    store.put_array(keys.grad(round_, shard), grad_sum)
+    store.put_array(keys.grad(round_, shard), grad_sum, tagging=Store.SCRATCH_TAGGING)
     emit("WorkerRows", count, "Count")
     return {"shard": shard, "loss_sum": loss_sum, "count": count}
 

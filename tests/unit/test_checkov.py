@@ -54,7 +54,6 @@ def report(tmp_path_factory) -> dict:
         text=True,
         timeout=600,
         cwd=ROOT,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
     try:
         doc = json.loads(proc.stdout)

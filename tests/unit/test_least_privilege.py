@@ -230,6 +230,17 @@ def test_policy_grants_nothing_the_step_does_not_use(recorded, function):
     assert not unused, f"{FUNCTIONS[function]} is granted more than it uses: {unused}"
 
 
+def test_every_function_with_s3_statements_is_exercised():
+    """A new function with its own S3 policy needs a place in the scenario above."""
+    with_statements = {
+        k
+        for k, v in resources().items()
+        if v["Type"] == "AWS::Serverless::Function"
+        and any(isinstance(p, dict) and "Statement" in p for p in v["Properties"]["Policies"])
+    }
+    assert with_statements == set(FUNCTIONS.values())
+
+
 def test_worker_tags_its_gradients_as_scratch(recorded):
     tagged = {r for f, a, r in recorded.calls if a == "s3:PutObjectTagging"}
     grads = {r for f, a, r in recorded.calls if a == "s3:PutObject" and "/grads/" in r}

@@ -31,7 +31,7 @@ LOCKED = {
 }
 
 
-def train(stack: StackClient, job_id: str, rounds: int = 3) -> dict:
+def train(stack: StackClient, job_id: str, rounds: int) -> dict:
     doc = job_doc("houses-linear.json", job_id=job_id, training={"rounds": rounds})
     doc["dataset"]["uri"] = stack.upload_dataset(EVENTS / "data" / "houses.csv")
     spec = parse_spec(doc)
@@ -45,16 +45,27 @@ def tags(stack: StackClient, key: str) -> dict[str, str]:
 
 
 def test_gradients_are_tagged_scratch_and_nothing_else_is(stack):
-    status = train(stack, "lockdown-tags")
+    status = train(stack, "lockdown-tags", rounds=2)
     assert status["state"] == "SUCCEEDED"
     keys = JobKeys("lockdown-tags")
     scratch_key, scratch_value = SCRATCH_TAGGING.split("=")
     grads = stack.store.list_keys(keys.prefix + "grads/")
-    assert len(grads) == 3 * 4  # rounds x workers
+    assert len(grads) == 2 * 4  # rounds x workers
     for key in grads:
         assert tags(stack, key) == {scratch_key: scratch_value}, key
-    for key in (keys.params(3), keys.optimizer(3), keys.spec, keys.model_npz, keys.model_json):
+    for key in (keys.params(2), keys.optimizer(2), keys.spec, keys.model_npz, keys.model_json):
         assert tags(stack, key) == {}, key
+
+
+def test_default_stack_is_sse_s3_and_unreserved(engine):
+    (rule,) = engine.client("s3").get_bucket_encryption(Bucket=engine.outputs["BucketName"])[
+        "ServerSideEncryptionConfiguration"
+    ]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert not {"KmsReadPolicy", "KmsReadWritePolicy"} & set(engine.resources)
+    lam = engine.client("lambda")
+    for logical_id in ("WorkerFunction", "PredictFunction"):
+        assert "Concurrency" not in lam.get_function(FunctionName=engine.function_name(logical_id))
 
 
 @pytest.fixture(scope="module")

@@ -323,7 +323,7 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
             f"finite parameters are round {round_}. {_advice(spec)}"
         )
-    store.put_array(keys.grad(round_, shard), grad_sum)
+    store.put_array(keys.grad(round_, shard), grad_sum, tagging=Store.SCRATCH_TAGGING)
     emit("WorkerRows", count, "Count")
     seconds = time.perf_counter() - started  # the handler's share of the bill (cost.json)
     return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds}

@@ -647,7 +647,7 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     t.add_argument(
         "--segment-rounds",
         type=int,
-        help="rounds per execution before continue-as-new; default from --workers",
+        help="most rounds per Express segment (also cut by time); default from --workers",
     )
     return t
 

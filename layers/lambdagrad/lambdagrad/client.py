@@ -218,6 +218,32 @@ class StackClient:
             return desc.get("error") or desc["status"], _cause_message(desc.get("cause"))
         return None
 
+    def _confirmed(self, job_id: str, status: dict[str, Any]) -> dict[str, Any]:
+        """The status of a job this client started, checked against its execution.
+
+        A status written by an earlier execution of the same id (a job that exists, whose
+        Prepare's conditional write refuses ours; on the embedded engine that execution can
+        even have had our execution's ARN) must not end the wait: our execution's end decides.
+        """
+        desc = self.sfn.describe_execution(executionArn=self._fresh[job_id])
+        if desc["status"] == "RUNNING":
+            if self._foreign(status):
+                return {"job_id": job_id, "state": "PENDING"}
+            return {**status, "state": "RUNNING"}
+        if desc["status"] != "SUCCEEDED":
+            started = desc["startDate"]
+            started = started.timestamp() if hasattr(started, "timestamp") else float(started)
+            own = not self._foreign(status) and status.get("updated_at", 0.0) >= started
+            if status.get("state") == "FAILED" and own:
+                return status  # the job's own failure record (RecordFailure wrote it)
+            return {
+                "job_id": job_id,
+                "state": "FAILED",
+                "error": desc.get("error") or desc["status"],
+                "message": _cause_message(desc.get("cause")),
+            }
+        return status
+
     def _foreign(self, status: dict[str, Any]) -> bool:
         """The status belongs to another execution's job of the same id (ours was refused
         by Prepare's conditional write, or has not claimed the id yet)."""
@@ -247,11 +273,10 @@ class StackClient:
         checks = 0
         while True:
             status = self.status(job_id)
-            if self._foreign(status):
-                failure = self._execution_failure({"job_id": job_id})
-                status = {"job_id": job_id, "state": "PENDING"}
-                if failure:
-                    status.update(state="FAILED", error=failure[0], message=failure[1])
+            if job_id in self._fresh and (
+                self._foreign(status) or status.get("state") in TERMINAL_STATES
+            ):
+                status = self._confirmed(job_id, status)
             elif status.get("state") not in TERMINAL_STATES:
                 checks += 1
                 if checks % 10 == 0 and (failure := self._execution_failure(status)):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ def _round_complete(store: Store, keys: JobKeys, r: int, n_params: int) -> bool:
     try:
         params = store.get_array(keys.params(r))
         state = store.get_arrays(keys.optimizer(r))
-    except (StoreError, ValueError, OSError, EOFError):
+    except (StoreError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         return False
     if params.shape != (n_params,) or not np.all(np.isfinite(params)):
         return False

@@ -183,9 +183,7 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
     return spec.model_copy(update={"job_id": job_id})
 
 
-def _claim(
-    store: Store, keys: JobKeys, execution: str | None, started: str | None = None
-) -> None:
+def _claim(store: Store, keys: JobKeys, execution: str | None, started: str | None = None) -> None:
     """Take the job id with a conditional write; a second execution for it stops here.
 
     The claim names the execution by ARN and start time: a retried Prepare of the same

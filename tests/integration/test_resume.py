@@ -22,8 +22,9 @@ from lambdagrad.spec import parse_spec
 from lambdagrad.store import JobKeys
 
 from tests.conftest import EVENTS, ROOT, job_doc
+from tests.reference import reference_train
 
-ROUNDS = 150
+ROUNDS = 100
 FLAGS = [
     "--label",
     "price",
@@ -34,7 +35,7 @@ FLAGS = [
     "--workers",
     "2",
     "--segment-rounds",
-    "40",
+    "30",
 ]
 
 
@@ -61,7 +62,11 @@ def uninterrupted(engine, small, tmp_path_factory) -> np.ndarray:
     args = ["train", str(small), *FLAGS, "--job-id", "solo", "--out", str(out), "--quiet"]
     assert main([*args, *stack_flags(engine)]) == 0
     engine.reset()
-    return params_of(out)
+    params = params_of(out)
+    # and it is the plain numpy loop's result for the same spec
+    spec = parse_spec(json.loads((out / "model.json").read_text())["spec"])
+    np.testing.assert_array_equal(params, reference_train(spec, small.read_bytes(), small.name)[0])
+    return params
 
 
 def wait_for(predicate, timeout: float = 300, what: str = "condition") -> None:
@@ -119,7 +124,7 @@ def start_job(stack, small: Path, job_id: str) -> None:
     doc = {
         "job_id": job_id,
         "dataset": {"uri": stack.upload_dataset(small), "label": "price"},
-        "training": {"rounds": ROUNDS, "batch_size": 16, "workers": 2, "segment_rounds": 40},
+        "training": {"rounds": ROUNDS, "batch_size": 16, "workers": 2, "segment_rounds": 30},
     }
     stack.start(parse_spec(doc))
     wait_for(lambda: stack.store.exists(JobKeys(job_id).metrics(5)), what=f"round 5 of {job_id}")

@@ -18,6 +18,7 @@ import pytest
 from lambdagrad.artifact import TrainedModel
 from lambdagrad.cli import main
 from lambdagrad.client import JobFailedError
+from lambdagrad.local import moto_fixes
 from lambdagrad.spec import parse_spec
 from lambdagrad.store import JobKeys
 
@@ -134,10 +135,15 @@ def test_resume_after_a_worker_failed_past_its_retries(
     engine, stack, small, uninterrupted, tmp_path, capsys
 ):
     start_job(stack, small, "failed-job")
-    # an error the worker's Retry does not cover: the Map fails, RecordFailure marks the job
-    engine.fail_next("WorkerFunction", times=1, error="ResourceNotReadyException")
-    with pytest.raises(JobFailedError, match="ResourceNotReadyException"):
-        stack.follow("failed-job", poll_seconds=0.05, timeout=300)
+    # a worker throttled on its first try and all 6 retries (waits scaled to 0): the Map
+    # fails, RecordFailure marks the job
+    previous = engine.set_retry_delay_scale(0.0)
+    try:
+        engine.fail_next("WorkerFunction", times=7)
+        with pytest.raises(JobFailedError, match="TooManyRequestsException"):
+            stack.follow("failed-job", poll_seconds=0.05, timeout=300)
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
     assert not stack.store.exists(JobKeys("failed-job").model_json)
 
     out = tmp_path / "failed"

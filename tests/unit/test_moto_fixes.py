@@ -861,6 +861,101 @@ def test_s3_overwrite_keeps_an_in_flight_read_working():
         _ = old_key.value
 
 
+# ------------------------------------------------------------- fix_retry_delay_scale
+
+
+def test_retrier_internals_unchanged():
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    src = inspect.getsource(retrier_decl.RetrierDecl._eval_body)
+    # moto computes the wait, then sleeps it for real through the module's ``time``
+    assert src.count("time.sleep(") == 1 and "time.sleep(interval_seconds)" in src
+    assert retrier_decl.time.stock is time
+    assert retrier_decl.time.monotonic is time.monotonic  # the rest of ``time`` untouched
+
+
+def _retry_machine(name: str, arn: str, errors: list[str], interval: int = 2) -> str:
+    return create_machine(
+        name,
+        {
+            "StartAt": "T",
+            "States": {
+                "T": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": arn, "Payload.$": "$"},
+                    "Retry": [
+                        {
+                            "ErrorEquals": errors,
+                            "IntervalSeconds": interval,
+                            "BackoffRate": 3.0,
+                            "MaxAttempts": 2,
+                        }
+                    ],
+                    "End": True,
+                }
+            },
+        },
+    )
+
+
+def test_retry_waits_are_scaled(monkeypatch):
+    arn = create_function("slowretry", WORKER)
+    machine = _retry_machine("slowretry", arn, ["Lambda.TooManyRequestsException"])
+    slept: list[float] = []
+    monkeypatch.setattr(moto_fixes, "_sleep", slept.append)
+    previous = moto_fixes.set_retry_delay_scale(0.01)
+    try:
+        get_invoker().fail_next("slowretry", times=2)
+        assert run(machine)["status"] == "SUCCEEDED"
+        assert slept == pytest.approx([0.02, 0.06])  # 2 s, then 2 s x 3, scaled
+        moto_fixes.set_retry_delay_scale(0.0)
+        get_invoker().fail_next("slowretry", times=2)
+        assert run(machine)["status"] == "SUCCEEDED"
+        assert len(slept) == 2  # no sleep at all
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
+    assert moto_fixes.retry_delay_scale() == previous
+    with pytest.raises(ValueError):
+        moto_fixes.set_retry_delay_scale(2.0)
+
+
+SIDE_EFFECT = """
+from pathlib import Path
+
+def handler(event, context):
+    Path(event["mark"]).write_text("ran")
+    return {"ok": True}
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "ran"),
+    [("crash", "Runtime.ExitError", True), ("timeout", "Sandbox.Timedout", False)],
+)
+def test_injected_timeouts_and_crashes_reach_step_functions_by_name(tmp_path, kind, error, ran):
+    from lambdagrad.local import chaos
+
+    name = f"faulty-{kind}"
+    arn = create_function(name, SIDE_EFFECT)
+    machine = _retry_machine(name, arn, ["Lambda.TooManyRequestsException"])
+    fault = chaos.crash() if kind == "crash" else chaos.timeout(run_handler=False)
+    get_invoker().fail_matching(name, {"mark": str(tmp_path / "m")}, fault, times=1)
+    d = run(machine, {"mark": str(tmp_path / "m")})
+    assert (d["status"], d["error"]) == ("FAILED", error)
+    cause = json.loads(d["cause"])
+    assert cause["errorType"] == error and cause["errorMessage"].startswith("RequestId: ")
+    assert (tmp_path / "m").exists() is ran  # a crash comes after the handler's writes
+    # retried when the state machine lists the name; the second attempt gets through
+    retrying = _retry_machine(name + "-r", arn, [error], interval=1)
+    previous = moto_fixes.set_retry_delay_scale(0.0)
+    try:
+        get_invoker().fail_matching(name, {"mark": str(tmp_path / "n")}, fault, times=1)
+        assert run(retrying, {"mark": str(tmp_path / "n")})["status"] == "SUCCEEDED"
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
+
+
 # ------------------------------------------- lambdagrad.local.mirror: S3 write-through
 def test_s3_put_object_internals_unchanged():
     from lambdagrad.local.mirror import install_put_hook

@@ -38,7 +38,12 @@ def test_round_payloads_at_the_most_workers():
         },
     }
     results = [  # one worker's result, the widest numbers JSON can carry
-        {"shard": k, "loss_sum": -1.2345678901234567e300, "count": 10_000_000}
+        {
+            "shard": k,
+            "loss_sum": -1.2345678901234567e300,
+            "count": 10_000_000,
+            "seconds": 899.1234567890123,  # measured handler time, for cost.json
+        }
         for k in range(workers)
     ]
     reduce_input = {**state, "results": results, "execution": ARN}
@@ -61,7 +66,7 @@ def test_worker_and_reducer_outputs_have_the_fields_the_size_test_assumes():
     prepared = steps.prepare(store, {"input": {"job_id": "sizes", "spec": doc}, "execution": "e"})
     assert set(prepared) == {"job_id", "round", "shards", "segment_end", "progress"}
     result = steps.worker(store, {"job_id": "sizes", "round": 0, "shard": 0})
-    assert set(result) == {"shard", "loss_sum", "count"}
+    assert set(result) == {"shard", "loss_sum", "count", "seconds"}
     results = [steps.worker(store, {"job_id": "sizes", "round": 0, "shard": k}) for k in range(4)]
     reduced = steps.reduce(store, {**prepared, "results": results})
     assert set(reduced) == {"job_id", "round", "shards", "segment_end", "next", "progress"}

@@ -16,7 +16,7 @@ from lambdagrad.resume import (
     ResumeError,
     claim_resume,
     continuation_input,
-    last_complete_round,
+    resumable_round,
 )
 from lambdagrad.store import JobKeys, MemoryS3, Store
 
@@ -99,13 +99,13 @@ def test_a_round_missing_its_metrics_record_is_not_complete():
     )
     run(store, state, until=5)
     keys = JobKeys(JOB)
-    assert last_complete_round(store, JOB)[0] == 5
+    assert resumable_round(store, JOB)[0] == 5
     # killed between the reducer's params and its metrics record
     del store.client.objects[(BUCKET, keys.metrics(5))]
-    assert last_complete_round(store, JOB)[0] == 4
+    assert resumable_round(store, JOB)[0] == 4
     # a truncated optimizer file (cannot happen with S3, but a copied mirror might have one)
     store.put_bytes(keys.optimizer(4), b"PK\x03\x04 truncated")
-    assert last_complete_round(store, JOB)[0] == 3
+    assert resumable_round(store, JOB)[0] == 3
     start = continuation_input(store, JOB)
     assert start["round"] == 3 and start["segment_end"] == 9
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from lambdagrad.spec import parse_spec
+from lambdagrad.steps import committed_record
 from lambdagrad.store import JobKeys, Store, StoreError
 from lambdagrad.training import advance_progress, initial_progress, model_for
 
@@ -46,8 +47,8 @@ __all__ = [
     "ResumeError",
     "claim_resume",
     "continuation_input",
-    "last_complete_round",
     "mark_resuming",
+    "resumable_round",
 ]
 
 
@@ -67,8 +68,10 @@ _METRICS = re.compile(r"/metrics/(\d+)\.json$")
 
 
 def _round_complete(store: Store, keys: JobKeys, r: int, n_params: int) -> bool:
-    """Params, optimizer state (and, past round 0, the metrics record) of round ``r``
-    are present, readable and agree with each other."""
+    """Round ``r`` is committed (:func:`~lambdagrad.steps.committed_record`, past round 0)
+    and its params and optimizer state are readable and agree with each other."""
+    if r > 0 and committed_record(store, keys, r) is None:
+        return False
     try:
         params = store.get_array(keys.params(r))
         state = store.get_arrays(keys.optimizer(r))
@@ -79,8 +82,12 @@ def _round_complete(store: Store, keys: JobKeys, r: int, n_params: int) -> bool:
     return "step" in state and int(state["step"]) == r
 
 
-def last_complete_round(store: Store, job_id: str) -> tuple[int, list[dict[str, Any]]]:
-    """The newest round with a complete checkpoint, and the metrics records ``1..r``.
+def resumable_round(store: Store, job_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """The newest round to resume from, and the metrics records ``1..r``.
+
+    Stricter than :func:`~lambdagrad.steps.last_complete_round`, which is enough to name the
+    checkpoint in a failure: the records ``1..r`` must all be there (progress is replayed
+    from them) and the arrays must load with the model's size and the round's step.
 
     Raises :class:`NoCheckpointError` if Prepare never finished (no ``meta.json``).
     """
@@ -134,7 +141,7 @@ def continuation_input(store: Store, job_id: str) -> dict[str, Any]:
         raise JobFinishedError(
             f"job {job_id!r} already finished: its model is s3://{store.bucket}/{keys.model_json}"
         )
-    r, records = last_complete_round(store, job_id)
+    r, records = resumable_round(store, job_id)
     spec = parse_spec(store.get_json(keys.spec))
     meta = store.get_json(keys.meta)
     total, segment = int(meta["rounds"]), int(meta["segment_rounds"])

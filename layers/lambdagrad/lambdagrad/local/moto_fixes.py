@@ -27,6 +27,9 @@ fix_boto_client_cache                  speed: a new boto3 client per task
 fix_json_path_parse_cache              speed: JSONPath re-parsed per evaluation
 fix_tmp_threads_leak                   speed/memory: every thread kept forever
 fix_s3_url_module_reload               speed: ``moto.s3.urls`` reloaded per S3 request
+fix_s3_overwrite_while_reading         overwriting a key breaks a GET in flight
+fix_retry_delay_scale                  ASL retry waits always sleep for real (tests and
+                                       chaos runs scale them)
 =====================================  ==================================================
 
 Example
@@ -46,6 +49,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -258,8 +262,9 @@ def fix_lambda_invoke_in_process() -> None:
     interpreter turns into the error name that ``Retry``/``Catch`` match (a raw exception
     would become ``States.Runtime``). Injected service faults are raised as a Lambda
     ``ClientError`` (e.g. 429 ``TooManyRequestsException``), which Step Functions reports as
-    ``Lambda.TooManyRequestsException``. A canned result queued through moto's documented
-    ``lambda-simple`` API still takes precedence.
+    ``Lambda.TooManyRequestsException``; injected timeouts and crashes come back as the error
+    documents Lambda returns for them (``Sandbox.Timedout``, ``Runtime.ExitError``). A canned
+    result queued through moto's documented ``lambda-simple`` API still takes precedence.
     """
     from moto.awslambda.exceptions import LambdaClientError
     from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -285,9 +290,9 @@ def fix_lambda_invoke_in_process() -> None:
             return stock_invoke(self, function_name, qualifier, body, headers, response_headers)
         fn = self.get_function(function_name, qualifier)
         invoker = get_invoker()
-        fault = invoker.admit(fn.function_name)
-        if fault is not None:
-            raise InjectedServiceError(fault, fn.function_name)
+        fault = invoker.admit(fn.function_name, body)
+        if fault is not None and fault.before_handler:
+            raise InjectedServiceError(fault.error, fn.function_name)
         raw = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
         try:
             json.loads(raw or "{}")
@@ -305,12 +310,12 @@ def fix_lambda_invoke_in_process() -> None:
         if invocation_type == "Event":
             threading.Thread(
                 target=invoker.invoke,
-                args=(fn, qualifier, body, headers),
+                args=(fn, qualifier, body, headers, fault),
                 name=f"lambda-event-{fn.function_name}",
                 daemon=True,
             ).start()
             return b""
-        payload, errored = invoker.invoke(fn, qualifier, body, headers)
+        payload, errored = invoker.invoke(fn, qualifier, body, headers, fault)
         if errored:
             response_headers["x-amz-function-error"] = "Unhandled"
         response_headers["x-amz-executed-version"] = (
@@ -721,6 +726,62 @@ def fix_s3_overwrite_while_reading() -> None:
     FakeKey.dispose = dispose  # type: ignore[method-assign]
 
 
+_retry_delay_scale = 1.0
+#: What the scaled waits finally call (a seam for the guard test).
+_sleep = time.sleep
+
+
+def retry_delay_scale() -> float:
+    """The factor applied to every ASL ``Retry`` wait (1.0: the real waits)."""
+    return _retry_delay_scale
+
+
+def set_retry_delay_scale(scale: float) -> float:
+    """Multiply every ASL ``Retry`` wait by ``scale`` (process-wide); return the old factor.
+
+    ``0`` retries at once; ``0.01`` keeps the order of the waits (and the jitter) at a
+    hundredth of the time. Only the embedded engine's interpreter is affected.
+    """
+    global _retry_delay_scale
+    if not 0.0 <= float(scale) <= 1.0:
+        raise ValueError(f"retry delay scale must be in [0, 1], got {scale}")
+    previous, _retry_delay_scale = _retry_delay_scale, float(scale)
+    return previous
+
+
+class _ScaledRetryTime:
+    """Stands in for the ``time`` module inside moto's retrier: ``sleep`` is scaled."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        scaled = seconds * _retry_delay_scale
+        if scaled > 0:
+            _sleep(scaled)
+
+
+@_once("retry_delay_scale")
+def fix_retry_delay_scale() -> None:
+    """Let tests and chaos runs scale the waits between ASL retries.
+
+    moto's ``RetrierDecl._eval_body`` (``...asl.component.common.retry.retrier_decl``)
+    computes the wait (``IntervalSeconds`` x ``BackoffRate`` ^ n, ``MaxDelaySeconds``,
+    ``JitterStrategy``) and then really sleeps ``time.sleep(interval_seconds)`` in the
+    execution's thread: with our Retry (1 s, x2, up to 6 attempts) a fault-injection test
+    spends most of its time asleep. The module's ``time`` is replaced by an object whose
+    ``sleep`` multiplies by :func:`retry_delay_scale` (1.0 unless
+    :func:`set_retry_delay_scale` changed it), so nothing changes by default.
+    """
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    stock = retrier_decl.time
+    proxy = _ScaledRetryTime()
+    proxy.stock = stock  # type: ignore[attr-defined]
+    retrier_decl.time = proxy  # type: ignore[assignment]
+
+
 #: The fixes, in the order :func:`apply_all` applies them.
 FIXES: tuple[Callable[[], None], ...] = (
     fix_state_machine_cloudformation,
@@ -735,6 +796,7 @@ FIXES: tuple[Callable[[], None], ...] = (
     fix_tmp_threads_leak,
     fix_s3_url_module_reload,
     fix_s3_overwrite_while_reading,
+    fix_retry_delay_scale,
 )
 
 

@@ -1,7 +1,9 @@
 """The cost model's counts against what a job really does on the embedded engine.
 
-One job with 3 workers, 5 rounds and segments of 2 (three executions): every Step
-Functions transition (``*StateEntered`` in the histories), every Lambda invocation and
+One job with 3 workers, 5 rounds and segments of 2 (one Standard execution running three
+Express segments): every Standard transition (``*StateEntered`` in the training
+execution's history), every Express segment and the states it enters, every Lambda
+invocation and
 every S3 request the handlers make is counted and compared with
 ``lambdagrad.cost.round_structure``; then cost.json (written by finalize) must agree with
 the estimate for the same spec on every count.
@@ -21,7 +23,7 @@ from lambdagrad.data import load_dataset
 from lambdagrad.spec import parse_spec
 
 from tests.conftest import job_doc
-from tests.integration.test_training import data_path, executions_of, run_job
+from tests.integration.test_training import data_path, executions_of, run_job, segments_of
 
 GET_OPS = {"GetObject", "HeadObject"}
 PUT_OPS = {"PutObject", "ListObjectsV2"}
@@ -75,9 +77,21 @@ def test_round_structure_matches_a_real_job(stack, engine, s3_calls, monkeypatch
     invoked = {f: engine.invocations(f) - before[f] for f in FUNCTIONS}
 
     s = round_structure(workers, status_writes_per_round=1.0)
+    assert s.orchestration == "express"
     segments = -(-rounds // segment)
-    assert len(executions) == segments
+    assert len(executions) == 1
     assert transitions == s.transitions(rounds, segments)
+    children = segments_of(stack, doc["job_id"])
+    assert len(children) == segments * s.express_requests_per_segment
+    # inside the segments: Map + W workers + Reduce + Choice per round, and SegmentDone
+    # once per segment (billed as Express duration, not per transition)
+    entered = 0
+    for child in children:
+        events = stack.sfn.get_execution_history(
+            executionArn=child["executionArn"], maxResults=1000
+        )["events"]
+        entered += sum(1 for e in events if e["type"].endswith("StateEntered"))
+    assert entered == (workers + 3) * rounds + len(children)
     assert invoked == {
         "PrepareFunction": 1,
         "WorkerFunction": s.worker_invocations_per_round * rounds,

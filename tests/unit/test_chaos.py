@@ -24,6 +24,7 @@ from lambdagrad.local.chaos import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_ASL = ROOT / "statemachine" / "train.asl.json"
+SEGMENT_ASL = ROOT / "statemachine" / "segment.asl.json"
 
 #: What a Lambda task of the training loop must retry: transient service errors, the
 #: function timing out, the runtime dying (and Lambda.Unknown, the name Step Functions uses
@@ -156,6 +157,7 @@ def own_error_names() -> set[str]:
 
 def test_every_lambda_task_retries_transient_timeouts_and_crashes_only():
     tasks = lambda_tasks(json.loads(TRAIN_ASL.read_text())["States"])
+    tasks.update(lambda_tasks(json.loads(SEGMENT_ASL.read_text())["States"]))
     assert {"Prepare", "Worker", "Reduce", "Finalize", "RecordFailure"} <= set(tasks)
     own = own_error_names()
     assert {"ModelDiverged", "StoreError", "SpecError", "DataError", "JobExistsError"} <= own

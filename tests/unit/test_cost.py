@@ -31,7 +31,7 @@ P = DEFAULT_PRICES
 
 
 def test_structure_counts_by_hand():
-    s = round_structure(10)
+    s = round_structure(10, orchestration="standard")
     # Map + 10 Worker + Reduce + NextStep; IsContinuation + ContinueAsNew|Finalize; Prepare
     assert (s.transitions_per_round, s.transitions_per_segment, s.transitions_per_job) == (
         13,
@@ -41,15 +41,21 @@ def test_structure_counts_by_hand():
     assert s.transitions(rounds=100, segments=3) == 1 + 2 * 3 + 13 * 100
     # GET: 10 params + HEAD metrics + 10 grads + 1 record (finalize); PUT: 10 grads + 3 + status
     assert (s.s3_get_per_round, s.s3_put_per_round) == (22, 14)
-    inline = round_structure(10, inline_gradients=True)
+    inline = round_structure(10, orchestration="standard", inline_gradients=True)
     assert (inline.s3_get_per_round, inline.s3_put_per_round) == (12, 4)
     express = round_structure(10, orchestration="express")
-    assert (express.transitions_per_round, express.transitions_per_segment) == (0, 4)
+    # RunSegment + SegmentEnded + CountSegment + NextStep per segment;
+    # IsContinuation + Prepare + StartSegments + Finalize per job
+    assert (
+        express.transitions_per_round,
+        express.transitions_per_segment,
+        express.transitions_per_job,
+    ) == (0, 4, 4)
     assert express.express_requests_per_segment == 1
-    half = round_structure(1, status_writes_per_round=0.5)
+    half = round_structure(1, orchestration="standard", status_writes_per_round=0.5)
     assert (half.s3_put_per_round, half.s3_put_per_segment) == (1 + 3 + 0.5, 0.5)
     # per job: prepare 3 GET / 8+W PUT; workers 3W GET; reducer 5; finalize 5 GET / 5 PUT
-    one = round_structure(1)
+    one = round_structure(1, orchestration="standard")
     assert (one.s3_get_per_job, one.s3_put_per_job) == (3 + 3 + 5 + 5, 9 + 5)
     assert one.s3_requests(rounds=1001, segments=1) == (16 + 4 * 1001, 14 + 2 + 0 + 5 * 1001)
     with pytest.raises(CostError, match="orchestration"):
@@ -79,7 +85,7 @@ SHAPE = JobShape(
 
 
 def test_estimate_standard_by_hand():
-    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT)
+    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
     assert bill.segments == 3
     gb_s = bill.line("Lambda compute")
     assert gb_s.per_round == pytest.approx(2 * 0.5 + 0.25)
@@ -111,13 +117,13 @@ def test_estimate_standard_by_hand():
 
 def test_estimate_express_by_hand():
     bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="express")
-    assert bill.line("Step Functions Standard").total == 1 + 4 * 3
+    assert bill.line("Step Functions Standard").total == 4 + 4 * 3
     lines = [line for line in bill.lines if line.item == "Step Functions Express"]
     requests, gb_s = (next(x for x in lines if x.unit == u) for u in ("requests", "GB-s"))
     assert requests.total == 3
     # 10 rounds of 0.75 s in 3 segments: 2.5 s each, already whole 100 ms; 64 MB
     assert gb_s.total == pytest.approx(3 * 2.5 * 64 / 1024)
-    standard = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT)
+    standard = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
     assert standard.line("Lambda compute").total == bill.line("Lambda compute").total
 
 
@@ -154,6 +160,7 @@ def test_actual_cost_from_measured_seconds():
         billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
         invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
         memory_mb=1024,
+        orchestration="standard",
     )
     assert bill.basis == "measured"
     assert bill.line("Lambda compute").total == pytest.approx(0.166)

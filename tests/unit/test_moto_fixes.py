@@ -956,6 +956,76 @@ def test_injected_timeouts_and_crashes_reach_step_functions_by_name(tmp_path, ki
         moto_fixes.set_retry_delay_scale(previous)
 
 
+# ------------------------------------------------------------- fix_sync_poll_backoff
+
+
+def test_sync_poll_internals_unchanged():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as module,
+    )
+
+    assert module._DELAY_SECONDS_SYNC_CONDITION_CHECK == 0.5
+    stock_eval = stock(module.StateTaskServiceCallback._eval_sync)
+    assert params(stock_eval) == [
+        "self",
+        "env",
+        "sync_resolver",
+        "timeout_seconds",
+        "callback_endpoint",
+        "heartbeat_endpoint",
+    ]
+    # the defect: a fixed half-second sleep between two checks of the child
+    assert "time.sleep(_DELAY_SECONDS_SYNC_CONDITION_CHECK)" in inspect.getsource(stock_eval)
+
+
+def test_standard_parent_waits_on_express_child():
+    """The training execution's pattern: an EXPRESS child started with .sync:2, its output
+    as JSON; a failed child is States.TaskFailed with the child's error inside the cause."""
+    sfn = client("stepfunctions")
+    child = sfn.create_state_machine(
+        name="express-child",
+        type="EXPRESS",
+        roleArn=role_arn(),
+        definition=json.dumps(
+            {
+                "StartAt": "Check",
+                "States": {
+                    "Check": {
+                        "Type": "Choice",
+                        "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "No"}],
+                        "Default": "Yes",
+                    },
+                    "Yes": {"Type": "Pass", "Parameters": {"got.$": "$.v"}, "End": True},
+                    "No": {"Type": "Fail", "Error": "ModelDiverged", "Cause": "too big"},
+                },
+            }
+        ),
+    )["stateMachineArn"]
+    assert sfn.describe_state_machine(stateMachineArn=child)["type"] == "EXPRESS"
+    parent = create_machine(
+        "express-parent",
+        {
+            "StartAt": "Run",
+            "States": {
+                "Run": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                    "Parameters": {"StateMachineArn": child, "Input.$": "$"},
+                    "ResultSelector": {"output.$": "$.Output"},
+                    "End": True,
+                }
+            },
+        },
+    )
+    ok = run(parent, {"v": 7, "fail": False})
+    assert json.loads(ok["output"]) == {"output": {"got": 7}}
+    failed = run(parent, {"v": 7, "fail": True})
+    assert failed["status"] == "FAILED" and failed["error"] == "States.TaskFailed"
+    inner = json.loads(failed["cause"])
+    assert inner["Status"] == "FAILED" and inner["Error"] == "ModelDiverged"
+    assert inner["Cause"] == "too big"
+
+
 # ------------------------------------------- lambdagrad.local.mirror: S3 write-through
 def test_s3_put_object_internals_unchanged():
     from lambdagrad.local.mirror import install_put_hook

@@ -23,7 +23,7 @@ from typing import Any
 from lambdagrad import __version__
 from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_atomically
 from lambdagrad.client import JobFailedError, StackClient, StackError
-from lambdagrad.cost import CostError
+from lambdagrad.cost import RUNNING_ORCHESTRATION, CostError
 from lambdagrad.data import DataError, load_dataset
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
 from lambdagrad.resume import ResumeError
@@ -740,8 +740,8 @@ def _add_estimate_parser(sub: Any) -> None:
     c.add_argument(
         "--orchestration",
         choices=["standard", "express"],
-        default="standard",
-        help="rounds in the Standard execution, or in an Express child per segment",
+        default=RUNNING_ORCHESTRATION,
+        help="rounds in the Standard execution, or in an Express child per segment (deployed)",
     )
     c.add_argument(
         "--inline-gradients",
@@ -875,7 +875,7 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     t.add_argument(
         "--segment-rounds",
         type=int,
-        help="rounds per execution before continue-as-new; default from --workers",
+        help="most rounds per Express segment (also cut by time); default from --workers",
     )
     return t
 

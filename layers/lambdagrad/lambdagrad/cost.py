@@ -74,16 +74,17 @@ EXPRESS_BILLING_SECONDS = 0.1
 EXPRESS_MAX_SECONDS = 300.0
 #: Inline Map runs at most this many iterations at once (DESIGN.md §7).
 INLINE_MAP_CONCURRENCY = 40
-#: Standard parent states per segment with an Express child: IsContinuation, RunSegment
-#: (startExecution.sync:2 of the child), AfterSegment (Choice), ContinueAsNew or Finalize.
+#: Standard parent states per segment with an Express child (statemachine/train.asl.json):
+#: RunSegment (startExecution.sync:2 of the child), SegmentEnded, CountSegment, NextStep.
 EXPRESS_PARENT_TRANSITIONS_PER_SEGMENT = 4
+#: ... and once per job: IsContinuation, Prepare, StartSegments, Finalize.
+EXPRESS_PARENT_TRANSITIONS_PER_JOB = 4
 #: ``steps.STATUS_INTERVAL_SECONDS``: the reducer writes status.json at most this often.
 STATUS_INTERVAL_SECONDS = 1.0
 #: LIST requests return at most this many keys (finalize lists the metrics records).
 LIST_PAGE = 1000
-#: The structure the deployed state machine has, for cost.json. One line each to switch
-#: when the Express child workflow / inline gradients land.
-RUNNING_ORCHESTRATION: Orchestration = "standard"
+#: The structure the deployed state machine has, for cost.json and the estimate's default.
+RUNNING_ORCHESTRATION: Orchestration = "express"
 RUNNING_INLINE_GRADIENTS = False
 
 
@@ -147,8 +148,8 @@ class RoundStructure:
 
 def round_structure(
     workers: int,
-    orchestration: Orchestration = "standard",
-    inline_gradients: bool = False,
+    orchestration: Orchestration = RUNNING_ORCHESTRATION,
+    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
     *,
     status_writes_per_round: float = 1.0,
     register_model: bool = False,
@@ -211,7 +212,7 @@ def round_structure(
         transitions_per_segment=2 if standard else EXPRESS_PARENT_TRANSITIONS_PER_SEGMENT,
         express_requests_per_segment=0 if standard else 1,
         s3_put_per_segment=1.0 - status,
-        transitions_per_job=1,
+        transitions_per_job=1 if standard else EXPRESS_PARENT_TRANSITIONS_PER_JOB,
         s3_get_per_job=float(3 + 3 * w + 5 + 5 + (2 if register_model else 0)),
         s3_put_per_job=float((8 + w) + 5 + (1 if register_model else 0)),
     )
@@ -470,8 +471,8 @@ def _bill(
 def estimate(
     shape: JobShape,
     *,
-    orchestration: Orchestration = "standard",
-    inline_gradients: bool = False,
+    orchestration: Orchestration = RUNNING_ORCHESTRATION,
+    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
     memory_mb: int = DEFAULT_MEMORY_MB,
     durations: DurationModel = DEFAULT_DURATIONS,
     prices: Prices = DEFAULT_PRICES,
@@ -553,8 +554,8 @@ def actual_cost(
     billed_ms: dict[str, int],
     invocations: dict[str, int],
     memory_mb: int = DEFAULT_MEMORY_MB,
-    orchestration: Orchestration = "standard",
-    inline_gradients: bool = False,
+    orchestration: Orchestration = RUNNING_ORCHESTRATION,
+    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
     register_model: bool = False,
     prices: Prices = DEFAULT_PRICES,
 ) -> CostBreakdown:

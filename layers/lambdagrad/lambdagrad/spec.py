@@ -171,7 +171,7 @@ class TrainingSpec(_Strict):
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
     segment_rounds: int | None = Field(
-        None, ge=1, le=100_000, description="rounds per execution before continue-as-new (auto)"
+        None, ge=1, le=100_000, description="most rounds per Express segment (auto)"
     )
     patience: int | None = Field(
         None, ge=1, le=1_000_000, description="early stopping: rounds without improvement"

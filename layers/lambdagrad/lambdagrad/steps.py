@@ -53,6 +53,7 @@ from lambdagrad.training import (
     reduce_round,
     schedule_for,
     segment_rounds_for,
+    segment_time_up,
     total_rounds,
     worker_gradient,
 )
@@ -478,8 +479,10 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     segment_end = int(event["segment_end"])
     if stop_reason:
         step = "finalize"
-    elif next_round >= segment_end:
-        step = "continue"
+    elif next_round >= segment_end or segment_time_up(
+        event.get("segment_started"), event.get("segment_seconds"), _now()
+    ):
+        step = "continue"  # end the segment: by rounds, or by time (Express runs <= 5 min)
         segment_end = min(next_round + int(meta["segment_rounds"]), total)
     else:
         step = "round"

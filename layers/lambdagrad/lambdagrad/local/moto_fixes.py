@@ -30,6 +30,7 @@ fix_s3_url_module_reload               speed: ``moto.s3.urls`` reloaded per S3 r
 fix_s3_overwrite_while_reading         overwriting a key breaks a GET in flight
 fix_retry_delay_scale                  ASL retry waits always sleep for real (tests and
                                        chaos runs scale them)
+fix_sync_poll_backoff                  speed: ``.sync`` polls the child every 0.5 s
 =====================================  ==================================================
 
 Example
@@ -780,6 +781,55 @@ def fix_retry_delay_scale() -> None:
     proxy = _ScaledRetryTime()
     proxy.stock = stock  # type: ignore[attr-defined]
     retrier_decl.time = proxy  # type: ignore[assignment]
+#: First and longest pause between two checks of a ``.sync`` child (seconds).
+SYNC_POLL_FIRST = 0.005
+SYNC_POLL_MAX = 0.5
+
+
+@_once("sync_poll_backoff")
+def fix_sync_poll_backoff() -> None:
+    """A ``.sync``/``.sync:2`` task notices its child's end within milliseconds (speed).
+
+    ``StateTaskServiceCallback._eval_sync`` checks the child execution (``DescribeExecution``)
+    and then sleeps ``_DELAY_SECONDS_SYNC_CONDITION_CHECK`` = 0.5 s, so every child costs its
+    parent 0.25 s on average after it ended. The training state machine waits on one Express
+    segment child per segment, so that was most of a short segment's time. The replacement
+    polls with a doubling pause, from :data:`SYNC_POLL_FIRST` up to moto's 0.5 s: a short child
+    is seen at once, a long one (a sweep point) costs no more checks than before. The
+    ``waitForTaskToken`` listener thread is kept as moto starts it.
+    """
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as module,
+    )
+
+    cls = module.StateTaskServiceCallback
+    stock = cls._eval_sync
+
+    def _eval_sync(
+        self: Any,
+        env: Any,
+        sync_resolver: Callable[[], Any] | None,
+        timeout_seconds: int | None,
+        callback_endpoint: Any,
+        heartbeat_endpoint: Any,
+    ) -> Any:
+        import time
+
+        if callback_endpoint is not None:  # .sync with a task token: moto's own loop
+            return stock(
+                self, env, sync_resolver, timeout_seconds, callback_endpoint, heartbeat_endpoint
+            )
+        pause, sync_result = SYNC_POLL_FIRST, None
+        while env.is_running():
+            sync_result = sync_resolver()  # type: ignore[misc]
+            if sync_result:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, module._DELAY_SECONDS_SYNC_CONDITION_CHECK, SYNC_POLL_MAX)
+        return sync_result
+
+    _eval_sync.stock = stock  # type: ignore[attr-defined]
+    cls._eval_sync = _eval_sync  # type: ignore[method-assign]
 
 
 #: The fixes, in the order :func:`apply_all` applies them.
@@ -797,6 +847,7 @@ FIXES: tuple[Callable[[], None], ...] = (
     fix_s3_url_module_reload,
     fix_s3_overwrite_while_reading,
     fix_retry_delay_scale,
+    fix_sync_poll_backoff,
 )
 
 

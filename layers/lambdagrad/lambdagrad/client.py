@@ -73,6 +73,7 @@ class StackClient:
     make_client: Callable[[str], Any] | None = field(default=None, repr=False)
     _executions: dict[str, str] = field(default_factory=dict, repr=False)
     _fresh: dict[str, str] = field(default_factory=dict, repr=False)
+    _stale: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_outputs(
@@ -156,12 +157,28 @@ class StackClient:
             )
         start = continuation_input(self.store, job_id)
         name = claim_resume(self.store, job_id, start)
+        # a stopped execution's status names it: never mistake its end for the new one's
+        if self.status(job_id).get("execution"):
+            self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
         mark_resuming(self.store, job_id, start)
         started = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(start)
         )
         self.attach(job_id, started["executionArn"])
         return start
+
+    def _running_segments(self) -> list[str]:
+        """RUNNING executions of the Express segment machine, where they can be listed: a
+        segment outlives a stopped parent. (AWS cannot list Express executions; a segment
+        ends within its 5 minutes.)"""
+        arn = self.outputs.get("SegmentStateMachineArn")
+        if not arn:
+            return []
+        try:
+            listing = self.sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")
+        except Exception:  # Express state machines are not listable on AWS
+            return []
+        return [e["executionArn"] for e in listing.get("executions", [])]
 
     def running_executions(self, job_id: str) -> list[str]:
         """ARNs of this job's RUNNING executions (first, continued or resumed ones)."""
@@ -177,6 +194,7 @@ class StackClient:
             candidates.update(
                 e["executionArn"] for e in page["executions"] if names.match(e["name"])
             )
+        candidates.update(self._running_segments())
         running = []
         for arn in sorted(candidates):
             try:
@@ -277,7 +295,9 @@ class StackClient:
                 self._foreign(status) or status.get("state") in TERMINAL_STATES
             ):
                 status = self._confirmed(job_id, status)
-            elif status.get("state") not in TERMINAL_STATES:
+            elif status.get("state") not in TERMINAL_STATES and status.get(
+                "execution"
+            ) not in self._stale.get(job_id, ()):
                 checks += 1
                 if checks % 10 == 0 and (failure := self._execution_failure(status)):
                     status = {

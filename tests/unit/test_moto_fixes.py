@@ -1024,3 +1024,57 @@ def test_standard_parent_waits_on_express_child():
     inner = json.loads(failed["cause"])
     assert inner["Status"] == "FAILED" and inner["Error"] == "ModelDiverged"
     assert inner["Cause"] == "too big"
+
+
+# ------------------------------------------- lambdagrad.local.mirror: S3 write-through
+def test_s3_put_object_internals_unchanged():
+    from lambdagrad.local.mirror import install_put_hook
+    from moto.s3.models import S3Backend
+
+    install_put_hook()
+    hooked = S3Backend.put_object
+    assert params(stock(hooked))[:4] == ["self", "bucket_name", "key_name", "value"]
+    # every write path of the S3 API goes through S3Backend.put_object
+    responses = (MOTO_ROOT / "s3" / "responses.py").read_text()
+    assert responses.count("self.backend.put_object(") == 2  # PutObject, POST upload
+    models = (MOTO_ROOT / "s3" / "models.py").read_text()
+    assert models.count("self.put_object(") == 3  # copy, multipart completion, logging
+
+
+def test_mirror_writes_through_and_restores(tmp_path):
+    from lambdagrad.local.mirror import BucketMirror, StateLockedError
+
+    s3 = client("s3")
+    s3.create_bucket(Bucket="mirror-src")
+    mirror = BucketMirror(tmp_path / "state")
+    mirror.lock()
+    with pytest.raises(StateLockedError, match="in use by another lambdagrad process"):
+        BucketMirror(tmp_path / "state").lock()
+    try:
+        mirror.attach({"mirror-src": "DataBucket"}, s3)
+        s3.put_object(Bucket="mirror-src", Key="jobs/j/params/1.npy", Body=b"one")
+        s3.put_object(Bucket="mirror-src", Key="jobs/j/params/1.npy", Body=b"two")
+        s3.put_object(Bucket="mirror-src", Key="jobs/j/grads/1/0.npy", Body=b"scratch")
+        s3.put_object(Bucket="mirror-src", Key="jobs/incoming/x.json", Body=b"{}")
+        s3.upload_fileobj(io.BytesIO(b"data"), "mirror-src", "datasets/d/x.csv")
+        with pytest.raises(ClientError, match="PreconditionFailed"):
+            s3.put_object(Bucket="mirror-src", Key="jobs/j/claim.json", Body=b"x", IfNoneMatch="*")
+            s3.put_object(Bucket="mirror-src", Key="jobs/j/claim.json", Body=b"y", IfNoneMatch="*")
+    finally:
+        mirror.close()
+    s3.put_object(Bucket="mirror-src", Key="jobs/j/late.json", Body=b"after close")
+    root = tmp_path / "state" / "DataBucket"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == ["datasets/d/x.csv", "jobs/j/claim.json", "jobs/j/params/1.npy"]
+    assert (root / "jobs/j/params/1.npy").read_bytes() == b"two"
+    assert (root / "jobs/j/claim.json").read_bytes() == b"x"
+
+    s3.create_bucket(Bucket="mirror-dst")
+    again = BucketMirror(tmp_path / "state")
+    again.lock()  # released by close()
+    try:
+        assert again.attach({"mirror-dst": "DataBucket"}, s3) == 3
+    finally:
+        again.close()
+    body = s3.get_object(Bucket="mirror-dst", Key="jobs/j/params/1.npy")["Body"].read()
+    assert body == b"two"

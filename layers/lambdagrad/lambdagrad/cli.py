@@ -26,6 +26,7 @@ from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import RUNNING_ORCHESTRATION, CostError
 from lambdagrad.data import DataError, load_dataset
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
+from lambdagrad.resume import ResumeError
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import StoreError
 from lambdagrad.sweep import SweepError
@@ -47,6 +48,7 @@ USER_ERRORS = (
     RegistryError,
     SweepError,
     CostError,
+    ResumeError,
 )
 
 
@@ -197,16 +199,21 @@ def find_template() -> Path:
     )
 
 
+#: Where the embedded engine keeps a job's bucket on disk, inside the run directory.
+STATE_DIRNAME = "state"
+
+
 @contextlib.contextmanager
-def open_stack(args: argparse.Namespace) -> Iterator[StackClient]:
-    """A client for --stack NAME, or for the template deployed on the embedded engine."""
+def open_stack(args: argparse.Namespace, state_dir: Path | None = None) -> Iterator[StackClient]:
+    """A client for --stack NAME, or for the template deployed on the embedded engine
+    (whose bucket is kept in ``state_dir``, if given, so that checkpoints outlive us)."""
     if getattr(args, "stack", None):
         yield StackClient.from_stack(args.stack, args.region)
         return
     from lambdagrad.local.engine import LocalEngine
 
     template = Path(args.template) if getattr(args, "template", None) else find_template()
-    with LocalEngine(template) as engine:
+    with LocalEngine(template, state_dir=state_dir) as engine:
         if getattr(args, "chaos", None) is not None:  # dev flag: see lambdagrad.local.chaos
             from lambdagrad.local.chaos import start_for_cli
 
@@ -321,7 +328,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
 
     started = time.monotonic()
-    with open_stack(args) as stack:
+    with open_stack(args, state_dir=out / STATE_DIRNAME) as stack:
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
         spec = spec.model_copy(
             update={"job_id": job_id, "dataset": spec.dataset.model_copy(update={"uri": uri})}
@@ -334,10 +341,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"lr={spec.optimizer.lr} batch={spec.training.batch_size} "
                 f"workers={spec.training.workers}"
             )
-        with Progress(enabled=not args.quiet and not args.json) as progress:
-            status = stack.follow(job_id, on_status=progress.update)
-        files = stack.model_files(job_id)
-        cost = _job_cost(stack, job_id)
+        status, files, cost = _follow_and_fetch(args, stack, job_id)
+    return _write_run(args, out, job_id, status, files, cost, started)
+
+
+def _follow_and_fetch(
+    args: argparse.Namespace, stack: StackClient, job_id: str
+) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any] | None]:
+    """Follow a started job to its end with a progress bar; fetch its model files and cost."""
+    with Progress(enabled=not args.quiet and not args.json) as progress:
+        status = stack.follow(job_id, on_status=progress.update)
+    return status, stack.model_files(job_id), _job_cost(stack, job_id)
+
+
+def _write_run(
+    args: argparse.Namespace,
+    out: Path,
+    job_id: str,
+    status: dict[str, Any],
+    files: dict[str, bytes],
+    cost: dict[str, Any] | None,
+    started: float,
+) -> int:
+    """Write a finished job's model, history and loss curve to ``out``; print the summary."""
     seconds = time.monotonic() - started
 
     from lambdagrad.plot import loss_curve_png
@@ -364,6 +390,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         if chaos is not None:
             print(f"{chaos.summary()}; all retried, the job survived")
     return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a killed, failed or stopped job from its last complete checkpoint."""
+    out = Path(args.out) if args.out else Path("runs") / args.job_id
+    state_dir = None
+    if not args.stack:
+        state_dir = out / STATE_DIRNAME
+        if not state_dir.is_dir():
+            raise CliError(
+                f"no local checkpoints of job {args.job_id} in {state_dir}/: give the --out "
+                "it was trained with, or --stack NAME for a job on a deployed stack"
+            )
+    if (out / "model.json").is_file():
+        owner = json.loads((out / "model.json").read_text()).get("job_id")
+        if owner == args.job_id:
+            raise ResumeError(f"job {args.job_id!r} already finished: its model is in {out}/")
+        raise CliError(f"{out} holds the model of job {owner!r}; choose another --out")
+    started = time.monotonic()
+    with open_stack(args, state_dir=state_dir) as stack:
+        start = stack.resume(args.job_id)
+        if not args.quiet:
+            _stderr_console().print(
+                f"job [bold]{args.job_id}[/]: resumed from round {start['round']}"
+            )
+        status, files, cost = _follow_and_fetch(args, stack, args.job_id)
+    return _write_run(args, out, args.job_id, status, files, cost, started)
 
 
 def _print_train_summary(summary: dict[str, Any]) -> None:
@@ -858,6 +911,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_flags(train)
     _show_spec_defaults(train)
     train.set_defaults(func=cmd_train)
+
+    re_ = sub.add_parser(
+        "resume",
+        help="continue a killed, failed or stopped job from its last checkpoint",
+        formatter_class=fmt,
+    )
+    re_.add_argument("job_id", help="the job to continue")
+    rout = re_.add_argument_group("output")
+    rout.add_argument(
+        "--out",
+        help="run directory given to train (default runs/JOB_ID); on the embedded engine its "
+        f"{STATE_DIRNAME}/ folder holds the checkpoints",
+    )
+    rout.add_argument("--quiet", action="store_true", help="no progress bar")
+    rout.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_stack_flags(re_)
+    re_.set_defaults(func=cmd_resume)
 
     ev = sub.add_parser(
         "evaluate", help="score a trained model on labelled data", formatter_class=fmt

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,28 @@ _EXECUTION_DONE = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 class StackError(RuntimeError):
     """The stack cannot be found or lacks an expected output."""
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _job_exists_message(job_id: str) -> str:
+    return (
+        f"job {job_id!r} already exists; nothing was changed - choose another job id, "
+        f"or continue it with: lambdagrad resume {job_id}"
+    )
+
+
+def _cause_message(cause: str | None) -> str:
+    """The error message inside an execution's cause (a Lambda error is a JSON document)."""
+    if not cause:
+        return "execution ended"
+    try:
+        doc = json.loads(cause)
+    except ValueError:
+        return cause
+    return str(doc.get("errorMessage", cause)) if isinstance(doc, dict) else cause
 
 
 class JobFailedError(RuntimeError):
@@ -49,6 +72,8 @@ class StackClient:
     outputs: dict[str, str] = field(default_factory=dict, repr=False)
     make_client: Callable[[str], Any] | None = field(default=None, repr=False)
     _executions: dict[str, str] = field(default_factory=dict, repr=False)
+    _fresh: dict[str, str] = field(default_factory=dict, repr=False)
+    _stale: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_outputs(
@@ -98,11 +123,96 @@ class StackClient:
         if not spec.job_id:
             raise ValueError("spec.job_id must be set before starting")
         payload = {"job_id": spec.job_id, "spec": json.loads(spec.model_dump_json())}
-        started = self.sfn.start_execution(
-            stateMachineArn=self.state_machine_arn, name=spec.job_id, input=json.dumps(payload)
-        )
+        try:
+            started = self.sfn.start_execution(
+                stateMachineArn=self.state_machine_arn, name=spec.job_id, input=json.dumps(payload)
+            )
+        except Exception as exc:
+            if _error_code(exc) == "ExecutionAlreadyExists":
+                raise StackError(_job_exists_message(spec.job_id)) from None
+            raise
         self.attach(spec.job_id, started["executionArn"])
+        self._fresh[spec.job_id] = started["executionArn"]
         return spec.job_id
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Start a new execution that continues ``job_id`` from its last complete checkpoint.
+
+        Refuses a job that is still running, has finished or has no checkpoint
+        (:class:`~lambdagrad.resume.ResumeError`). Returns the continuation input.
+        """
+        from lambdagrad.resume import (
+            ResumeError,
+            claim_resume,
+            continuation_input,
+            mark_resuming,
+        )
+
+        JobKeys(job_id)  # a clear error for an invalid id
+        running = self.running_executions(job_id)
+        if running:
+            raise ResumeError(
+                f"job {job_id!r} is still running (execution {running[0].rsplit(':', 1)[-1]}); "
+                f"follow it with: lambdagrad status {job_id} --follow"
+            )
+        start = continuation_input(self.store, job_id)
+        name = claim_resume(self.store, job_id, start)
+        # a stopped execution's status names it: never mistake its end for the new one's
+        if self.status(job_id).get("execution"):
+            self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
+        mark_resuming(self.store, job_id, start)
+        started = self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(start)
+        )
+        self.attach(job_id, started["executionArn"])
+        return start
+
+    def _running_segments(self) -> list[str]:
+        """RUNNING executions of the Express segment machine, where they can be listed: a
+        segment outlives a stopped parent. (AWS cannot list Express executions; a segment
+        ends within its 5 minutes.)"""
+        arn = self.outputs.get("SegmentStateMachineArn")
+        if not arn:
+            return []
+        try:
+            listing = self.sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")
+        except Exception:  # Express state machines are not listable on AWS
+            return []
+        return [e["executionArn"] for e in listing.get("executions", [])]
+
+    def running_executions(self, job_id: str) -> list[str]:
+        """ARNs of this job's RUNNING executions (first, continued or resumed ones)."""
+        names = re.compile(rf"^{re.escape(job_id)}(-r\d+|-resume-\d+)?$")
+        candidates = set()
+        status = self.status(job_id)
+        if status.get("execution"):
+            candidates.add(status["execution"])
+        paginator = self.sfn.get_paginator("list_executions")
+        for page in paginator.paginate(
+            stateMachineArn=self.state_machine_arn, statusFilter="RUNNING"
+        ):
+            candidates.update(
+                e["executionArn"] for e in page["executions"] if names.match(e["name"])
+            )
+        candidates.update(self._running_segments())
+        running = []
+        for arn in sorted(candidates):
+            try:
+                desc = self.sfn.describe_execution(executionArn=arn)
+            except Exception as exc:
+                if _error_code(exc) == "ExecutionDoesNotExist":
+                    continue
+                raise
+            if desc["status"] != "RUNNING":
+                continue
+            try:
+                doc = json.loads(desc.get("input") or "{}")
+            except ValueError:
+                doc = {}
+            spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+            if arn == status.get("execution") or job_id in (doc.get("job_id"), spec.get("job_id")):
+                running.append(arn)
+        return running
 
     # ---- following ------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:
@@ -123,8 +233,41 @@ class StackClient:
             return None
         desc = self.sfn.describe_execution(executionArn=arn)
         if desc["status"] in _EXECUTION_DONE and desc["status"] != "SUCCEEDED":
-            return desc.get("error") or desc["status"], desc.get("cause") or "execution ended"
+            return desc.get("error") or desc["status"], _cause_message(desc.get("cause"))
         return None
+
+    def _confirmed(self, job_id: str, status: dict[str, Any]) -> dict[str, Any]:
+        """The status of a job this client started, checked against its execution.
+
+        A status written by an earlier execution of the same id (a job that exists, whose
+        Prepare's conditional write refuses ours; on the embedded engine that execution can
+        even have had our execution's ARN) must not end the wait: our execution's end decides.
+        """
+        desc = self.sfn.describe_execution(executionArn=self._fresh[job_id])
+        if desc["status"] == "RUNNING":
+            if self._foreign(status):
+                return {"job_id": job_id, "state": "PENDING"}
+            return {**status, "state": "RUNNING"}
+        if desc["status"] != "SUCCEEDED":
+            started = desc["startDate"]
+            started = started.timestamp() if hasattr(started, "timestamp") else float(started)
+            own = not self._foreign(status) and status.get("updated_at", 0.0) >= started
+            if status.get("state") == "FAILED" and own:
+                return status  # the job's own failure record (RecordFailure wrote it)
+            return {
+                "job_id": job_id,
+                "state": "FAILED",
+                "error": desc.get("error") or desc["status"],
+                "message": _cause_message(desc.get("cause")),
+            }
+        return status
+
+    def _foreign(self, status: dict[str, Any]) -> bool:
+        """The status belongs to another execution's job of the same id (ours was refused
+        by Prepare's conditional write, or has not claimed the id yet)."""
+        mine = self._fresh.get(status.get("job_id", ""))
+        owner = status.get("prepared_by")
+        return mine is not None and owner is not None and owner != mine
 
     def follow(
         self,
@@ -148,7 +291,13 @@ class StackClient:
         checks = 0
         while True:
             status = self.status(job_id)
-            if status.get("state") not in TERMINAL_STATES:
+            if job_id in self._fresh and (
+                self._foreign(status) or status.get("state") in TERMINAL_STATES
+            ):
+                status = self._confirmed(job_id, status)
+            elif status.get("state") not in TERMINAL_STATES and status.get(
+                "execution"
+            ) not in self._stale.get(job_id, ()):
                 checks += 1
                 if checks % 10 == 0 and (failure := self._execution_failure(status)):
                     status = {

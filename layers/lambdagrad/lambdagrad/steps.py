@@ -190,12 +190,19 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
     return spec.model_copy(update={"job_id": job_id})
 
 
-def _claim(store: Store, keys: JobKeys, execution: str | None) -> None:
-    """Take the job id with a conditional write; a second execution for it stops here."""
-    if store.put_json_if_absent(keys.claim, {"execution": execution, "claimed_at": _now()}):
+def _claim(store: Store, keys: JobKeys, execution: str | None, started: str | None = None) -> None:
+    """Take the job id with a conditional write; a second execution for it stops here.
+
+    The claim names the execution by ARN and start time: a retried Prepare of the same
+    execution passes, while a later execution that happens to have the same ARN (an
+    embedded engine restarted on a run directory, or a name reused after 90 days) does not.
+    """
+    claim = {"execution": execution, "execution_started": started, "claimed_at": _now()}
+    if store.put_json_if_absent(keys.claim, claim):
         return
-    owner = store.get_json(keys.claim).get("execution")
-    if owner != execution:
+    taken = store.get_json(keys.claim)
+    owner = taken.get("execution")
+    if owner != execution or taken.get("execution_started") != started:
         raise JobExistsError(
             f"job {keys.job_id!r} already exists (started by {owner}); "
             "nothing was changed - choose another job id"
@@ -244,7 +251,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     if not job_id:
         raise SpecError("job_id: missing (in the execution input or the spec)")
     keys = JobKeys(job_id)
-    _claim(store, keys, execution)
+    _claim(store, keys, execution, event.get("execution_started"))
     spec = _spec_from_input(store, payload, job_id)
     _update_status(store, keys, state="PREPARING", execution=execution, prepared_by=execution)
 

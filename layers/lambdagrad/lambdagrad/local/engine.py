@@ -243,6 +243,11 @@ class LocalEngine:
     log_path
         File that receives what handlers print or log. Without it, handler logs stay on
         stdout but Powertools is set to ``WARNING``.
+    state_dir
+        Keep the stack's buckets on disk here (:mod:`lambdagrad.local.mirror`): what it holds
+        is loaded into the fresh buckets on start, and every later write is mirrored to it
+        (per-round gradient scratch excepted), so checkpoints outlive the process. The
+        directory is locked while the engine runs.
     retry_delay_scale
         Multiply the waits between ASL retries by this factor while the engine runs (``0``:
         retry at once). ``None`` (the default) keeps the real waits of the state machine
@@ -272,6 +277,7 @@ class LocalEngine:
         stack_name: str = "lambdagrad-local",
         parameters: dict[str, Any] | None = None,
         log_path: Path | None = None,
+        state_dir: str | Path | None = None,
         retry_delay_scale: float | None = None,
     ):
         self.template_path = Path(template).resolve()
@@ -279,6 +285,8 @@ class LocalEngine:
         self.stack_name = stack_name
         self.parameters = {k: str(v) for k, v in (parameters or {}).items()}
         self.log_path = Path(log_path) if log_path is not None else None
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._mirror: Any = None
         self.outputs: dict[str, str] = {}
         self.resources: dict[str, str] = {}
         self.resource_types: dict[str, str] = {}
@@ -319,16 +327,40 @@ class LocalEngine:
             raise RuntimeError("engine already started")
         # Everything that can be checked offline is checked before any global state changes.
         _, artifacts, cfn = self._prepare_template()
-        _SESSION.join(self)
+        if self.state_dir is not None:
+            from .mirror import BucketMirror
+
+            self._mirror = BucketMirror(self.state_dir)
+            self._mirror.lock()  # before anything changes: a second process is refused here
+        try:
+            _SESSION.join(self)
+        except BaseException:
+            self._close_mirror()
+            raise
         self._started = True
         try:
             self._deploy(artifacts, cfn)
             self._configure_functions()
+            if self._mirror is not None:
+                self._mirror.attach(self.buckets(), self.client("s3"))
             if self._retry_delay_scale is not None:
                 self.set_retry_delay_scale(self._retry_delay_scale)
         except BaseException:
             self.stop()
             raise
+
+    def buckets(self) -> dict[str, str]:
+        """The stack's buckets: physical name -> logical id."""
+        return {
+            self.resources[k]: k
+            for k, t in self.resource_types.items()
+            if t == "AWS::S3::Bucket" and k in self.resources
+        }
+
+    def _close_mirror(self) -> None:
+        if self._mirror is not None:
+            mirror, self._mirror = self._mirror, None
+            mirror.close()
 
     def _prepare_template(self) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
         template = load_template(self.template_path)
@@ -365,10 +397,12 @@ class LocalEngine:
             return
         try:
             self._stop_running_executions()
+            self._close_mirror()
             get_invoker().forget(self._function_names())
             if _SESSION.others(self):
                 self._delete_stack()
         finally:
+            self._close_mirror()
             if self._saved_retry_delay_scale is not None:
                 from . import moto_fixes
 

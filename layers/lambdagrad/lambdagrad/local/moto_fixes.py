@@ -781,6 +781,8 @@ def fix_retry_delay_scale() -> None:
     proxy = _ScaledRetryTime()
     proxy.stock = stock  # type: ignore[attr-defined]
     retrier_decl.time = proxy  # type: ignore[assignment]
+
+
 #: First and longest pause between two checks of a ``.sync`` child (seconds).
 SYNC_POLL_FIRST = 0.005
 SYNC_POLL_MAX = 0.5

@@ -136,11 +136,16 @@ def test_rounding_lambda_ms_and_express_100ms():
     assert express[0].total == pytest.approx(0.1 * 64 / 1024)
 
 
-def test_express_segment_over_five_minutes_is_flagged():
+def test_express_segments_end_on_time_and_too_long_rounds_are_flagged():
     shape = replace(SHAPE, rounds=1000, segment_rounds=1000)
     bill = estimate_cost(shape, durations=FLAT, orchestration="express")
-    (warning,) = bill.details["warnings"]
-    assert "300 s" in warning and "at most 400 rounds" in warning
+    # 0.75 s rounds: a segment ends after the round that passes 120 s, i.e. after 161
+    assert bill.segments == -(-1000 // 161) == 7
+    assert bill.details["warnings"] == []
+    assert estimate_cost(shape, durations=FLAT, orchestration="standard").segments == 1
+    slow = replace(FLAT, worker_overhead_s=200.0)
+    (warning,) = estimate_cost(shape, durations=slow, orchestration="express").details["warnings"]
+    assert "300 s" in warning and "SegmentSeconds" in warning
 
 
 def test_actual_cost_from_measured_seconds():

@@ -72,6 +72,8 @@ EXPRESS_MEMORY_MB = 64
 EXPRESS_BILLING_SECONDS = 0.1
 #: An Express execution may run at most 5 minutes.
 EXPRESS_MAX_SECONDS = 300.0
+#: template.yaml's ``SegmentSeconds`` default: a segment ends after the round that passes it.
+DEFAULT_SEGMENT_SECONDS = 120.0
 #: Inline Map runs at most this many iterations at once (DESIGN.md §7).
 INLINE_MAP_CONCURRENCY = 40
 #: Standard parent states per segment with an Express child (statemachine/train.asl.json):
@@ -476,11 +478,14 @@ def estimate(
     memory_mb: int = DEFAULT_MEMORY_MB,
     durations: DurationModel = DEFAULT_DURATIONS,
     prices: Prices = DEFAULT_PRICES,
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
 ) -> CostBreakdown:
     """The bill of a job before it runs: exact counts, modelled durations.
 
     Assumes every round runs (no early stop) and no retries; both only lower/raise the
-    count of rounds, which ``cost.json`` reports as it happened.
+    count of rounds, which ``cost.json`` reports as it happened. With Express segments a
+    segment also ends after the round that passes ``segment_seconds`` (the deployed
+    ``SegmentSeconds``), so long rounds mean more, shorter segments.
     """
     w, p = shape.workers, shape.n_params
     worker_s = durations.worker(shape.batch_rows / w, p, inline_gradients)
@@ -500,27 +505,30 @@ def estimate(
     ) + _gb_seconds(durations.finalize(shape.rounds), memory_mb)
     total_gb_s = per_round_gb_s * shape.rounds + job_gb_s
     requests = (w + 1) * shape.rounds + 2
+    segments = shape.segments
+    if orchestration == "express":
+        timed = max(1, math.floor(segment_seconds / round_s) + 1) if round_s > 0 else shape.rounds
+        segments = max(segments, math.ceil(shape.rounds / timed))
     lines = _bill(
         structure,
         shape.rounds,
-        shape.segments,
+        segments,
         (per_round_gb_s, total_gb_s),
         requests,
         round_s,
         prices,
     )
     warnings = []
-    segment_s = round_s * min(shape.rounds, shape.segment_rounds)
-    if orchestration == "express" and segment_s > EXPRESS_MAX_SECONDS:
+    if orchestration == "express" and segment_seconds + round_s > EXPRESS_MAX_SECONDS:
         warnings.append(
-            f"a segment of {min(shape.rounds, shape.segment_rounds)} rounds takes about "
-            f"{segment_s:.0f} s, over Express's {EXPRESS_MAX_SECONDS:.0f} s limit: "
-            f"use segments of at most {int(EXPRESS_MAX_SECONDS // round_s)} rounds"
+            f"a segment runs up to {segment_seconds:.0f} s plus one round of about "
+            f"{round_s:.0f} s, over Express's {EXPRESS_MAX_SECONDS:.0f} s limit: lower "
+            "SegmentSeconds or the round's work"
         )
     return CostBreakdown(
         lines=lines,
         rounds=shape.rounds,
-        segments=shape.segments,
+        segments=segments,
         workers=w,
         orchestration=orchestration,
         inline_gradients=inline_gradients,

@@ -22,6 +22,10 @@ __all__ = ["powertools_handler", "store_from_env"]
 
 Step = Callable[..., dict[str, Any]]
 
+#: Set to ``in-process`` by the embedded engine (never in Lambda): handlers then reach moto's
+#: S3 backend directly instead of through boto3 (lambdagrad.local.moto_fixes.InProcessS3Client).
+LOCAL_S3_VARIABLE = "LAMBDAGRAD_LOCAL_S3"
+
 # Steps that report no number (finalize, record_failure) are normal, not a mistake.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
@@ -41,9 +45,13 @@ def store_from_env() -> Store:
     bucket = os.environ.get("BUCKET")
     if not bucket:
         raise RuntimeError("environment variable BUCKET is not set (the template sets it)")
-    return Store(
-        _s3_client(os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")), bucket
-    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if os.environ.get(LOCAL_S3_VARIABLE) == "in-process":
+        # the embedded engine: moto's S3 without the HTTP round trip (same objects)
+        from lambdagrad.local.moto_fixes import in_process_s3_client
+
+        return Store(in_process_s3_client(region), bucket)
+    return Store(_s3_client(region), bucket)
 
 
 def powertools_handler(service: str, step: Step, correlation_id_path: str = "job_id") -> Callable:

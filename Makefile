@@ -6,8 +6,12 @@ STAMP  := $(VENV)/.installed
 # sam build needs a python3.13 on PATH for the python3.13 runtime (pyenv ships one here).
 SAM_PYTHON_DIR ?= $(shell pyenv root 2>/dev/null)/versions/3.13.0/bin
 SAM_VENV := .venv-sam
+# checkov (template security scan, tests/unit/test_checkov.py) gets its own venv: its many
+# dependencies must not move the project's pins. Pinned so a new release's checks land on purpose.
+CHECKOV_VENV    := .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
 
-.PHONY: demo test lint build validate clean
+.PHONY: demo test lint build validate checkov clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +25,22 @@ demo: $(STAMP)
 	$(BIN)/lambdagrad evaluate runs/demo events/data/houses.csv --label price
 	$(BIN)/lambdagrad predict runs/demo events/data/houses.csv --out runs/demo/predictions.csv
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --skip-download --compact
 
 $(SAM_VENV)/.installed:
 	$(SAM_PYTHON_DIR)/python3.13 -m venv $(SAM_VENV)
@@ -41,4 +54,4 @@ build: $(SAM_VENV)/.installed
 	PATH="$(SAM_PYTHON_DIR):$$PATH" $(SAM_VENV)/bin/sam build
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam runs
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam runs

@@ -7,6 +7,7 @@ the same parameters, whatever the engine, retries or continue-as-new splits.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,12 @@ from lambdagrad.client import JobFailedError
 from lambdagrad.data import Standardizer, load_dataset, train_validation_split
 from lambdagrad.spec import parse_spec
 from lambdagrad.store import JobKeys
-from lambdagrad.training import EVENTS_PER_ROUND_FIXED, EVENTS_PER_ROUND_PER_WORKER
+from lambdagrad.training import (
+    EVENTS_PER_ROUND_FIXED,
+    EVENTS_PER_ROUND_PER_WORKER,
+    EVENTS_PER_SEGMENT,
+    segment_rounds_for,
+)
 
 from tests.conftest import EVENTS, job_doc
 from tests.reference import reference_train
@@ -47,6 +53,24 @@ def reference_params(doc: dict, data_file: str | Path) -> np.ndarray:
 def executions_of(stack, job_id: str) -> list[dict]:
     listing = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)["executions"]
     return [e for e in listing if e["name"] == job_id or e["name"].startswith(job_id + "-r")]
+
+
+def segments_of(stack, job_id: str) -> list[dict]:
+    """The job's segment executions (Express children), oldest first, with their input."""
+    arn = stack.output("SegmentStateMachineArn")
+    found = []
+    for e in stack.sfn.list_executions(stateMachineArn=arn)["executions"]:
+        desc = stack.sfn.describe_execution(executionArn=e["executionArn"])
+        if json.loads(desc["input"])["job_id"] == job_id:
+            found.append(desc)
+    return sorted(found, key=lambda d: json.loads(d["input"])["round"])
+
+
+def history_length(stack, execution_arn: str) -> int:
+    # finalize marks the job SUCCEEDED before the execution records its last events
+    stack.wait_execution(execution_arn, poll_seconds=0.05, timeout=60)
+    history = stack.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)
+    return len(history["events"])
 
 
 @pytest.mark.parametrize(
@@ -147,7 +171,8 @@ def test_transient_worker_failure_gives_identical_model(engine, stack):
     ],
     ids=["sgd", "adam-cosine-warmup"],
 )
-def test_continue_as_new_splits_executions_without_changing_the_result(stack, optimizer):
+def test_segments_split_rounds_without_changing_the_result(stack, optimizer):
+    """Rounds run in Express segments of segment_rounds; one Standard execution waits on them."""
     job_id = f"segments-{optimizer['name']}"
     doc = job_doc(
         "houses-linear.json",
@@ -156,15 +181,50 @@ def test_continue_as_new_splits_executions_without_changing_the_result(stack, op
         training={"rounds": 7, "segment_rounds": 3},
     )
     status, params = run_job(stack, doc, "houses.csv")
-    names = sorted(e["name"] for e in executions_of(stack, job_id))
-    assert names == [job_id, f"{job_id}-r3", f"{job_id}-r6"]
+    assert [e["name"] for e in executions_of(stack, job_id)] == [job_id]
+    segments = segments_of(stack, job_id)
+    assert [json.loads(s["input"])["round"] for s in segments] == [0, 3, 6]
+    assert [json.loads(s["output"])["next"] for s in segments] == [
+        "continue",
+        "continue",
+        "finalize",
+    ]
+    parent = executions_of(stack, job_id)[0]["executionArn"]
+    assert all(json.loads(s["input"])["execution"] == parent for s in segments)
     expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)
     assert status["round"] == 7
 
 
+def test_training_execution_continues_as_new_after_its_segments(tmp_path):
+    """SegmentsPerExecution segments, then continue-as-new; the next execution takes the job
+    from the continuation input {job_id, round, shards, segment_end, progress}."""
+    from lambdagrad.client import StackClient
+    from lambdagrad.local.engine import LocalEngine
+
+    from tests.conftest import ROOT
+
+    with LocalEngine(
+        ROOT / "template.yaml",
+        stack_name="lambdagrad-test-cas",
+        parameters={"SegmentsPerExecution": 2},
+    ) as eng:
+        stack = StackClient.from_outputs(eng.outputs, eng.client)
+        job_id = "handover"
+        doc = job_doc(
+            "houses-linear.json", job_id=job_id, training={"rounds": 7, "segment_rounds": 2}
+        )
+        status, params = run_job(stack, doc, "houses.csv")
+        names = sorted(e["name"] for e in executions_of(stack, job_id))
+        assert names == [job_id, f"{job_id}-r4"]
+        assert [json.loads(s["input"])["round"] for s in segments_of(stack, job_id)] == [0, 2, 4, 6]
+        np.testing.assert_array_equal(params, reference_params(doc, "houses.csv"))
+        assert status["round"] == 7
+
+
 def test_history_events_per_round_keep_segments_under_limit(stack):
-    """Measure events per round for 1 and 3 workers; the segment formula must cover them."""
+    """Measure events per round (in a segment) for 1 and 3 workers, and events per segment
+    (in the training execution); the segment formulas must cover them."""
     counts = {}
     for workers in (1, 3):
         for rounds in (2, 4):
@@ -174,28 +234,34 @@ def test_history_events_per_round_keep_segments_under_limit(stack):
                 training={"rounds": rounds, "workers": workers},
             )
             run_job(stack, doc, "houses.csv")
-            (execution,) = executions_of(stack, doc["job_id"])
-            # finalize marks the job SUCCEEDED before the execution records its last events
-            stack.wait_execution(execution["executionArn"], poll_seconds=0.05, timeout=60)
-            history = stack.sfn.get_execution_history(
-                executionArn=execution["executionArn"], maxResults=1000
-            )
-            counts[workers, rounds] = len(history["events"])
+            (segment,) = segments_of(stack, doc["job_id"])
+            counts[workers, rounds] = history_length(stack, segment["executionArn"])
     per_round = {w: (counts[w, 4] - counts[w, 2]) / 2 for w in (1, 3)}
     per_worker = (per_round[3] - per_round[1]) / 2
     fixed = per_round[1] - per_worker
+    parent = {}
+    for segment_rounds in (1, 2):  # 4 or 2 segments of the same job
+        doc = job_doc(
+            "houses-linear.json",
+            job_id=f"events-seg-{segment_rounds}",
+            training={"rounds": 4, "workers": 1, "segment_rounds": segment_rounds},
+        )
+        run_job(stack, doc, "houses.csv")
+        (execution,) = executions_of(stack, doc["job_id"])
+        parent[segment_rounds] = history_length(stack, execution["executionArn"])
+    per_segment = (parent[1] - parent[2]) / 2
     print(
         f"events per round: {fixed:g} + {per_worker:g} x workers "
-        f"(1 worker: {per_round[1]:g}, 3 workers: {per_round[3]:g})"
+        f"(1 worker: {per_round[1]:g}, 3 workers: {per_round[3]:g}); "
+        f"per segment in the training execution: {per_segment:g}"
     )
     assert per_worker <= EVENTS_PER_ROUND_PER_WORKER
     assert fixed <= EVENTS_PER_ROUND_FIXED
-    # A full default segment, plus prepare/finalize overhead, stays under 20,000 events.
+    assert per_segment <= EVENTS_PER_SEGMENT
+    # A full default segment, plus its start and end, stays under 20,000 events.
     overhead = counts[1, 2] - 2 * per_round[1]
     for workers in (1, 4, 40, 1000):
         spec = parse_spec(job_doc("houses-linear.json", training={"workers": workers}))
-        from lambdagrad.training import segment_rounds_for
-
         assert segment_rounds_for(spec) * (fixed + per_worker * workers) + overhead < 20_000
 
 
@@ -227,6 +293,27 @@ def test_divergence_fails_with_model_diverged(stack):
         run_job(stack, doc, "houses.csv")
     assert err.value.error == "ModelDiverged"
     assert "smaller learning rate" in err.value.message
+    # raised in a segment (Express), reported by the training execution under its own name
+    (execution,) = executions_of(stack, "diverge")
+    desc = stack.wait_execution(execution["executionArn"], poll_seconds=0.05, timeout=60)
+    assert desc["status"] == "FAILED" and desc["error"] == "ModelDiverged"
+    assert json.loads(desc["cause"])["errorType"] == "ModelDiverged"
+    assert "smaller learning rate" in json.loads(desc["cause"])["errorMessage"]
+
+
+def test_worker_failure_in_a_segment_fails_the_job_with_its_name(engine, stack):
+    """A worker error that no Retry covers ends the segment and the job with that error."""
+    doc = job_doc("houses-linear.json", job_id="worker-fails", training={"rounds": 3, "workers": 2})
+    engine.fail_next("WorkerFunction", times=1, error="KMSAccessDeniedException")
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, "houses.csv")
+    assert err.value.error == "Lambda.KMSAccessDeniedException"
+    (execution,) = executions_of(stack, "worker-fails")
+    desc = stack.wait_execution(execution["executionArn"], poll_seconds=0.05, timeout=60)
+    assert desc["status"] == "FAILED" and desc["error"] == "Lambda.KMSAccessDeniedException"
+    assert "Injected KMSAccessDeniedException" in desc["cause"]
+    (segment,) = segments_of(stack, "worker-fails")
+    assert segment["status"] == "SUCCEEDED"  # it handed the error to the parent
 
 
 @pytest.mark.slow
@@ -238,7 +325,15 @@ def test_two_thousand_rounds_across_executions(stack):
     )
     status, params = run_job(stack, doc, "houses.csv", timeout=1800)
     assert status["state"] == "SUCCEEDED" and status["round"] == 2000
-    assert len(executions_of(stack, "long-job")) == 4
+    assert len(executions_of(stack, "long-job")) == 1
+    # segments of at most 500 rounds, one after the other (a slow machine may cut them on time)
+    spans = [
+        (json.loads(s["input"])["round"], json.loads(s["output"])["round"])
+        for s in segments_of(stack, "long-job")
+    ]
+    assert spans[0][0] == 0 and spans[-1][1] == 2000 and len(spans) >= 4
+    assert all(a[1] == b[0] for a, b in pairwise(spans))
+    assert all(0 < end - start <= 500 for start, end in spans)
     expected = reference_params(doc, "houses.csv")
     np.testing.assert_array_equal(params, expected)
 

@@ -861,6 +861,171 @@ def test_s3_overwrite_keeps_an_in_flight_read_working():
         _ = old_key.value
 
 
+# ------------------------------------------------------------- fix_retry_delay_scale
+
+
+def test_retrier_internals_unchanged():
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    src = inspect.getsource(retrier_decl.RetrierDecl._eval_body)
+    # moto computes the wait, then sleeps it for real through the module's ``time``
+    assert src.count("time.sleep(") == 1 and "time.sleep(interval_seconds)" in src
+    assert retrier_decl.time.stock is time
+    assert retrier_decl.time.monotonic is time.monotonic  # the rest of ``time`` untouched
+
+
+def _retry_machine(name: str, arn: str, errors: list[str], interval: int = 2) -> str:
+    return create_machine(
+        name,
+        {
+            "StartAt": "T",
+            "States": {
+                "T": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": arn, "Payload.$": "$"},
+                    "Retry": [
+                        {
+                            "ErrorEquals": errors,
+                            "IntervalSeconds": interval,
+                            "BackoffRate": 3.0,
+                            "MaxAttempts": 2,
+                        }
+                    ],
+                    "End": True,
+                }
+            },
+        },
+    )
+
+
+def test_retry_waits_are_scaled(monkeypatch):
+    arn = create_function("slowretry", WORKER)
+    machine = _retry_machine("slowretry", arn, ["Lambda.TooManyRequestsException"])
+    slept: list[float] = []
+    monkeypatch.setattr(moto_fixes, "_sleep", slept.append)
+    previous = moto_fixes.set_retry_delay_scale(0.01)
+    try:
+        get_invoker().fail_next("slowretry", times=2)
+        assert run(machine)["status"] == "SUCCEEDED"
+        assert slept == pytest.approx([0.02, 0.06])  # 2 s, then 2 s x 3, scaled
+        moto_fixes.set_retry_delay_scale(0.0)
+        get_invoker().fail_next("slowretry", times=2)
+        assert run(machine)["status"] == "SUCCEEDED"
+        assert len(slept) == 2  # no sleep at all
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
+    assert moto_fixes.retry_delay_scale() == previous
+    with pytest.raises(ValueError):
+        moto_fixes.set_retry_delay_scale(2.0)
+
+
+SIDE_EFFECT = """
+from pathlib import Path
+
+def handler(event, context):
+    Path(event["mark"]).write_text("ran")
+    return {"ok": True}
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "ran"),
+    [("crash", "Runtime.ExitError", True), ("timeout", "Sandbox.Timedout", False)],
+)
+def test_injected_timeouts_and_crashes_reach_step_functions_by_name(tmp_path, kind, error, ran):
+    from lambdagrad.local import chaos
+
+    name = f"faulty-{kind}"
+    arn = create_function(name, SIDE_EFFECT)
+    machine = _retry_machine(name, arn, ["Lambda.TooManyRequestsException"])
+    fault = chaos.crash() if kind == "crash" else chaos.timeout(run_handler=False)
+    get_invoker().fail_matching(name, {"mark": str(tmp_path / "m")}, fault, times=1)
+    d = run(machine, {"mark": str(tmp_path / "m")})
+    assert (d["status"], d["error"]) == ("FAILED", error)
+    cause = json.loads(d["cause"])
+    assert cause["errorType"] == error and cause["errorMessage"].startswith("RequestId: ")
+    assert (tmp_path / "m").exists() is ran  # a crash comes after the handler's writes
+    # retried when the state machine lists the name; the second attempt gets through
+    retrying = _retry_machine(name + "-r", arn, [error], interval=1)
+    previous = moto_fixes.set_retry_delay_scale(0.0)
+    try:
+        get_invoker().fail_matching(name, {"mark": str(tmp_path / "n")}, fault, times=1)
+        assert run(retrying, {"mark": str(tmp_path / "n")})["status"] == "SUCCEEDED"
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
+
+
+# ------------------------------------------------------------- fix_sync_poll_backoff
+
+
+def test_sync_poll_internals_unchanged():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as module,
+    )
+
+    assert module._DELAY_SECONDS_SYNC_CONDITION_CHECK == 0.5
+    stock_eval = stock(module.StateTaskServiceCallback._eval_sync)
+    assert params(stock_eval) == [
+        "self",
+        "env",
+        "sync_resolver",
+        "timeout_seconds",
+        "callback_endpoint",
+        "heartbeat_endpoint",
+    ]
+    # the defect: a fixed half-second sleep between two checks of the child
+    assert "time.sleep(_DELAY_SECONDS_SYNC_CONDITION_CHECK)" in inspect.getsource(stock_eval)
+
+
+def test_standard_parent_waits_on_express_child():
+    """The training execution's pattern: an EXPRESS child started with .sync:2, its output
+    as JSON; a failed child is States.TaskFailed with the child's error inside the cause."""
+    sfn = client("stepfunctions")
+    child = sfn.create_state_machine(
+        name="express-child",
+        type="EXPRESS",
+        roleArn=role_arn(),
+        definition=json.dumps(
+            {
+                "StartAt": "Check",
+                "States": {
+                    "Check": {
+                        "Type": "Choice",
+                        "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "No"}],
+                        "Default": "Yes",
+                    },
+                    "Yes": {"Type": "Pass", "Parameters": {"got.$": "$.v"}, "End": True},
+                    "No": {"Type": "Fail", "Error": "ModelDiverged", "Cause": "too big"},
+                },
+            }
+        ),
+    )["stateMachineArn"]
+    assert sfn.describe_state_machine(stateMachineArn=child)["type"] == "EXPRESS"
+    parent = create_machine(
+        "express-parent",
+        {
+            "StartAt": "Run",
+            "States": {
+                "Run": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                    "Parameters": {"StateMachineArn": child, "Input.$": "$"},
+                    "ResultSelector": {"output.$": "$.Output"},
+                    "End": True,
+                }
+            },
+        },
+    )
+    ok = run(parent, {"v": 7, "fail": False})
+    assert json.loads(ok["output"]) == {"output": {"got": 7}}
+    failed = run(parent, {"v": 7, "fail": True})
+    assert failed["status"] == "FAILED" and failed["error"] == "States.TaskFailed"
+    inner = json.loads(failed["cause"])
+    assert inner["Status"] == "FAILED" and inner["Error"] == "ModelDiverged"
+    assert inner["Cause"] == "too big"
+
+
 # ----------------------------------------------------------------- InProcessS3Client
 
 

@@ -4,6 +4,8 @@ reference loop: same spec + same data -> the same parameters, bit for bit."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,31 @@ def test_retried_reducer_does_not_step_twice():
     again = steps.reduce(store, {**state, "results": results})
     assert first == again
     np.testing.assert_array_equal(store.get_array(JobKeys("j").params(1)), params1)
+
+
+def iso_ago(seconds: float) -> str:
+    """An ISO 8601 start time ``seconds`` ago, as ``$$.Execution.StartTime`` gives it."""
+    return datetime.fromtimestamp(time.time() - seconds, tz=UTC).isoformat()
+
+
+def test_reducer_ends_a_segment_on_time_without_changing_the_step():
+    """Past SegmentSeconds the segment ends (next: continue) whatever its rounds; the
+    parameters are those of the same round without a time limit."""
+    store, _ = store_with("houses.csv")
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["training"] = {"batch_size": 32, "workers": 2, "rounds": 50, "segment_rounds": 10}
+    state = steps.prepare(store, {"input": {"job_id": "t", "spec": doc}})
+    results = [
+        steps.worker(store, {"job_id": "t", "round": 0, "shard": k}) for k in state["shards"]
+    ]
+    event = {**state, "results": results, "segment_seconds": "120"}
+    fresh = steps.reduce(store, {**event, "segment_started": iso_ago(1.0)})
+    assert fresh["next"] == "round" and fresh["segment_end"] == 10
+    params1 = store.get_array(JobKeys("t").params(1))
+    late = steps.reduce(store, {**event, "segment_started": iso_ago(121.0)})
+    assert late["next"] == "continue" and late["segment_end"] == 11  # the next segment's end
+    assert late["round"] == fresh["round"] == 1
+    np.testing.assert_array_equal(store.get_array(JobKeys("t").params(1)), params1)
 
 
 def test_prepare_names_bad_input():

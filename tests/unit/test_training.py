@@ -1,15 +1,23 @@
 """Round arithmetic: batch splitting, sampling without replacement, lengths, segments."""
 
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
 import numpy as np
 import pytest
 from lambdagrad.spec import parse_spec
 from lambdagrad.training import (
     EVENTS_PER_ROUND_FIXED,
     EVENTS_PER_ROUND_PER_WORKER,
+    EVENTS_PER_SEGMENT,
+    HISTORY_EVENT_BUDGET,
+    SEGMENTS_PER_EXECUTION,
     batch_indices,
     combine_gradients,
     local_batch_sizes,
     segment_rounds_for,
+    segment_time_up,
     total_rounds,
 )
 
@@ -80,6 +88,26 @@ def test_segment_keeps_history_well_under_limit(workers):
     seg = segment_rounds_for(spec)
     events = seg * (EVENTS_PER_ROUND_FIXED + EVENTS_PER_ROUND_PER_WORKER * workers)
     assert seg >= 1 and events <= 20_000 - 100
+
+
+def test_training_execution_runs_its_segments_well_under_limit():
+    """The Standard execution's own history: a fixed number of events per segment."""
+    template = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
+    default = re.search(r"SegmentsPerExecution:\n(?:\s+\w+: .*\n)*?\s+Default: (\d+)", template)
+    most = re.search(r"SegmentsPerExecution:\n(?:\s+\w+: .*\n)*?\s+MaxValue: (\d+)", template)
+    assert int(default.group(1)) == SEGMENTS_PER_EXECUTION
+    assert SEGMENTS_PER_EXECUTION * EVENTS_PER_SEGMENT <= HISTORY_EVENT_BUDGET
+    assert int(most.group(1)) * EVENTS_PER_SEGMENT <= 20_000
+
+
+def test_segment_time_up():
+    start = "2026-11-26T23:00:00.250000+00:00"
+    t0 = datetime(2026, 11, 26, 23, 0, 0, 250000, tzinfo=UTC).timestamp()
+    assert not segment_time_up(start, "120", t0 + 119.9)
+    assert segment_time_up(start, "120", t0 + 120.1)
+    assert segment_time_up("2026-11-26T23:00:00.250Z", 120, t0 + 121)  # AWS's form
+    assert not segment_time_up(None, "120", t0 + 1e6)  # not in a segment: rounds only
+    assert not segment_time_up(start, None, t0 + 1e6)
 
 
 def test_combine_is_weighted_mean():

@@ -23,9 +23,10 @@ from typing import Any
 from lambdagrad import __version__
 from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_atomically
 from lambdagrad.client import JobFailedError, StackClient, StackError
+from lambdagrad.cost import RUNNING_ORCHESTRATION, CostError
 from lambdagrad.data import DataError, load_dataset
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
-from lambdagrad.spec import DEFAULT_LEARNING_RATE, JobSpec, SpecError, parse_spec
+from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import StoreError
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
@@ -45,6 +46,7 @@ USER_ERRORS = (
     TimeoutError,
     RegistryError,
     SweepError,
+    CostError,
 )
 
 
@@ -131,8 +133,18 @@ def _sizes(text: str) -> list[int]:
 
 
 def _read_config(path: str) -> dict[str, Any]:
+    size = Path(path).stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise CliError(
+            f"{path}: {size} bytes; a job spec is at most {MAX_SPEC_BYTES} "
+            f"({MAX_SPEC_BYTES // 1024} KiB)"
+        )
+    raw = Path(path).read_bytes()
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CliError(f"{path} line {line}: not valid UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{path} line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
@@ -196,6 +208,10 @@ def open_stack(args: argparse.Namespace) -> Iterator[StackClient]:
 
     template = Path(args.template) if getattr(args, "template", None) else find_template()
     with LocalEngine(template) as engine:
+        if getattr(args, "chaos", None) is not None:  # dev flag: see lambdagrad.local.chaos
+            from lambdagrad.local.chaos import start_for_cli
+
+            args.chaos_run = start_for_cli(engine, args.chaos)
         yield StackClient.from_outputs(engine.outputs, engine.client)
 
 
@@ -261,14 +277,21 @@ def _stderr_console() -> Any:
 
 
 # ---- commands -------------------------------------------------------------------------
-def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> None:
+def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
     """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
     path = Path(args.data)
     data, fmt, label = path.read_bytes(), spec.dataset.format, spec.dataset.label
     task = spec.model.task
     if task == "auto":
         task = infer_task(data, source=path.name, fmt=fmt, label=label)
-    load_dataset(data, source=path.name, fmt=fmt, label=label, task=task)
+    return load_dataset(
+        data,
+        source=path.name,
+        fmt=fmt,
+        label=label,
+        task=task,
+        max_features=spec.dataset.max_features,
+    )
 
 
 def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
@@ -285,6 +308,13 @@ def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.chaos is not None:
+        from lambdagrad.local.chaos import check_cli_fraction
+
+        try:
+            check_cli_fraction(args.chaos, args.stack)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     local_data, spec = _spec_and_data(args)
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
@@ -308,6 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with Progress(enabled=not args.quiet and not args.json) as progress:
             status = stack.follow(job_id, on_status=progress.update)
         files = stack.model_files(job_id)
+        cost = _job_cost(stack, job_id)
     seconds = time.monotonic() - started
 
     from lambdagrad.plot import loss_curve_png
@@ -321,10 +352,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 2),
     }
     summary.update(status.get("metrics") or {})
+    summary["aws_dollars"] = cost["dollars"] if cost else None
+    chaos = getattr(args, "chaos_run", None)
+    if chaos is not None:
+        summary["chaos"] = {**chaos.counts, "invocations": chaos.invocations, "survived": True}
     if args.json:
         print(json.dumps(summary))
     else:
         _print_train_summary(summary)
+        if cost:
+            print(_cost_line(cost))
+        if chaos is not None:
+            print(f"{chaos.summary()}; all retried, the job survived")
     return 0
 
 
@@ -462,8 +501,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.follow
             else stack.status(args.job_id)
         )
+        cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
     if args.json:
-        print(json.dumps(status))
+        print(json.dumps({**status, "cost": cost} if cost else status))
     else:
         line = f"{args.job_id}: {status.get('state')}"
         if status.get("rounds"):
@@ -473,6 +513,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if status.get("error"):
             line += f"\n{status['error']}: {status.get('message', '')}"
         print(line)
+        if cost:
+            from lambdagrad.cost_report import print_cost
+
+            print_cost(cost, notes=False)
+            print(_cost_line(cost))
     return 0 if status.get("state") != "FAILED" else 1
 
 
@@ -533,6 +578,136 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{', best/' if best_files else ''})"
         )
     return 0
+
+
+# ---- cost -----------------------------------------------------------------------------
+def _job_cost(stack: StackClient, job_id: str) -> dict[str, Any] | None:
+    """A finished job's cost.json, or None (older jobs have none)."""
+    from lambdagrad.cost import cost_key
+
+    try:
+        return stack.store.get_json(cost_key(job_id))
+    except StoreError:
+        return None
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    return (
+        f"AWS cost of what ran: ${cost['dollars']:.6f} "
+        f"({cost['rounds']} rounds, prices of {cost['prices']['as_of']})"
+    )
+
+
+def _template_memory(args: argparse.Namespace) -> tuple[int, str]:
+    """WorkerMemorySize from the template (its default), and where it came from."""
+    from lambdagrad.cost import DEFAULT_MEMORY_MB, function_memory_mb
+
+    try:
+        template = Path(args.template) if args.template else find_template()
+    except CliError:
+        return DEFAULT_MEMORY_MB, "default (no template.yaml found)"
+    from lambdagrad.local.sam import load_template
+
+    return function_memory_mb(load_template(template)), str(template)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lambdagrad.cost import DEFAULT_DURATIONS, JobShape, estimate, price_overrides
+    from lambdagrad.cost_report import print_cost
+    from lambdagrad.pricing import DEFAULT_PRICES
+
+    prices = price_overrides(DEFAULT_PRICES, args.price or [])
+    local_data = args.data is not None and not args.data.startswith("s3://")
+    if local_data and not Path(args.data).is_file():
+        raise CliError(f"{args.data}: no such file")
+    placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
+    spec = spec_from_args(args, placeholder)
+    rows, features, classes = args.rows, args.features, args.classes
+    if local_data:
+        data = _prepare_data(args, spec)
+        rows = rows or len(data.y)
+        features = features or data.X.shape[1]
+        classes = classes or len(data.classes or [])
+    elif rows is None or features is None:
+        raise CliError(
+            f"{spec.dataset.uri} is not a local file: give its size with --rows N --features D"
+        )
+    for name, value in (("--rows", rows), ("--features", features)):
+        if value < 1:
+            raise CliError(f"{name}: {value} (must be at least 1)")
+    if spec.model.task == "regression" or spec.model.type == "linear":
+        classes = 1
+    elif not classes:
+        classes = 2
+    if spec.training.workers > rows:
+        raise CliError(f"--workers: {spec.training.workers} workers for {rows} rows")
+    if args.memory is not None and not 128 <= args.memory <= 10_240:
+        raise CliError(f"--memory: {args.memory} MB (Lambda allows 128 to 10240)")
+    if args.s3_latency is not None and not args.s3_latency >= 0:
+        raise CliError(f"--s3-latency: {args.s3_latency} (seconds, at least 0)")
+    memory, memory_from = (args.memory, "--memory") if args.memory else _template_memory(args)
+    durations = DEFAULT_DURATIONS
+    if args.s3_latency is not None:
+        durations = replace(durations, s3_request_s=args.s3_latency)
+    shape = JobShape.from_spec(spec, rows, features, classes)
+    bill = estimate(
+        shape,
+        orchestration=args.orchestration,
+        inline_gradients=args.inline_gradients,
+        memory_mb=memory,
+        durations=durations,
+        prices=prices,
+    ).to_json()
+    bill["details"]["memory_from"] = memory_from
+    if args.json:
+        print(json.dumps(bill))
+    else:
+        print_cost(bill)
+    return 0
+
+
+def _add_estimate_parser(sub: Any) -> None:
+    es = sub.add_parser(
+        "estimate",
+        help="the AWS bill of a job before it runs (Lambda, S3, Step Functions)",
+        formatter_class=argparse.HelpFormatter,
+    )
+    es.add_argument(
+        "data",
+        nargs="?",
+        help="local CSV/.npy/.npz (rows and features are read from it), or s3://bucket/key",
+    )
+    es.add_argument("--config", help="job spec JSON; flags override its fields")
+    _add_spec_flags(es)
+    c = es.add_argument_group("cost")
+    c.add_argument("--rows", type=int, help="dataset rows (required for s3:// data)")
+    c.add_argument("--features", type=int, help="dataset features (required for s3:// data)")
+    c.add_argument("--classes", type=int, help="label classes (s3:// data; default 2)")
+    c.add_argument(
+        "--orchestration",
+        choices=["standard", "express"],
+        default=RUNNING_ORCHESTRATION,
+        help="rounds in the Standard execution, or in an Express child per segment (deployed)",
+    )
+    c.add_argument(
+        "--inline-gradients",
+        action="store_true",
+        help="gradients travel in the workers' results instead of S3",
+    )
+    c.add_argument("--memory", type=int, help="Lambda MB (default: the template's)")
+    c.add_argument("--s3-latency", type=float, help="seconds per S3 request in the duration model")
+    c.add_argument(
+        "--price",
+        action="append",
+        metavar="NAME=DOLLARS",
+        help="override a unit price, e.g. lambda_gb_second=0.0000166667 (repeatable)",
+    )
+    c.add_argument("--json", action="store_true", help="print the bill as one JSON object")
+    c.add_argument("--template", help="template.yaml to read WorkerMemorySize from")
+    _show_spec_defaults(es)
+    es.set_defaults(func=cmd_estimate, job_id=None, model_name=None)
 
 
 # ---- parser ---------------------------------------------------------------------------
@@ -648,7 +823,7 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     t.add_argument(
         "--segment-rounds",
         type=int,
-        help="rounds per execution before continue-as-new; default from --workers",
+        help="most rounds per Express segment (also cut by time); default from --workers",
     )
     t.add_argument(
         "--steps-per-round",
@@ -680,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    train.add_argument_group("development").add_argument(
+        "--chaos",
+        type=float,
+        metavar="FRACTION",
+        help="fail this fraction of worker/reducer invocations (embedded engine only)",
+    )
     _add_stack_flags(train)
     _show_spec_defaults(train)
     train.set_defaults(func=cmd_train)
@@ -757,6 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     _add_stack_flags(st)
     st.set_defaults(func=cmd_status)
+    _add_estimate_parser(sub)
     return parser
 
 

@@ -165,7 +165,10 @@ def _check_feature_count(d: int, source: str, max_features: int) -> None:
     if d == 0:
         raise DataError(f"{source}: no feature columns (only the label)")
     if d > max_features:
-        raise DataError(f"{source}: {d} feature columns; the limit is {max_features}")
+        raise DataError(
+            f"{source}: {d} feature columns; the limit is {max_features} "
+            "(raise dataset.max_features if the file is right)"
+        )
 
 
 # --------------------------------------------------------------------------- csv

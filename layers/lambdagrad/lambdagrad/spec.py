@@ -13,6 +13,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,8 @@ __all__ = [
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$"
 MAX_WORKERS = 1000
+MAX_SPEC_BYTES = 64 * 1024  # a job spec is a few hundred bytes; anything near this is a mistake
+MAX_FEATURES = 10_000  # default dataset.max_features: a guard against the wrong file
 DEFAULT_LEARNING_RATE = {
     "sgd": 0.1,
     "momentum": 0.05,
@@ -62,6 +65,9 @@ class DatasetSpec(_Strict):
     )
     validation: float = Field(0.1, ge=0.0, le=0.9, description="held-out fraction")
     standardize: bool = Field(True, description="scale features to zero mean, unit variance")
+    max_features: int = Field(
+        MAX_FEATURES, ge=1, le=1_000_000, description="refuse data with more feature columns"
+    )
 
     @field_validator("uri")
     @classmethod
@@ -165,7 +171,7 @@ class TrainingSpec(_Strict):
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
     segment_rounds: int | None = Field(
-        None, ge=1, le=100_000, description="rounds per execution before continue-as-new (auto)"
+        None, ge=1, le=100_000, description="most rounds per Express segment (auto)"
     )
     patience: int | None = Field(
         None, ge=1, le=1_000_000, description="early stopping: rounds without improvement"
@@ -224,18 +230,42 @@ class JobSpec(_Strict):
 
 
 def _format_errors(exc: ValidationError) -> str:
-    parts = []
+    found: dict[str, list[str]] = {}
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"]
+        # a union's branches add their tags (``constrained-int``, ``literal['full']``) to
+        # the location: keep the field path alone and join the branches' messages with "or"
+        loc = [str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"{where}: {msg}")
-    return "invalid job spec: " + "; ".join(parts)
+        elif err["type"] == "string_pattern_mismatch":  # say what was given, too
+            msg = f"{err['input']!r} does not match {err['ctx']['pattern']}"
+        found.setdefault(".".join(loc) or "spec", []).append(msg)
+    return "invalid job spec: " + "; ".join(f"{w}: {' or '.join(m)}" for w, m in found.items())
+
+
+def _check_size(data: Any) -> None:
+    """Refuse a spec over MAX_SPEC_BYTES (as JSON text) before validating any field."""
+    if isinstance(data, str | bytes):
+        size = len(data.encode() if isinstance(data, str) else data)
+    else:
+        try:
+            size = len(json.dumps(data, default=str).encode())
+        except (TypeError, ValueError):
+            return  # not JSON-like: validation names the bad part
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"invalid job spec: spec is {size} bytes; the limit is {MAX_SPEC_BYTES} "
+            f"({MAX_SPEC_BYTES // 1024} KiB)"
+        )
 
 
 def parse_spec(data: Any) -> JobSpec:
-    """Validate a dict (or JSON text) into a JobSpec, raising SpecError that names each field."""
+    """Validate a dict (or JSON text) into a JobSpec, raising SpecError that names each field.
+
+    A spec larger than ``MAX_SPEC_BYTES`` as JSON is refused whole, whatever its source.
+    """
+    _check_size(data)
     try:
         if isinstance(data, str | bytes):
             return JobSpec.model_validate_json(data)

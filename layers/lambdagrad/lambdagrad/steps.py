@@ -6,8 +6,9 @@ passes, does its I/O through the store and its arithmetic through
 functions plus Powertools; the state machine decides the order.
 
 Every write goes to a key determined by (job, round, shard), so a retried step rewrites
-identical bytes. The reducer checks before it trusts: if params ``t+1`` already exist it
-does not apply the optimizer again.
+identical bytes. The reducer checks before it trusts: if checkpoint ``t+1`` is committed
+(params, optimizer state and metrics record all present) it does not apply the optimizer
+again; a partial one is recomputed from checkpoint ``t`` (:func:`committed_record`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from lambdagrad import __version__
 from lambdagrad.artifact import TrainedModel
+from lambdagrad.cost import actual_cost_of_job, handler_seconds, write_cost
 from lambdagrad.data import (
     Dataset,
     Standardizer,
@@ -35,7 +37,7 @@ from lambdagrad.data import (
 from lambdagrad.evaluation import classification_metrics, regression_metrics
 from lambdagrad.models import Model
 from lambdagrad.registry import promote
-from lambdagrad.spec import JobSpec, SpecError, parse_spec
+from lambdagrad.spec import MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
     advance_progress,
@@ -50,17 +52,20 @@ from lambdagrad.training import (
     reduce_round,
     schedule_for,
     segment_rounds_for,
+    segment_time_up,
     total_rounds,
     worker_update,
 )
 from lambdagrad.transfer import receive_gradients, send_gradient
-from lambdagrad.uploads import upload_from_event
+from lambdagrad.uploads import unsafe_upload_key, upload_from_event
 
 __all__ = [
     "JobExistsError",
     "MetricSink",
     "ModelDiverged",
+    "committed_record",
     "finalize",
+    "last_complete_round",
     "prepare",
     "record_failure",
     "reduce",
@@ -150,7 +155,6 @@ def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
 
 
 # ---- prepare ------------------------------------------------------------------------
-MAX_SPEC_BYTES = 64 * 1024
 
 
 def job_id_of(payload: dict[str, Any]) -> str | None:
@@ -167,6 +171,9 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
     if upload is not None:
         if upload.bucket != store.bucket:
             raise SpecError(f"s3://{upload.bucket}/{upload.key} is not in this stack's bucket")
+        problem = unsafe_upload_key(upload.key)
+        if problem:
+            raise SpecError(f"{upload.key!r}: {problem}")
         text = store.get_bytes(upload.key)
         if len(text) > MAX_SPEC_BYTES:
             raise SpecError(
@@ -205,7 +212,12 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
         task = infer_task(data, source=source, fmt=spec.dataset.format, label=spec.dataset.label)
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
     return spec, load_dataset(
-        data, source=source, fmt=spec.dataset.format, label=spec.dataset.label, task=task
+        data,
+        source=source,
+        fmt=spec.dataset.format,
+        label=spec.dataset.label,
+        task=task,
+        max_features=spec.dataset.max_features,
     )
 
 
@@ -225,6 +237,7 @@ def _check_sizes(spec: JobSpec, n_train: int) -> None:
 
 def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Validate the spec, split and standardize the data, write shards and round 0."""
+    started = time.perf_counter()
     payload = event.get("input", event)
     execution = event.get("execution")
     job_id = job_id_of(payload)
@@ -278,6 +291,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "prepared_at": _now(),
         "prepared_by": execution,
         "version": __version__,
+        "prepare_seconds": time.perf_counter() - started,
     }
     store.put_json(keys.spec, json.loads(spec.model_dump_json()))
     store.put_json(keys.meta, meta)
@@ -295,6 +309,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
 # ---- worker -------------------------------------------------------------------------
 def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """One shard's gradient sum for one round (inline or in S3), loss sum and row count."""
+    started = time.perf_counter()
     job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
     keys, spec, meta = _job(store, job_id)
     data = _cached(store, keys.shard(shard), "get_arrays")
@@ -310,12 +325,57 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
     sent = send_gradient(store, keys, round_, shard, grad_sum, spec.training.workers)
     emit("WorkerRows", count, "Count")
-    return {"shard": shard, "loss_sum": loss_sum, "count": count, **sent}
+    seconds = time.perf_counter() - started  # the handler's share of the bill (cost.json)
+    return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds, **sent}
 
 
 # ---- reduce -------------------------------------------------------------------------
 def _advice(spec: JobSpec) -> str:
-    return f"Try a smaller learning rate (now {spec.optimizer.lr}) or a larger batch."
+    clip = spec.optimizer.clip_norm
+    clipping = (
+        f"a smaller optimizer.clip_norm (now {clip})"
+        if clip
+        else "gradient clipping (optimizer.clip_norm, --clip-norm)"
+    )
+    return f"Try a smaller learning rate (now {spec.optimizer.lr}), {clipping}, or a larger batch."
+
+
+def committed_record(store: Store, keys: JobKeys, round_: int) -> dict[str, Any] | None:
+    """The metrics record of round ``round_`` if that checkpoint is complete, else ``None``.
+
+    The reducer writes params, then optimizer state, then the metrics record: the record is
+    the commit mark. A checkpoint counts only when all three exist and the record is the
+    round's own; anything less (a crash between the writes) is an uncommitted attempt
+    that nobody has read -- the next round's workers start only after the reducer
+    returned -- so it is recomputed from checkpoint ``round_ - 1`` and overwritten.
+    """
+    if not store.exists(keys.metrics(round_)):  # the common case: one request
+        return None
+    if not (store.exists(keys.params(round_)) and store.exists(keys.optimizer(round_))):
+        return None
+    try:
+        record = store.get_json(keys.metrics(round_))
+    except (StoreError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("round") != round_:
+        return None
+    if not isinstance(record.get("train_loss"), (int, float)):
+        return None
+    return record
+
+
+def last_complete_round(store: Store, keys: JobKeys) -> int | None:
+    """The newest committed checkpoint of a job (0 once prepared), ``None`` before that."""
+    rounds = sorted(
+        (int(k.rsplit("/", 1)[-1].split(".")[0]) for k in store.list_keys(keys.metrics_prefix)),
+        reverse=True,
+    )
+    for round_ in rounds:
+        if committed_record(store, keys, round_) is not None:
+            return round_
+    if store.exists(keys.params(0)) and store.exists(keys.optimizer(0)):
+        return 0
+    return None
 
 
 def _validation_loss(
@@ -326,12 +386,16 @@ def _validation_loss(
         return None
     loss = float(model.loss(params, val["X"], val["y"]))
     if not math.isfinite(loss):
-        raise ModelDiverged(f"round {round_}: the validation loss is {loss}. {_advice(spec)}")
+        raise ModelDiverged(
+            f"round {round_}: the validation loss is {loss}; the last finite parameters are "
+            f"round {round_ - 1}. {_advice(spec)}"
+        )
     return loss
 
 
 def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Aggregate the round's gradients in shard order and take one optimizer step."""
+    started = time.perf_counter()
     job_id, round_ = event["job_id"], int(event["round"])
     keys, spec, meta = _job(store, job_id)
     model = _model(meta, spec)
@@ -345,10 +409,13 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
 
     next_round = round_ + 1
     total = int(meta["rounds"])
-    if store.exists(keys.metrics(next_round)):
+    committed = committed_record(store, keys, next_round)
+    if committed is not None:
         # A retried reducer: round t+1 is complete; never apply the optimizer twice.
-        record = store.get_json(keys.metrics(next_round))
+        record = committed
     else:
+        # Check, don't trust: params t+1 without its record is an interrupted attempt;
+        # recompute it from checkpoint t (the same bytes: every input is deterministic).
         # the checkpoint this process wrote last round, if it was this process
         params = _cached(store, keys.params(round_), "get_array")
         state = _cached(store, keys.optimizer(round_), "get_arrays")
@@ -372,8 +439,11 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
         if not np.all(np.isfinite(new_params)):
             raise ModelDiverged(
-                f"round {round_}: the update made the parameters non-finite. {_advice(spec)}"
+                f"round {round_}: the update made the parameters non-finite; the last finite "
+                f"parameters are round {round_}. {_advice(spec)}"
             )
+        # judged before anything is written: a diverged round leaves no trace in the bucket
+        validation_loss = _validation_loss(store, keys, model, new_params, spec, next_round)
         store.put_array(keys.params(next_round), new_params)
         store.put_arrays(keys.optimizer(next_round), new_state)
         _remember(store, keys.params(next_round), "get_array", new_params)
@@ -381,10 +451,11 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         record = {
             "round": next_round,
             "train_loss": train_loss,
-            "validation_loss": _validation_loss(store, keys, model, new_params, spec, next_round),
+            "validation_loss": validation_loss,
             "finished_at": _now(),
+            "lambda_seconds": handler_seconds(results, time.perf_counter() - started),
         }
-        store.put_json(keys.metrics(next_round), record)
+        store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 
     previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
     progress, stop_reason = advance_progress(
@@ -400,8 +471,10 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     segment_end = int(event["segment_end"])
     if stop_reason:
         step = "finalize"
-    elif next_round >= segment_end:
-        step = "continue"
+    elif next_round >= segment_end or segment_time_up(
+        event.get("segment_started"), event.get("segment_seconds"), _now()
+    ):
+        step = "continue"  # end the segment: by rounds, or by time (Express runs <= 5 min)
         segment_end = min(next_round + int(meta["segment_rounds"]), total)
     else:
         step = "round"
@@ -466,6 +539,7 @@ def _final_metrics(store: Store, keys: JobKeys, trained: TrainedModel, meta: dic
 
 def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Write model.npz, model.json and history.csv; mark the job succeeded."""
+    started = time.perf_counter()
     job_id, round_ = event["job_id"], int(event["round"])
     keys, spec, meta = _job(store, job_id)
     progress = event.get("progress") or {}
@@ -505,6 +579,8 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     store.put_bytes(keys.history, history_csv, "text/csv")
     store.put_bytes(keys.model_npz, npz_bytes)
     store.put_json(keys.model_json, doc)  # last: its presence marks a complete model
+    cost = actual_cost_of_job(spec, meta, records, round_, time.perf_counter() - started)
+    write_cost(store, job_id, cost)
     registered = None
     if spec.output.model_name:
         # the newest successful job of a name is the one served
@@ -543,6 +619,14 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         # no job to speak of, or another execution's job: leave its files alone
         return {"status": "FAILED", "error": name, "message": message, "recorded": False}
     keys = JobKeys(job_id)
+    complete = last_complete_round(store, keys)
+    checkpoint = None
+    if complete is not None:
+        checkpoint = {
+            "round": complete,
+            "params": keys.params(complete),
+            "optimizer": keys.optimizer(complete),
+        }
     _update_status(
         store,
         keys,
@@ -550,6 +634,8 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         error=name,
         message=message,
         execution=event.get("execution"),
+        round=complete,
+        checkpoint=checkpoint,
     )
     emit("FailedJobs", 1, "Count")
     return {"status": "FAILED", "error": name, "message": message, "recorded": True}

@@ -25,7 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["JobKeys", "MemoryS3", "Store", "StoreError", "parse_s3_uri"]
+__all__ = ["SCRATCH_TAGGING", "JobKeys", "MemoryS3", "Store", "StoreError", "parse_s3_uri"]
+
+#: Object tag (``key=value``, the S3 ``Tagging`` header form) of per-round scratch objects.
+#: The bucket's lifecycle rule in template.yaml expires objects under ``jobs/`` with this tag:
+#: a lifecycle filter matches key prefixes, not ``jobs/*/grads/``, so the tag marks them.
+SCRATCH_TAGGING = "lambdagrad-lifecycle=scratch"
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$")
 
@@ -128,15 +133,26 @@ def _is_missing(exc: Exception) -> bool:
 class Store:
     """Read and write arrays and JSON documents in one bucket."""
 
+    #: The tagging of per-round scratch objects (``put_array(..., tagging=...)``).
+    SCRATCH_TAGGING = SCRATCH_TAGGING
+
     def __init__(self, client: S3Client, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
 
     # bytes ---------------------------------------------------------------
     def put_bytes(
-        self, key: str, body: bytes, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        body: bytes,
+        content_type: str = "application/octet-stream",
+        tagging: str | None = None,
     ) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        """Write an object; ``tagging`` (``k=v&k2=v2``) sets its tags in the same request."""
+        extra = {"Tagging": tagging} if tagging else {}
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra
+        )
 
     def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
         try:
@@ -205,10 +221,10 @@ class Store:
             return list(pool.map(self.get_json, keys))
 
     # arrays --------------------------------------------------------------
-    def put_array(self, key: str, array: np.ndarray) -> None:
+    def put_array(self, key: str, array: np.ndarray, tagging: str | None = None) -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-        self.put_bytes(key, buf.getvalue())
+        self.put_bytes(key, buf.getvalue(), tagging=tagging)
 
     def get_array(self, key: str) -> np.ndarray:
         return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)

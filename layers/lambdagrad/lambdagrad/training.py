@@ -22,6 +22,7 @@ optimizer steps with (:func:`local_sgd`, :func:`reduce_round`).
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -41,7 +42,9 @@ from lambdagrad.spec import JobSpec
 __all__ = [
     "EVENTS_PER_ROUND_FIXED",
     "EVENTS_PER_ROUND_PER_WORKER",
+    "EVENTS_PER_SEGMENT",
     "HISTORY_EVENT_BUDGET",
+    "SEGMENTS_PER_EXECUTION",
     "advance_progress",
     "batch_indices",
     "combine_gradients",
@@ -57,18 +60,24 @@ __all__ = [
     "reduce_round",
     "schedule_for",
     "segment_rounds_for",
+    "segment_time_up",
     "total_rounds",
     "worker_gradient",
     "worker_update",
 ]
 
 # Step Functions history events, measured on the embedded engine
-# (tests/integration/test_training.py::test_history_events_per_round keeps these honest).
+# (tests/integration/test_training.py::test_history_events_per_round keeps these honest):
+# a round in a segment (Express child), and a segment in the training execution (Standard).
 EVENTS_PER_ROUND_FIXED = 12
 EVENTS_PER_ROUND_PER_WORKER = 7
-# AWS fails a Standard execution at 25,000 events; keep every segment well below it,
-# leaving room for retries (each retry adds events).
+EVENTS_PER_SEGMENT = 12
+# AWS fails a Standard execution at 25,000 events; keep every execution well below it,
+# leaving room for retries (each retry adds events). Segments get the same budget.
 HISTORY_EVENT_BUDGET = 15_000
+# Segments one training execution runs before it continues as new: the template's
+# SegmentsPerExecution default (its MaxValue keeps the execution under the budget too).
+SEGMENTS_PER_EXECUTION = 1000
 
 
 def global_batch(spec: JobSpec, n_train: int) -> int:
@@ -87,11 +96,33 @@ def total_rounds(spec: JobSpec, n_train: int) -> int:
 
 
 def segment_rounds_for(spec: JobSpec) -> int:
-    """Rounds per execution before continue-as-new, so history stays under the budget."""
+    """Most rounds one segment (an Express execution of the segment state machine) runs.
+
+    Express keeps no 25,000-event history, but a segment's events are what its CloudWatch
+    log (and the embedded engine's memory) hold, so they get the same budget; the reducer
+    also ends a segment on time (:func:`segment_time_up`), whichever comes first.
+    """
     if spec.training.segment_rounds is not None:
         return spec.training.segment_rounds
     per_round = EVENTS_PER_ROUND_FIXED + EVENTS_PER_ROUND_PER_WORKER * spec.training.workers
     return max(1, HISTORY_EVENT_BUDGET // per_round)
+
+
+def segment_time_up(started: str | None, limit_seconds: str | float | None, now: float) -> bool:
+    """Whether a segment that started at ``started`` (ISO 8601, ``$$.Execution.StartTime``)
+    has run longer than ``limit_seconds`` at ``now`` (epoch seconds).
+
+    Express executions stop at 5 minutes; ending a segment after the round that passes the
+    limit keeps every segment well inside that. Where a segment ends does not change the
+    result: the parameters are in S3 between rounds and every round is deterministic.
+    Without a start or a limit (a caller that does not run segments) the answer is no.
+    """
+    if not started or limit_seconds in (None, ""):
+        return False
+    start = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return now - start.timestamp() > float(limit_seconds)
 
 
 def local_batch_sizes(batch_size: int, workers: int, round_: int) -> list[int]:

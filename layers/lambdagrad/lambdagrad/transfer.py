@@ -9,12 +9,12 @@ goes to ``grads/<round>/<k>.npy`` as before. An inline gradient is one JSON stri
 ``"<f8:" + base64`` (``<f4`` for float32), to keep the framing per worker small.
 
 The rule (:func:`gradient_inline`), the same for every worker of a job, so a round never
-mixes: inline when ``n_params * itemsize * workers <= INLINE_BUDGET_BYTES`` (48 KiB of raw
-bytes for all workers together). Base64 and framing make that at most 64 KiB + 10 bytes
+mixes: inline when ``n_params * itemsize * workers <= INLINE_BUDGET_BYTES`` (32 KiB of raw
+bytes for all workers together). Base64 and framing make that at most 43 KiB + 10 bytes
 per worker of text in the Map's output, whatever the number of workers; with the other
-fields the largest state at the spec's 1,000 workers stays under 160 KiB of the 256 KiB
-(tests/unit/test_payload_sizes.py). At 1,000 workers a float64 model inlines up to 6
-parameters; at 32 workers up to 192; at 8 workers up to 768; at one worker up to 6,144.
+fields the largest state at the spec's 1,000 workers stays under 192 KiB of the 256 KiB
+(tests/unit/test_payload_sizes.py). At 1,000 workers a float64 model inlines up to 4
+parameters; at 32 workers up to 128; at 8 workers up to 512; at one worker up to 4,096.
 
 Example
 -------
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Raw gradient bytes of all workers together that may travel inline in one round.
-INLINE_BUDGET_BYTES = 48 * 1024
+INLINE_BUDGET_BYTES = 32 * 1024
 
 #: Element types a gradient may travel as (little-endian floats).
 _DTYPES = ("<f8", "<f4")
@@ -93,7 +93,7 @@ def send_gradient(
     writing ``grads/<round>/<shard>.npy`` (a retried worker rewrites identical bytes)."""
     if gradient_inline(grad.size, grad.itemsize, workers):
         return {"grad": encode_gradient(grad)}
-    store.put_array(keys.grad(round_, shard), grad)
+    store.put_array(keys.grad(round_, shard), grad, tagging=Store.SCRATCH_TAGGING)
     return {}
 
 

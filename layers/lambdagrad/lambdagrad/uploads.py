@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["INCOMING_PREFIX", "Upload", "upload_from_event", "upload_job_id"]
+__all__ = ["INCOMING_PREFIX", "Upload", "unsafe_upload_key", "upload_from_event", "upload_job_id"]
 
 INCOMING_PREFIX = "jobs/incoming/"
 
@@ -41,6 +41,19 @@ def upload_job_id(key: str, etag: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:32] or "job"
     digest = hashlib.sha256(f"{key}\n{etag.strip(chr(34))}".encode()).hexdigest()[:12]
     return f"{stem}-{digest}"
+
+
+def unsafe_upload_key(key: str) -> str | None:
+    """Why an uploaded job file's key cannot start a job, or None when it can.
+
+    The rule only fires under ``jobs/incoming/``, but a key is any string: one with ``..``
+    segments or a leading ``/`` would read as a path elsewhere, so it is refused by name.
+    """
+    if key.startswith("/") or ".." in key.split("/"):
+        return "an uploaded job file's key must be relative with no '..' segments"
+    if not key.startswith(INCOMING_PREFIX):
+        return f"an uploaded job file must be under {INCOMING_PREFIX}"
+    return None
 
 
 def upload_from_event(event: Any) -> Upload | None:

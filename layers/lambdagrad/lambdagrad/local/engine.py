@@ -32,9 +32,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sam import TemplateError, load_template, localize, to_cloudformation
+
+if TYPE_CHECKING:
+    from .chaos import Chaos
 
 LOG = logging.getLogger(__name__)
 
@@ -242,6 +245,11 @@ class LocalEngine:
     log_path
         File that receives what handlers print or log. Without it, handler logs stay on
         stdout but Powertools is set to ``WARNING``.
+    retry_delay_scale
+        Multiply the waits between ASL retries by this factor while the engine runs (``0``:
+        retry at once). ``None`` (the default) keeps the real waits of the state machine
+        (``IntervalSeconds``, ``BackoffRate``, jitter), as AWS would; fault-injection runs
+        and tests pass a small factor. The factor is process-wide: engines share moto.
 
     Attributes
     ----------
@@ -266,6 +274,7 @@ class LocalEngine:
         stack_name: str = "lambdagrad-local",
         parameters: dict[str, Any] | None = None,
         log_path: Path | None = None,
+        retry_delay_scale: float | None = None,
     ):
         self.template_path = Path(template).resolve()
         self.region = region
@@ -282,6 +291,8 @@ class LocalEngine:
         self._clients: dict[str, Any] = {}
         self._session: Any = None
         self._lock = threading.Lock()
+        self._retry_delay_scale = retry_delay_scale
+        self._saved_retry_delay_scale: float | None = None
 
     # ---------------------------------------------------------------- context manager
     def __enter__(self) -> LocalEngine:
@@ -315,6 +326,8 @@ class LocalEngine:
         try:
             self._deploy(artifacts, cfn)
             self._configure_functions()
+            if self._retry_delay_scale is not None:
+                self.set_retry_delay_scale(self._retry_delay_scale)
         except BaseException:
             self.stop()
             raise
@@ -358,6 +371,11 @@ class LocalEngine:
             if _SESSION.others(self):
                 self._delete_stack()
         finally:
+            if self._saved_retry_delay_scale is not None:
+                from . import moto_fixes
+
+                moto_fixes.set_retry_delay_scale(self._saved_retry_delay_scale)
+                self._saved_retry_delay_scale = None
             self._clients.clear()
             self._session = None
             self._started = False
@@ -499,6 +517,69 @@ class LocalEngine:
         from .invoker import get_invoker
 
         get_invoker().fail_next(self.function_name(function_logical_id), times, error)
+
+    def fail_matching(
+        self,
+        function_logical_id: str,
+        match: dict[str, Any],
+        fault: Any = None,
+        times: int | None = None,
+    ) -> None:
+        """Fail the invocations of a function whose event has the fields of ``match``.
+
+        A straggler that never recovers: ``engine.fail_matching("WorkerFunction", {"round":
+        2, "shard": 1})`` times that worker out on every attempt (a
+        :class:`~lambdagrad.local.chaos.Fault` chooses another failure), so its retries run
+        out and the execution fails with the fault's error name. With ``times``, only the
+        first ``times`` matching invocations fail.
+        """
+        from .invoker import get_invoker
+
+        get_invoker().fail_matching(self.function_name(function_logical_id), match, fault, times)
+
+    def start_chaos(
+        self,
+        fraction: float,
+        *,
+        seed: int = 0,
+        functions: tuple[str, ...] = ("WorkerFunction", "ReduceFunction"),
+        kinds: tuple[str, ...] | None = None,
+    ) -> Chaos:
+        """Fail ``fraction`` of the invocations of ``functions`` (logical ids) from now on.
+
+        Transient service errors, timeouts and crashes after the outputs were written, chosen
+        reproducibly from ``seed`` (see :mod:`lambdagrad.local.chaos`). The returned object
+        counts what it injected; :meth:`reset` (or :meth:`stop_chaos`) ends it.
+        """
+        from .chaos import FAULT_KINDS, Chaos
+        from .invoker import get_invoker
+
+        chaos = Chaos(
+            fraction,
+            seed=seed,
+            functions={self.function_name(f): f for f in functions},
+            kinds=kinds or FAULT_KINDS,
+        )
+        get_invoker().set_chaos(chaos)
+        return chaos
+
+    def stop_chaos(self) -> None:
+        """Stop injecting chaos faults."""
+        from .invoker import get_invoker
+
+        get_invoker().set_chaos(None)
+
+    def set_retry_delay_scale(self, scale: float) -> float:
+        """Scale the waits between ASL retries (process-wide) until this engine stops.
+
+        Returns the previous factor. See the ``retry_delay_scale`` parameter.
+        """
+        from . import moto_fixes
+
+        previous = moto_fixes.set_retry_delay_scale(scale)
+        if self._saved_retry_delay_scale is None:
+            self._saved_retry_delay_scale = previous
+        return previous
 
     def invocations(self, function_logical_id: str) -> int:
         """How many times the function was invoked (including injected failures)."""

@@ -15,7 +15,10 @@ replaces that with :func:`invoke_in_process` (see :mod:`lambdagrad.local.moto_fi
   "errorMessage", "requestId", "stackTrace"}``, which is what lets ASL ``Retry``/``Catch``
   match the exception's class name;
 * can fail the next invocations of a function the way the Lambda *service* does
-  (:meth:`InProcessInvoker.fail_next`), which Step Functions reports as ``Lambda.<Code>``.
+  (:meth:`InProcessInvoker.fail_next`), which Step Functions reports as ``Lambda.<Code>``;
+  fail every attempt of one call (:meth:`InProcessInvoker.fail_matching`, a straggler); or
+  fail a seeded fraction of invocations with service errors, timeouts and crashes
+  (:meth:`InProcessInvoker.set_chaos`, see :mod:`lambdagrad.local.chaos`).
 
 Handlers run concurrently in Map threads: module loading happens under a lock, invocations
 do not. Output that a handler writes to ``sys.stdout`` (``print``, Powertools Logger) can be
@@ -51,6 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
+
+from . import chaos as chaos_faults
+from .chaos import Chaos, Fault
 
 LOG = logging.getLogger(__name__)
 
@@ -167,6 +173,8 @@ class InProcessInvoker:
         self._fault_lock = threading.Lock()
         self._loaded: dict[tuple[str, str, str], _Loaded] = {}
         self._faults: dict[str, list[str]] = {}
+        self._matching: dict[str, list[list[Any]]] = {}  # [match, fault, times left]
+        self._chaos: Chaos | None = None
         self._env_owner: dict[str, tuple[str, str]] = {}
         self._extracted: dict[str, Path] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -224,6 +232,7 @@ class InProcessInvoker:
         with self._fault_lock:
             for name in names:
                 self._faults.pop(name, None)
+                self._matching.pop(name, None)
                 self.invocations.pop(name, None)
         with self._load_lock:
             for key in [k for k in self._loaded if k[0] in names]:
@@ -246,26 +255,75 @@ class InProcessInvoker:
         with self._fault_lock:
             self._faults.setdefault(function_name, []).extend([error] * times)
 
+    def fail_matching(
+        self,
+        function_name: str,
+        match: dict[str, Any],
+        fault: Fault | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Fail the invocations of ``function_name`` whose event has the fields of ``match``.
+
+        Every one of them (``times=None``): a straggler, e.g. ``match={"round": 2, "shard":
+        1}`` fails that worker on every attempt, so its retries run out. Or only the first
+        ``times``, e.g. a reducer that crashes once after writing its checkpoint. ``fault``
+        defaults to a timeout that stops the handler before it writes anything. Cleared by
+        :meth:`clear_faults`.
+        """
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0")
+        with self._fault_lock:
+            self._matching.setdefault(function_name, []).append(
+                [dict(match), fault or chaos_faults.timeout(run_handler=False), times]
+            )
+
+    def set_chaos(self, chaos: Chaos | None) -> None:
+        """Let ``chaos`` fail a fraction of invocations (``None`` stops it)."""
+        with self._fault_lock:
+            self._chaos = chaos
+
     def pending_faults(self, function_name: str) -> int:
         """How many injected faults are still waiting for ``function_name``."""
         with self._fault_lock:
             return len(self._faults.get(function_name, []))
 
-    def admit(self, function_name: str) -> str | None:
+    def admit(self, function_name: str, body: Any = None) -> Fault | None:
         """Count an invocation of ``function_name``; return the injected fault it must fail with.
 
-        ``None`` means: run the handler.
+        ``None`` means: run the handler. Faults queued by :meth:`fail_next` come first, then
+        those of :meth:`fail_matching`, then the chaos decision (``body`` is the request
+        payload, which names the call). A fault whose ``before_handler`` is set must be
+        raised as a service error; the others are applied by :meth:`invoke`.
         """
         with self._fault_lock:
             self.invocations[function_name] = self.invocations.get(function_name, 0) + 1
             queue = self._faults.get(function_name)
-            return queue.pop(0) if queue else None
+            if queue:
+                return chaos_faults.transient(queue.pop(0))
+            rules = self._matching.get(function_name)
+            if rules:
+                event = _event_of(body)
+                for rule in rules:
+                    match, fault, left = rule
+                    if left != 0 and all(event.get(k) == v for k, v in match.items()):
+                        if left is not None:
+                            rule[2] = left - 1
+                        return fault
+            chaos = self._chaos
+        return chaos.decide(function_name, body) if chaos is not None else None
 
     def clear_faults(self, function_names: list[str] | None = None) -> None:
-        """Drop pending faults (of these functions, or all) and their invocation counts."""
+        """Drop pending faults, straggler rules and chaos (of these functions, or all) and
+        their invocation counts."""
         with self._fault_lock:
             for name in list(self._faults) if function_names is None else function_names:
                 self._faults.pop(name, None)
+            for name in list(self._matching) if function_names is None else function_names:
+                self._matching.pop(name, None)
+            if function_names is None or (
+                self._chaos is not None and set(function_names) & set(self._chaos.functions)
+            ):
+                self._chaos = None
             for name in list(self.invocations) if function_names is None else function_names:
                 self.invocations.pop(name, None)
 
@@ -452,13 +510,21 @@ class InProcessInvoker:
         return _Loaded(module=module, handler=handler)
 
     # ------------------------------------------------------------------------- invoke
-    def invoke(self, fn: Any, qualifier: str | None, body: Any, headers: Any) -> tuple[bytes, bool]:
+    def invoke(
+        self, fn: Any, qualifier: str | None, body: Any, headers: Any, fault: Fault | None = None
+    ) -> tuple[bytes, bool]:
         """Run ``fn``'s handler on the JSON ``body``.
 
         Returns ``(payload, errored)``; when ``errored`` the payload is Lambda's error
-        document and the caller must set ``x-amz-function-error: Unhandled``.
+        document and the caller must set ``x-amz-function-error: Unhandled``. With a
+        ``fault`` (a timeout or crash from :meth:`admit`), the handler runs only if
+        ``fault.run_handler`` -- its outputs stay written, its answer is dropped -- and the
+        invocation reports the fault's error document, as Lambda would.
         """
         request_id = str(uuid.uuid4())
+        if fault is not None and not fault.run_handler:
+            doc = fault.error_document(request_id, float(fn.timeout or 3))
+            return json.dumps(doc).encode("utf-8"), True
         try:
             loaded = self.load(fn)
         except Exception as exc:
@@ -485,6 +551,8 @@ class InProcessInvoker:
                 result = loaded.handler(event, context)
         except Exception as exc:
             return self._error_payload(exc, request_id), True
+        if fault is not None:  # the handler finished; its process dies before answering
+            return json.dumps(fault.error_document(request_id, context.timeout_s)).encode(), True
         elapsed = time.monotonic() - started
         if elapsed > context.timeout_s:
             LOG.warning(
@@ -522,6 +590,15 @@ class InProcessInvoker:
             ),
         }
         return json.dumps(doc).encode("utf-8")
+
+
+def _event_of(body: Any) -> dict[str, Any]:
+    try:
+        raw = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        event = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 _INVOKER = InProcessInvoker()

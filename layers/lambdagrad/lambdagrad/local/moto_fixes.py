@@ -27,6 +27,10 @@ fix_boto_client_cache                  speed: a new boto3 client per task
 fix_json_path_parse_cache              speed: JSONPath re-parsed per evaluation
 fix_tmp_threads_leak                   speed/memory: every thread kept forever
 fix_s3_url_module_reload               speed: ``moto.s3.urls`` reloaded per S3 request
+fix_s3_overwrite_while_reading         overwriting a key breaks a GET in flight
+fix_retry_delay_scale                  ASL retry waits always sleep for real (tests and
+                                       chaos runs scale them)
+fix_sync_poll_backoff                  speed: ``.sync`` polls the child every 0.5 s
 =====================================  ==================================================
 
 Example
@@ -48,10 +52,12 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 LOG = logging.getLogger(__name__)
 
@@ -260,8 +266,9 @@ def fix_lambda_invoke_in_process() -> None:
     interpreter turns into the error name that ``Retry``/``Catch`` match (a raw exception
     would become ``States.Runtime``). Injected service faults are raised as a Lambda
     ``ClientError`` (e.g. 429 ``TooManyRequestsException``), which Step Functions reports as
-    ``Lambda.TooManyRequestsException``. A canned result queued through moto's documented
-    ``lambda-simple`` API still takes precedence.
+    ``Lambda.TooManyRequestsException``; injected timeouts and crashes come back as the error
+    documents Lambda returns for them (``Sandbox.Timedout``, ``Runtime.ExitError``). A canned
+    result queued through moto's documented ``lambda-simple`` API still takes precedence.
     """
     from moto.awslambda.exceptions import LambdaClientError
     from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -287,9 +294,9 @@ def fix_lambda_invoke_in_process() -> None:
             return stock_invoke(self, function_name, qualifier, body, headers, response_headers)
         fn = self.get_function(function_name, qualifier)
         invoker = get_invoker()
-        fault = invoker.admit(fn.function_name)
-        if fault is not None:
-            raise InjectedServiceError(fault, fn.function_name)
+        fault = invoker.admit(fn.function_name, body)
+        if fault is not None and fault.before_handler:
+            raise InjectedServiceError(fault.error, fn.function_name)
         raw = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
         try:
             json.loads(raw or "{}")
@@ -307,12 +314,12 @@ def fix_lambda_invoke_in_process() -> None:
         if invocation_type == "Event":
             threading.Thread(
                 target=invoker.invoke,
-                args=(fn, qualifier, body, headers),
+                args=(fn, qualifier, body, headers, fault),
                 name=f"lambda-event-{fn.function_name}",
                 daemon=True,
             ).start()
             return b""
-        payload, errored = invoker.invoke(fn, qualifier, body, headers)
+        payload, errored = invoker.invoke(fn, qualifier, body, headers, fault)
         if errored:
             response_headers["x-amz-function-error"] = "Unhandled"
         response_headers["x-amz-executed-version"] = (
@@ -723,6 +730,113 @@ def fix_s3_overwrite_while_reading() -> None:
     FakeKey.dispose = dispose  # type: ignore[method-assign]
 
 
+_retry_delay_scale = 1.0
+#: What the scaled waits finally call (a seam for the guard test).
+_sleep = time.sleep
+
+
+def retry_delay_scale() -> float:
+    """The factor applied to every ASL ``Retry`` wait (1.0: the real waits)."""
+    return _retry_delay_scale
+
+
+def set_retry_delay_scale(scale: float) -> float:
+    """Multiply every ASL ``Retry`` wait by ``scale`` (process-wide); return the old factor.
+
+    ``0`` retries at once; ``0.01`` keeps the order of the waits (and the jitter) at a
+    hundredth of the time. Only the embedded engine's interpreter is affected.
+    """
+    global _retry_delay_scale
+    if not 0.0 <= float(scale) <= 1.0:
+        raise ValueError(f"retry delay scale must be in [0, 1], got {scale}")
+    previous, _retry_delay_scale = _retry_delay_scale, float(scale)
+    return previous
+
+
+class _ScaledRetryTime:
+    """Stands in for the ``time`` module inside moto's retrier: ``sleep`` is scaled."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        scaled = seconds * _retry_delay_scale
+        if scaled > 0:
+            _sleep(scaled)
+
+
+@_once("retry_delay_scale")
+def fix_retry_delay_scale() -> None:
+    """Let tests and chaos runs scale the waits between ASL retries.
+
+    moto's ``RetrierDecl._eval_body`` (``...asl.component.common.retry.retrier_decl``)
+    computes the wait (``IntervalSeconds`` x ``BackoffRate`` ^ n, ``MaxDelaySeconds``,
+    ``JitterStrategy``) and then really sleeps ``time.sleep(interval_seconds)`` in the
+    execution's thread: with our Retry (1 s, x2, up to 6 attempts) a fault-injection test
+    spends most of its time asleep. The module's ``time`` is replaced by an object whose
+    ``sleep`` multiplies by :func:`retry_delay_scale` (1.0 unless
+    :func:`set_retry_delay_scale` changed it), so nothing changes by default.
+    """
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    stock = retrier_decl.time
+    proxy = _ScaledRetryTime()
+    proxy.stock = stock  # type: ignore[attr-defined]
+    retrier_decl.time = proxy  # type: ignore[assignment]
+
+
+#: First and longest pause between two checks of a ``.sync`` child (seconds).
+SYNC_POLL_FIRST = 0.005
+SYNC_POLL_MAX = 0.5
+
+
+@_once("sync_poll_backoff")
+def fix_sync_poll_backoff() -> None:
+    """A ``.sync``/``.sync:2`` task notices its child's end within milliseconds (speed).
+
+    ``StateTaskServiceCallback._eval_sync`` checks the child execution (``DescribeExecution``)
+    and then sleeps ``_DELAY_SECONDS_SYNC_CONDITION_CHECK`` = 0.5 s, so every child costs its
+    parent 0.25 s on average after it ended. The training state machine waits on one Express
+    segment child per segment, so that was most of a short segment's time. The replacement
+    polls with a doubling pause, from :data:`SYNC_POLL_FIRST` up to moto's 0.5 s: a short child
+    is seen at once, a long one (a sweep point) costs no more checks than before. The
+    ``waitForTaskToken`` listener thread is kept as moto starts it.
+    """
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_callback as module,
+    )
+
+    cls = module.StateTaskServiceCallback
+    stock = cls._eval_sync
+
+    def _eval_sync(
+        self: Any,
+        env: Any,
+        sync_resolver: Callable[[], Any] | None,
+        timeout_seconds: int | None,
+        callback_endpoint: Any,
+        heartbeat_endpoint: Any,
+    ) -> Any:
+        import time
+
+        if callback_endpoint is not None:  # .sync with a task token: moto's own loop
+            return stock(
+                self, env, sync_resolver, timeout_seconds, callback_endpoint, heartbeat_endpoint
+            )
+        pause, sync_result = SYNC_POLL_FIRST, None
+        while env.is_running():
+            sync_result = sync_resolver()  # type: ignore[misc]
+            if sync_result:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, module._DELAY_SECONDS_SYNC_CONDITION_CHECK, SYNC_POLL_MAX)
+        return sync_result
+
+    _eval_sync.stock = stock  # type: ignore[attr-defined]
+    cls._eval_sync = _eval_sync  # type: ignore[method-assign]
+
+
 class InProcessS3Client:
     """The slice of the boto3 S3 client a :class:`~lambdagrad.store.Store` uses, served by
     moto's S3 backend directly (speed: the embedded engine's handlers use it).
@@ -781,6 +895,7 @@ class InProcessS3Client:
         Body: bytes,
         ContentType: str | None = None,
         IfNoneMatch: str | None = None,
+        Tagging: str | None = None,
     ) -> dict[str, Any]:
         self._count("PutObject")
         self._bucket("PutObject", Bucket)
@@ -791,6 +906,9 @@ class InProcessS3Client:
             key = backend.put_object(Bucket, Key, bytes(Body))
         if ContentType:
             key.set_metadata({"Content-Type": ContentType})
+        if Tagging:  # the x-amz-tagging form, as moto's S3 responses parse it
+            tags = {k: v[0] for k, v in parse_qs(Tagging, keep_blank_values=True).items()}
+            backend.put_object_tagging(key, tags)
         return {"ETag": key.etag}
 
     def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
@@ -859,6 +977,8 @@ FIXES: tuple[Callable[[], None], ...] = (
     fix_tmp_threads_leak,
     fix_s3_url_module_reload,
     fix_s3_overwrite_while_reading,
+    fix_retry_delay_scale,
+    fix_sync_poll_backoff,
 )
 
 

@@ -1,0 +1,173 @@
+"""Faults on the embedded engine: chaos, crashes after writing, stragglers, divergence.
+
+The yardstick is deterministic replay: a job that survives injected faults ends with the
+parameters -- bit for bit -- of the same job run without them. Retry waits are scaled to
+zero here (the engine's ``retry_delay_scale``), so faults cost no sleeping.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from lambdagrad.client import JobFailedError
+from lambdagrad.local import chaos as chaos_faults
+from lambdagrad.local import moto_fixes
+from lambdagrad.registry import pointer_key
+from lambdagrad.store import JobKeys
+
+from tests.conftest import job_doc
+from tests.integration.test_training import reference_params, run_job
+
+#: A job with optimizer state (Adam), so a step applied twice could not go unnoticed.
+GROUPS = {
+    "optimizer": {"name": "adam", "learning_rate": 0.05},
+    "training": {"rounds": 6, "workers": 3, "batch_size": 32},
+}
+
+
+@pytest.fixture
+def no_retry_waits(engine):
+    previous = engine.set_retry_delay_scale(0.0)
+    yield
+    moto_fixes.set_retry_delay_scale(previous)
+
+
+def model_arrays(stack, job_id: str) -> dict[str, np.ndarray]:
+    npz = stack.model_files(job_id)["model.npz"]
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        return {name: f[name] for name in f.files}
+
+
+def test_chaos_at_20_percent_gives_a_bit_identical_model(
+    engine, stack, no_retry_waits, record_property
+):
+    calm_doc = job_doc("houses-linear.json", job_id="calm", **GROUPS)
+    calm, calm_params = run_job(stack, calm_doc, "houses.csv")
+    assert calm["state"] == "SUCCEEDED"
+
+    doc = job_doc("houses-linear.json", job_id="chaotic", **GROUPS)
+    chaos = engine.start_chaos(0.2, seed=3)
+    # and, whatever chaos draws, the reducer crashes once after writing checkpoint 3 and
+    # times out once after writing checkpoint 5 (its retries find them committed)
+    engine.fail_matching("ReduceFunction", {"round": 2}, chaos_faults.crash(), times=1)
+    engine.fail_matching("ReduceFunction", {"round": 4}, chaos_faults.timeout(True), times=1)
+    workers, reducers = engine.invocations("WorkerFunction"), engine.invocations("ReduceFunction")
+    status, params = run_job(stack, doc, "houses.csv")
+    engine.stop_chaos()
+    workers = engine.invocations("WorkerFunction") - workers
+    reducers = engine.invocations("ReduceFunction") - reducers
+
+    assert status["state"] == "SUCCEEDED" and status["round"] == calm["round"] == 6
+    np.testing.assert_array_equal(params, calm_params)
+    np.testing.assert_array_equal(params, reference_params(doc, "houses.csv"))
+    calm_model, model = model_arrays(stack, "calm"), model_arrays(stack, "chaotic")
+    assert calm_model.keys() == model.keys()
+    for name in model:
+        assert np.array_equal(model[name], calm_model[name]), name
+    for r in range(1, 7):  # every checkpoint, optimizer state included, is the calm one
+        a, b = JobKeys("calm"), JobKeys("chaotic")
+        assert stack.store.get_bytes(a.params(r)) == stack.store.get_bytes(b.params(r))
+        assert stack.store.get_bytes(a.optimizer(r)) == stack.store.get_bytes(b.optimizer(r))
+
+    injected = chaos.injected + 2
+    assert chaos.invocations == workers + reducers - 2  # the two targeted faults bypass chaos
+    assert workers + reducers == 6 * 3 + 6 + injected  # one extra invocation per fault
+    assert all(chaos.counts[kind] >= 1 for kind in chaos_faults.FAULT_KINDS), chaos.counts
+    assert 0.1 <= chaos.injected / chaos.invocations <= 0.35
+    print(f"\n{chaos.summary()}; +2 targeted reducer faults; {injected} survived")
+    record_property("faults_injected", injected)
+    record_property("faults_by_kind", json.dumps(chaos.counts))
+
+
+def test_straggler_fails_the_job_and_keeps_a_resumable_checkpoint(engine, stack, no_retry_waits):
+    name = "straggle-model"
+    pointer = {"name": name, "job_id": "someone-else", "version": "v1"}
+    stack.store.put_json(pointer_key(name), pointer)
+    before = stack.store.get_bytes(pointer_key(name))
+    doc = job_doc("houses-linear.json", job_id="straggler", output={"model_name": name}, **GROUPS)
+    engine.fail_matching("WorkerFunction", {"round": 3, "shard": 1})  # times out, always
+    calls = engine.invocations("WorkerFunction")
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, "houses.csv")
+    assert err.value.error == "Sandbox.Timedout"
+    assert "Task timed out after" in err.value.message
+    # rounds 0-2: 3 workers each; round 3: shards 0 and 2 once, shard 1 on 1 + 6 retries
+    assert engine.invocations("WorkerFunction") - calls == 3 * 3 + 2 + 7
+
+    keys = JobKeys("straggler")
+    status = stack.status("straggler")
+    assert status["state"] == "FAILED" and status["error"] == "Sandbox.Timedout"
+    assert status["round"] == 3
+    assert status["checkpoint"] == {
+        "round": 3,
+        "params": keys.params(3),
+        "optimizer": keys.optimizer(3),
+    }
+    for key in (keys.params(3), keys.optimizer(3), keys.metrics(3)):
+        assert stack.store.exists(key), key
+    for key in (keys.params(4), keys.metrics(4), keys.model_json, keys.model_npz):
+        assert not stack.store.exists(key), key
+    # the checkpoint is the one an uninterrupted 3-round run ends with
+    three = job_doc(
+        "houses-linear.json",
+        job_id="straggler",
+        **{**GROUPS, "training": {**GROUPS["training"], "rounds": 3}},
+    )
+    np.testing.assert_array_equal(
+        stack.store.get_array(keys.params(3)), reference_params(three, "houses.csv")
+    )
+    assert stack.store.get_bytes(pointer_key(name)) == before
+
+
+def test_divergence_keeps_the_last_finite_checkpoint(stack):
+    doc = job_doc(
+        "houses-linear.json",
+        job_id="diverge-fast",
+        dataset={"standardize": False},
+        optimizer={"name": "sgd", "learning_rate": 1000.0},
+        training={"batch_size": "full", "rounds": 200, "workers": 2},
+    )
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, "houses.csv")
+    assert err.value.error == "ModelDiverged"
+    message = err.value.message
+    assert "smaller learning rate (now 1000.0)" in message and "clip_norm" in message
+    status = stack.status("diverge-fast")
+    last = status["round"]
+    assert status["state"] == "FAILED" and status["error"] == "ModelDiverged"
+    assert f"the last finite parameters are round {last}" in message
+    keys = JobKeys("diverge-fast")
+    assert status["checkpoint"]["round"] == last > 0
+    assert np.all(np.isfinite(stack.store.get_array(keys.params(last))))
+    state = stack.store.get_arrays(keys.optimizer(last))
+    assert all(np.all(np.isfinite(v)) for v in state.values())
+    for key in (keys.params(last + 1), keys.metrics(last + 1), keys.model_json):
+        assert not stack.store.exists(key), key
+
+
+def test_train_chaos_flag(engine, tmp_path, capsys):
+    """``lambdagrad train --chaos`` on the embedded engine: survives, says what it injected;
+    refused with --stack before anything starts."""
+    from lambdagrad.cli import main
+
+    from tests.conftest import EVENTS, ROOT
+
+    base = ["train", str(EVENTS / "data" / "houses.csv"), "--label", "price", "--quiet"]
+    assert main([*base, "--chaos", "0.2", "--stack", "prod"]) == 1
+    assert "embedded engine only" in capsys.readouterr().err
+    assert main([*base, "--chaos", "1.5"]) == 1
+    assert "not a fraction" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    args = [*base, "--rounds", "5", "--workers", "2", "--out", str(out), "--json"]
+    rc = main([*args, "--chaos", "0.3", "--template", str(ROOT / "template.yaml")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    chaos = summary["chaos"]
+    assert chaos["survived"] and chaos["invocations"] >= 5 * 3
+    assert sum(chaos[k] for k in chaos_faults.FAULT_KINDS) >= 1
+    assert (out / "model.npz").is_file()
+    assert moto_fixes.retry_delay_scale() == 1.0  # the CLI's engine put the real waits back

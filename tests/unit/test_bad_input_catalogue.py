@@ -1,0 +1,462 @@
+"""The bad-input catalogue, core half: every row is one way a user can get the input
+wrong, the module that owns that input refuses it, and the message names the place
+(file / line / column, spec field, S3 key, request position). docs/bad-input.md lists the
+same rows; tests/integration/test_bad_input_engine.py covers the CLI exit codes and the
+named execution errors.
+
+Each row: ``(id, call, error type, needles)``; the call must raise exactly that error type
+(or a subclass) and every needle must appear in its message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from lambdagrad import steps
+from lambdagrad.data import DataError, load_dataset
+from lambdagrad.registry import RegistryError, validate_name
+from lambdagrad.serving import ModelCache, PredictError, parse_request, predict
+from lambdagrad.spec import MAX_SPEC_BYTES, SpecError, parse_spec
+from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError, parse_s3_uri
+from lambdagrad.uploads import unsafe_upload_key
+
+from tests.unit.test_registry import BUCKET, tiny_model
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+HOUSES = (EVENTS / "data" / "houses.csv").read_bytes()
+URI = f"s3://{BUCKET}/datasets/data.csv"
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def csv(text: str | bytes, label: str | None = "y", task: str = "regression", **kw: Any):
+    data = text.encode() if isinstance(text, str) else text
+    return load_dataset(data, source="data.csv", fmt=None, label=label, task=task, **kw)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npy(array: np.ndarray, label: str | None = None, task: str = "regression"):
+    return load_dataset(npy_bytes(array), source="data.npy", fmt=None, label=label, task=task)
+
+
+def npz(task: str = "regression", **arrays: np.ndarray):
+    return load_dataset(npz_bytes(**arrays), source="data.npz", fmt=None, label=None, task=task)
+
+
+class Tripwire:
+    """Unpickling this creates ``path``: proof that a loader ran pickle on the data."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def object_npy(tmp: Path) -> bytes:
+    """A real .npy of dtype object (a pickle inside), whose unpickling trips a wire."""
+    array = np.empty((2, 2), dtype=object)
+    array[:] = [[Tripwire(tmp / "unpickled"), 1.0], [2.0, 3.0]]
+    return npy_bytes(array)
+
+
+def spec(**groups: Any) -> dict:
+    """A valid spec with groups merged in."""
+    doc: dict[str, Any] = {"job_id": "j", "dataset": {"uri": URI, "label": "price"}}
+    for group, fields in groups.items():
+        doc[group] = {**doc.get(group, {}), **fields} if isinstance(fields, dict) else fields
+    return doc
+
+
+def memory_store(data: bytes = HOUSES, key: str = "datasets/data.csv") -> Store:
+    store = Store(MemoryS3(), BUCKET)
+    store.put_bytes(key, data)
+    return store
+
+
+def prepare(store: Store, doc: dict | None = None, event: dict | None = None) -> dict:
+    return steps.prepare(store, {"input": event or {"job_id": "j", "spec": doc}, "execution": "e"})
+
+
+def upload_event(key: str) -> dict:
+    return {
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "detail": {"bucket": {"name": BUCKET}, "object": {"key": key, "etag": "abc"}},
+    }
+
+
+def request(*instances: Any, model: str = "houses") -> dict:
+    return {"model": model, "instances": list(instances)}
+
+
+TRAINED = tiny_model()  # features sqft, bedrooms, age, distance_km
+ROW = [1200.0, 3.0, 12.5, 4.2]
+
+
+def parse(body: dict, max_rows: int = 10) -> np.ndarray:
+    return parse_request(body, TRAINED, max_rows)
+
+
+# ---- the catalogue ---------------------------------------------------------------------
+Row = tuple[str, Callable[[], Any], type[Exception], list[str]]
+
+# fmt: off
+
+DATASET: list[Row] = [
+    ("csv-ragged-short", lambda: csv("a,b,y\n1,2,3\n4,5\n"), DataError,
+     ["data.csv line 3", "expected 3 fields", "got 2"]),
+    ("csv-ragged-long", lambda: csv("a,y\n1,2\n3,4,5\n"), DataError,
+     ["data.csv line 3", "expected 2 fields", "got 3"]),
+    ("csv-quoted-comma-in-number", lambda: csv('a,b,y\n1,"2,5",3\n'), DataError,
+     ["data.csv line 2, column 'b'", "'2,5' is not a number"]),
+    ("csv-unterminated-quote", lambda: csv('a,y\n1,2\n3,"4\n'), DataError,
+     ["data.csv line 3", "unexpected end of data"]),
+    ("csv-text-after-quote", lambda: csv('a,y\n1,"2"x\n'), DataError,
+     ["data.csv line 2", "',' expected after '\"'"]),
+    ("csv-empty-file", lambda: csv(""), DataError, ["data.csv is empty"]),
+    ("csv-blank-lines-only", lambda: csv("\n\r\n  \n"), DataError, ["data.csv is empty"]),
+    ("csv-header-only", lambda: csv("a,b,y\n"), DataError,
+     ["data.csv has a header but no data rows"]),
+    ("csv-header-only-bom-crlf", lambda: csv(b"\xef\xbb\xbfa,y\r\n\r\n"), DataError,
+     ["data.csv has a header but no data rows"]),
+    ("csv-not-utf8", lambda: csv(b"a,y\n1,2\n3,\xff\n"), DataError,
+     ["data.csv line 3", "not valid UTF-8"]),
+    ("csv-unnamed-column", lambda: csv("a,,y\n1,2,3\n"), DataError,
+     ["data.csv line 1", "column 2 of the header has no name"]),
+    ("csv-duplicate-columns", lambda: csv("a,a,y\n1,2,3\n"), DataError,
+     ["data.csv line 1", "duplicate column names 'a'"]),
+    ("csv-non-numeric", lambda: csv("a,b,y\n1,2,3\n4,abc,6\n"), DataError,
+     ["data.csv line 3, column 'b'", "'abc' is not a number"]),
+    ("csv-nan", lambda: csv("a,y\n1,2\nnan,4\n"), DataError,
+     ["data.csv line 3, column 'a'", "'nan' is not a finite number"]),
+    ("csv-infinite-label", lambda: csv("a,y\n1,2\n3,-inf\n"), DataError,
+     ["data.csv line 3, column 'y'", "'-inf' is not a finite number"]),
+    ("csv-overflow-to-inf", lambda: csv("a,y\n1,2\n1e999,4\n"), DataError,
+     ["data.csv line 3, column 'a'", "not a finite number"]),
+    ("csv-empty-cell", lambda: csv("a,b,y\n1,,3\n"), DataError,
+     ["data.csv line 2, column 'b'", "empty cell"]),
+    ("csv-empty-label", lambda: csv("a,y\n1,2\n3,\n"), DataError,
+     ["data.csv line 3, column 'y'", "empty cell"]),
+    ("csv-error-line-counts-blank-lines", lambda: csv("a,y\r\n1,2\r\n\r\n\r\n3,x\r\n"),
+     DataError, ["data.csv line 5, column 'y'", "'x' is not a number"]),
+    ("label-column-missing", lambda: csv("a,b\n1,2\n", label="price"), DataError,
+     ["data.csv", "no label column 'price'", "columns are 'a', 'b'"]),
+    ("label-one-class", lambda: csv("a,y\n1,cat\n2,cat\n", task="classification"), DataError,
+     ["data.csv", "label column 'y' has only one class: 'cat'"]),
+    ("label-fractional-classes-npz",
+     lambda: npz("classification", X=np.ones((2, 1)), y=np.array([0.5, 1.0])), DataError,
+     ["data.npz", "class labels in 'y' must be integers or strings"]),
+    ("only-the-label-column", lambda: csv("y\n1\n2\n"), DataError,
+     ["data.csv", "no feature columns"]),
+    ("too-many-features", lambda: csv("a,b,c,y\n1,2,3,4\n", max_features=2), DataError,
+     ["data.csv", "3 feature columns", "limit is 2", "dataset.max_features"]),
+    ("too-many-features-npy", lambda: load_dataset(
+        npy_bytes(np.ones((2, 6))), source="data.npy", fmt=None, label=None,
+        task="regression", max_features=3), DataError,
+     ["data.npy", "5 feature columns", "limit is 3"]),
+    ("unknown-extension", lambda: load_dataset(
+        b"a,y\n1,2\n", source="data.txt", fmt=None, label="y", task="regression"), DataError,
+     ["'data.txt'", "name it .csv, .npy or .npz"]),
+    ("npy-bad-magic", lambda: load_dataset(
+        b"a,y\n1,2\n", source="data.npy", fmt=None, label=None, task="regression"), DataError,
+     ["data.npy is not a .npy file"]),
+    ("npy-truncated", lambda: load_dataset(
+        npy_bytes(np.ones((4, 3)))[:-10], source="data.npy", fmt=None, label=None,
+        task="regression"), DataError, ["data.npy is not a valid .npy file"]),
+    ("npy-1d", lambda: npy(np.ones(5)), DataError,
+     ["data.npy", "expected one 2-D array, got shape (5,)"]),
+    ("npy-strings", lambda: npy(np.array([["a", "b"], ["c", "d"]])), DataError,
+     ["data.npy", "expected a numeric array"]),
+    ("npy-nan", lambda: npy(np.array([[1.0, 2.0], [np.nan, 3.0]])), DataError,
+     ["data.npy", "row 1, column 'x0'", "not finite"]),
+    ("npy-label-index-not-int", lambda: npy(np.ones((2, 3)), label="price"), DataError,
+     ["data.npy", "label is a column index, got 'price'"]),
+    ("npy-label-index-out-of-range", lambda: npy(np.ones((2, 3)), label="7"), DataError,
+     ["data.npy", "label column 7 is out of range for 3 columns"]),
+    ("npz-wrong-array-names", lambda: npz(features=np.ones((2, 2)), target=np.ones(2)),
+     DataError, ["data.npz", "expected arrays named 'X' and 'y'", "'features', 'target'"]),
+    ("npz-X-not-2d", lambda: npz(X=np.ones((2, 2, 2)), y=np.ones(2)), DataError,
+     ["data.npz", "X must be 2-D, got shape (2, 2, 2)"]),
+    ("npz-y-not-1d", lambda: npz(X=np.ones((2, 2)), y=np.ones((2, 2))), DataError,
+     ["data.npz", "y must be 1-D, got shape (2, 2)"]),
+    ("npz-row-mismatch", lambda: npz(X=np.ones((3, 2)), y=np.ones(2)), DataError,
+     ["data.npz", "X has 3 rows but y has 2"]),
+    ("npz-object-y", lambda: npz(X=np.ones((2, 2)), y=np.array(["a", None], dtype=object)),
+     DataError, ["data.npz array 'y'", "holds Python objects; refusing to unpickle"]),
+    ("npz-features-missing-X", lambda: npz("features", x=np.ones((2, 2))), DataError,
+     ["data.npz", "expected an array named 'X'"]),
+]
+
+SPEC: list[Row] = [
+    ("spec-unknown-field", lambda: parse_spec(spec(dataset={"colour": "red"})), SpecError,
+     ["dataset.colour: unknown field"]),
+    ("spec-unknown-top-level-field", lambda: parse_spec(spec(epochs=3)), SpecError,
+     ["epochs: unknown field"]),
+    ("spec-negative-learning-rate",
+     lambda: parse_spec(spec(optimizer={"learning_rate": -0.1})), SpecError,
+     ["optimizer.learning_rate", "greater than 0"]),
+    ("spec-zero-workers", lambda: parse_spec(spec(training={"workers": 0})), SpecError,
+     ["training.workers", "greater than or equal to 1"]),
+    ("spec-too-many-workers", lambda: parse_spec(spec(training={"workers": 1001})), SpecError,
+     ["training.workers", "less than or equal to 1000"]),
+    ("spec-zero-batch", lambda: parse_spec(spec(training={"batch_size": 0})), SpecError,
+     ["training.batch_size: Input should be greater than or equal to 1 or Input should be"]),
+    ("spec-validation-fraction", lambda: parse_spec(spec(dataset={"validation": 1.0})),
+     SpecError, ["dataset.validation"]),
+    ("spec-zero-max-features", lambda: parse_spec(spec(dataset={"max_features": 0})),
+     SpecError, ["dataset.max_features"]),
+    ("spec-epochs-and-rounds",
+     lambda: parse_spec(spec(training={"epochs": 2, "rounds": 3})), SpecError,
+     ["training", "give epochs or rounds, not both"]),
+    ("spec-not-an-object", lambda: parse_spec("[1, 2]"), SpecError, ["spec: Input should be"]),
+    ("spec-invalid-json", lambda: parse_spec('{"dataset": '), SpecError,
+     ["Invalid JSON", "line 1 column 12"]),
+    ("spec-oversized-text",
+     lambda: parse_spec(json.dumps(spec(dataset={"label": "x" * MAX_SPEC_BYTES}))), SpecError,
+     ["spec is", f"the limit is {MAX_SPEC_BYTES} (64 KiB)"]),
+    ("spec-oversized-object",
+     lambda: parse_spec(spec(model={"type": "mlp", "hidden": [1] * 40_000})), SpecError,
+     ["spec is", f"the limit is {MAX_SPEC_BYTES}"]),
+]
+
+KEYS: list[Row] = [
+    ("uri-dotdot-key", lambda: parse_spec(spec(dataset={"uri": f"s3://{BUCKET}/a/../../x.csv"})),
+     SpecError, ["dataset.uri", "must be relative and contain no '..'"]),
+    ("uri-absolute-key", lambda: parse_spec(spec(dataset={"uri": f"s3://{BUCKET}//etc/x.csv"})),
+     SpecError, ["dataset.uri", "'/etc/x.csv' must be relative"]),
+    ("uri-not-s3", lambda: parse_spec(spec(dataset={"uri": "/home/me/data.csv"})), SpecError,
+     ["dataset.uri", "must look like s3://bucket/key"]),
+    ("store-uri-dotdot", lambda: parse_s3_uri(f"s3://{BUCKET}/../secrets.csv"), StoreError,
+     ["unsafe S3 key '../secrets.csv'"]),
+    ("job-id-dotdot-spec", lambda: parse_spec(spec(job_id="../other-job")), SpecError,
+     ["job_id: '../other-job' does not match"]),
+    ("job-id-dotdot-keys", lambda: JobKeys("../other-job"), StoreError,
+     ["invalid job id '../other-job'"]),
+    ("job-id-slash-keys", lambda: JobKeys("a/b"), StoreError, ["invalid job id 'a/b'"]),
+    ("model-name-dotdot-spec", lambda: parse_spec(spec(output={"model_name": "../m"})),
+     SpecError, ["output.model_name: '../m' does not match"]),
+    ("model-name-slash-registry", lambda: validate_name("teams/../houses"), RegistryError,
+     ["invalid model name 'teams/../houses'"]),
+    ("upload-key-dotdot", lambda: prepare(memory_store(), event=upload_event(
+        "jobs/incoming/../../datasets/data.json")), SpecError,
+     ["'jobs/incoming/../../datasets/data.json'", "no '..' segments"]),
+    ("upload-key-outside-incoming", lambda: prepare(memory_store(), event=upload_event(
+        "datasets/job.json")), SpecError,
+     ["'datasets/job.json'", "must be under jobs/incoming/"]),
+]
+
+
+def _oversized_upload() -> None:
+    store = memory_store()
+    key = "jobs/incoming/huge.json"
+    store.put_bytes(key, json.dumps(spec(dataset={"label": "y" * MAX_SPEC_BYTES})).encode())
+    prepare(store, event=upload_event(key))
+
+
+def _invalid_upload() -> None:
+    store = memory_store()
+    key = "jobs/incoming/typo.json"
+    store.put_bytes(key, json.dumps(spec(training={"wokers": 2})).encode())
+    prepare(store, event=upload_event(key))
+
+
+PREPARE: list[Row] = [
+    ("prepare-batch-larger-than-data",
+     lambda: prepare(memory_store(), spec(training={"batch_size": 5000})), SpecError,
+     ["training.batch_size: 5000 is larger than the 1800 training rows"]),
+    ("prepare-more-workers-than-rows",
+     lambda: prepare(memory_store(b"a,price\n1,2\n3,4\n5,6\n"),
+                     spec(training={"workers": 4, "batch_size": "full"})), SpecError,
+     ["training.workers: 4 workers for 2 training rows"]),
+    ("prepare-features-over-spec-limit",
+     lambda: prepare(memory_store(), spec(dataset={"max_features": 3})), DataError,
+     ["data.csv: 4 feature columns", "limit is 3", "dataset.max_features"]),
+    ("prepare-dataset-missing", lambda: prepare(
+        memory_store(), spec(dataset={"uri": f"s3://{BUCKET}/datasets/nope.csv"})), StoreError,
+     ["datasets/nope.csv"]),
+    ("upload-oversized-spec", _oversized_upload, SpecError,
+     ["jobs/incoming/huge.json", "a job spec is at most 65536"]),
+    ("upload-invalid-spec", _invalid_upload, SpecError,
+     ["jobs/incoming/typo.json", "training.wokers: unknown field"]),
+]
+
+PREDICT: list[Row] = [
+    ("predict-wrong-feature-count", lambda: parse(request(ROW, ROW[:3])), PredictError,
+     ["instances[1]", "expected 4 features (sqft, bedrooms, age, distance_km), got 3"]),
+    ("predict-string-value", lambda: parse(request([1200, "3", 12.5, 4.2])), PredictError,
+     ["instances[0][1]", "'3' is not a number"]),
+    ("predict-nan", lambda: parse(json.loads('{"model": "houses", "instances": '
+                                             '[[1200, 3, NaN, 4.2]]}')), PredictError,
+     ["instances[0][2]", "nan is not a finite number"]),
+    ("predict-overflow", lambda: parse(json.loads('{"model": "houses", "instances": '
+                                                  '[[1e999, 3, 1, 4.2]]}')), PredictError,
+     ["instances[0][0]", "not a finite number"]),
+    ("predict-boolean", lambda: parse(request([True, 3, 12.5, 4.2])), PredictError,
+     ["instances[0][0]", "booleans are not numbers"]),
+    ("predict-null", lambda: parse(request([1200, None, 12.5, 4.2])), PredictError,
+     ["instances[0][1]", "null is not a number"]),
+    ("predict-too-many-rows", lambda: parse(request(*[ROW] * 11), max_rows=10), PredictError,
+     ['"instances" has 11 rows', "at most 10 rows per request"]),
+    ("predict-no-rows", lambda: parse(request()), PredictError, ['"instances" is empty']),
+    ("predict-instances-not-a-list",
+     lambda: parse({"model": "houses", "instances": "1,2,3,4"}), PredictError,
+     ['"instances" must be a list of rows, got str']),
+    ("predict-unknown-feature-key",
+     lambda: parse(request({"sqft": 1, "bedrooms": 2, "age": 3, "distance_km": 4, "pool": 1})),
+     PredictError, ["instances[0]", "unknown features: pool"]),
+    ("predict-missing-feature-key", lambda: parse(request({"sqft": 1, "bedrooms": 2})),
+     PredictError, ["instances[0]", "missing features: age, distance_km"]),
+    ("predict-model-name-dotdot", lambda: predict(
+        Store(MemoryS3(), BUCKET), ModelCache(), request(ROW, model="../houses"), 10),
+     PredictError, ['"model"', "invalid model name '../houses'"]),
+    ("predict-unknown-model", lambda: predict(
+        Store(MemoryS3(), BUCKET), ModelCache(), request(ROW, model="nobody"), 10),
+     PredictError, ["nobody"]),
+]
+
+CATALOGUE = DATASET + SPEC + KEYS + PREPARE + PREDICT
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "needles"), [row[1:] for row in CATALOGUE], ids=[r[0] for r in CATALOGUE]
+)
+def test_bad_input_is_refused_and_named(call, error, needles):
+    with pytest.raises(error) as raised:
+        call()
+    message = str(raised.value)
+    missing = [n for n in needles if n not in message]
+    assert not missing, f"{message!r} lacks {missing}"
+
+
+def test_catalogue_ids_are_unique():
+    ids = [row[0] for row in CATALOGUE]
+    assert len(ids) == len(set(ids))
+
+
+def test_predict_errors_are_http_400_except_an_unknown_model():
+    for name, call, _, _ in PREDICT:
+        with pytest.raises(PredictError) as raised:
+            call()
+        assert raised.value.status == (404 if name == "predict-unknown-model" else 400), name
+
+
+# ---- objects inside arrays: refused, never unpickled -----------------------------------
+def test_object_npy_is_refused_without_unpickling(tmp_path):
+    data = object_npy(tmp_path)
+    with pytest.raises(DataError, match=r"data\.npy holds Python objects; refusing to unpickle"):
+        load_dataset(data, source="data.npy", fmt=None, label=None, task="regression")
+    with pytest.raises(DataError, match="holds Python objects"):
+        load_dataset(data, source="data.npy", fmt=None, label=None, task="features")
+    assert not (tmp_path / "unpickled").exists()
+    # the wire is live: anything that did unpickle this file would have tripped it
+    np.load(io.BytesIO(data), allow_pickle=True)
+    assert (tmp_path / "unpickled").exists()
+
+
+def test_object_npy_through_prepare_writes_no_model(tmp_path):
+    store = memory_store(object_npy(tmp_path), key="datasets/data.npy")
+    doc = spec(dataset={"uri": f"s3://{BUCKET}/datasets/data.npy", "label": None})
+    with pytest.raises(DataError, match="holds Python objects"):
+        prepare(store, doc)
+    assert not (tmp_path / "unpickled").exists()
+    assert_nothing_trained(store, "j")
+
+
+def test_pickle_payload_is_not_a_npy(tmp_path):
+    """A bare pickle renamed .npy: refused on its magic bytes, the unpickler never sees it."""
+    data = pickle.dumps(Tripwire(tmp_path / "unpickled"))
+    with pytest.raises(DataError, match=r"data\.npy is not a \.npy file"):
+        load_dataset(data, source="data.npy", fmt=None, label=None, task="regression")
+    assert not (tmp_path / "unpickled").exists()
+
+
+# ---- no partial model ------------------------------------------------------------------
+def assert_nothing_trained(store: Store, job_id: str) -> None:
+    """A refused prepare leaves no shards, parameters, spec or model for the job."""
+    written = store.list_keys(JobKeys(job_id).prefix)
+    allowed = {JobKeys(job_id).claim, JobKeys(job_id).status}
+    assert set(written) <= allowed, written
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        {"training": {"batch_size": 5000}},
+        {"dataset": {"max_features": 3}},
+        {"dataset": {"label": "cost"}},
+    ],
+    ids=["batch-larger-than-data", "features-over-limit", "label-missing"],
+)
+def test_refused_prepare_writes_no_shards_params_or_model(groups):
+    store = memory_store()
+    with pytest.raises((SpecError, DataError)):
+        prepare(store, spec(**groups))
+    assert_nothing_trained(store, "j")
+
+
+# ---- what looks odd but is valid CSV, and is read correctly ----------------------------
+# fmt: off
+VALID_CSV = [
+    ("bom", b"\xef\xbb\xbfa,y\n1,2\n3,4\n", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("crlf", b"a,y\r\n1,2\r\n3,4\r\n", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("bom-and-crlf", b"\xef\xbb\xbfa,y\r\n1,2\r\n3,4", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("blank-lines", b"\na,y\n\n1,2\n   \n\n3,4\n\n\n", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("no-final-newline", b"a,y\n1,2\n3,4", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("spaces-around-cells", b" a , y \n 1 , 2 \n3,4\n", ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("quoted-numbers", b'a,y\n"1","2"\n3,4\n', ["a"], [[1.0], [3.0]], [2.0, 4.0]),
+    ("quoted-comma-in-header", b'"size, m2",y\n1,2\n3,4\n', ["size, m2"], [[1.0], [3.0]],
+     [2.0, 4.0]),
+    ("quoted-newline-in-header", b'"size\nm2",y\n1,2\n3,4\n', ["size\nm2"], [[1.0], [3.0]],
+     [2.0, 4.0]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("data", "names", "X", "y"), [c[1:] for c in VALID_CSV], ids=[c[0] for c in VALID_CSV]
+)
+def test_valid_csv_variants_read_correctly(data, names, X, y):
+    ds = csv(data)
+    assert ds.feature_names == names
+    assert ds.X.tolist() == X and ds.y.tolist() == y
+
+
+def test_quoted_commas_in_class_labels_are_one_label():
+    ds = csv(
+        'a,city\n1,"New York, NY"\n2,"Boston, MA"\n3,"New York, NY"\n',
+        label="city",
+        task="classification",
+    )
+    assert ds.classes == ["Boston, MA", "New York, NY"]
+    assert ds.y.tolist() == [1, 0, 1]
+
+
+def test_error_lines_stay_physical_with_quoted_newlines():
+    """A quoted newline spans two physical lines; the next row's line number counts both."""
+    with pytest.raises(DataError, match=r"data\.csv line 4, column 'a'"):
+        csv('a,"y\nz"\n1,2\nx,3\n', label="y\nz")
+
+
+def test_upload_keys_under_incoming_are_accepted():
+    assert unsafe_upload_key("jobs/incoming/houses.json") is None
+    assert unsafe_upload_key("jobs/incoming/team-a/houses.v2.json") is None
+    assert unsafe_upload_key("/jobs/incoming/x.json") is not None

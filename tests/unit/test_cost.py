@@ -1,0 +1,250 @@
+"""The cost model's arithmetic against hand-computed bills, and ``lambdagrad estimate``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from lambdagrad import steps
+from lambdagrad.cli import main
+from lambdagrad.cost import (
+    STATUS_INTERVAL_SECONDS,
+    CostError,
+    DurationModel,
+    JobShape,
+    actual_cost,
+    function_memory_mb,
+    handler_seconds,
+    price_overrides,
+    round_structure,
+)
+from lambdagrad.cost import estimate as estimate_cost
+from lambdagrad.local.sam import load_template
+from lambdagrad.pricing import DEFAULT_PRICES
+from lambdagrad.spec import parse_spec
+
+from tests.conftest import EVENTS, ROOT, job_doc
+
+HOUSES = EVENTS / "data" / "houses.csv"
+P = DEFAULT_PRICES
+
+
+def test_structure_counts_by_hand():
+    s = round_structure(10, orchestration="standard")
+    # Map + 10 Worker + Reduce + NextStep; IsContinuation + ContinueAsNew|Finalize; Prepare
+    assert (s.transitions_per_round, s.transitions_per_segment, s.transitions_per_job) == (
+        13,
+        2,
+        1,
+    )
+    assert s.transitions(rounds=100, segments=3) == 1 + 2 * 3 + 13 * 100
+    # GET: 10 params + HEAD metrics + 10 grads + 1 record (finalize); PUT: 10 grads + 3 + status
+    assert (s.s3_get_per_round, s.s3_put_per_round) == (22, 14)
+    inline = round_structure(10, orchestration="standard", inline_gradients=True)
+    assert (inline.s3_get_per_round, inline.s3_put_per_round) == (12, 4)
+    express = round_structure(10, orchestration="express")
+    # RunSegment + SegmentEnded + CountSegment + NextStep per segment;
+    # IsContinuation + Prepare + StartSegments + Finalize per job
+    assert (
+        express.transitions_per_round,
+        express.transitions_per_segment,
+        express.transitions_per_job,
+    ) == (0, 4, 4)
+    assert express.express_requests_per_segment == 1
+    half = round_structure(1, orchestration="standard", status_writes_per_round=0.5)
+    assert (half.s3_put_per_round, half.s3_put_per_segment) == (1 + 3 + 0.5, 0.5)
+    # per job: prepare 3 GET / 8+W PUT; workers 3W GET; reducer 5; finalize 5 GET / 5 PUT
+    one = round_structure(1, orchestration="standard")
+    assert (one.s3_get_per_job, one.s3_put_per_job) == (3 + 3 + 5 + 5, 9 + 5)
+    assert one.s3_requests(rounds=1001, segments=1) == (16 + 4 * 1001, 14 + 2 + 0 + 5 * 1001)
+    with pytest.raises(CostError, match="orchestration"):
+        round_structure(2, orchestration="lambda")  # type: ignore[arg-type]
+
+
+def test_status_interval_matches_the_steps():
+    assert STATUS_INTERVAL_SECONDS == steps.STATUS_INTERVAL_SECONDS
+
+
+FLAT = DurationModel(
+    worker_overhead_s=0.5,
+    worker_per_row_param_s=0.0,
+    reduce_overhead_s=0.25,
+    reduce_per_worker_s=0.0,
+    reduce_per_worker_param_s=0.0,
+    prepare_overhead_s=1.0,
+    prepare_per_row_feature_s=0.0,
+    finalize_overhead_s=2.0,
+    finalize_per_round_s=0.0,
+    s3_request_s=0.0,
+    invoke_s=0.0,
+)
+SHAPE = JobShape(
+    rows=100, features=3, n_params=4, workers=2, rounds=10, segment_rounds=4, batch_rows=20
+)
+
+
+def test_estimate_standard_by_hand():
+    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
+    assert bill.segments == 3
+    gb_s = bill.line("Lambda compute")
+    assert gb_s.per_round == pytest.approx(2 * 0.5 + 0.25)
+    assert gb_s.total == pytest.approx(1.25 * 10 + 1.0 + 2.0)
+    assert bill.line("Lambda requests").total == 3 * 10 + 2
+    assert bill.line("Step Functions Standard").total == 1 + 2 * 3 + 5 * 10
+    # round 0.75 s: status.json in 75 % of rounds and at 25 % of the hand-overs
+    assert bill.line("S3 GET/HEAD").total == pytest.approx(19 + 6 * 10)
+    assert bill.line("S3 PUT/LIST").total == pytest.approx(15 + 1 + 0.25 * 3 + 5.75 * 10)
+    dollars = (
+        15.5 * P.lambda_gb_second
+        + 32 * P.lambda_request
+        + 74.25 * P.s3_put
+        + 79 * P.s3_get
+        + 57 * P.standard_transition
+    )
+    assert bill.dollars == pytest.approx(dollars)
+    assert bill.dollars_per_round == pytest.approx(
+        1.25 * P.lambda_gb_second
+        + 3 * P.lambda_request
+        + 5.75 * P.s3_put
+        + 6 * P.s3_get
+        + 5 * P.standard_transition
+    )
+    doc = bill.to_json()
+    assert doc["dollars"] == pytest.approx(dollars)
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_estimate_express_by_hand():
+    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="express")
+    assert bill.line("Step Functions Standard").total == 4 + 4 * 3
+    lines = [line for line in bill.lines if line.item == "Step Functions Express"]
+    requests, gb_s = (next(x for x in lines if x.unit == u) for u in ("requests", "GB-s"))
+    assert requests.total == 3
+    # 10 rounds of 0.75 s in 3 segments: 2.5 s each, already whole 100 ms; 64 MB
+    assert gb_s.total == pytest.approx(3 * 2.5 * 64 / 1024)
+    standard = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
+    assert standard.line("Lambda compute").total == bill.line("Lambda compute").total
+
+
+def test_rounding_lambda_ms_and_express_100ms():
+    durations = replace(FLAT, worker_overhead_s=0.0101, reduce_overhead_s=0.0)
+    shape = replace(SHAPE, workers=1, rounds=1, segment_rounds=1)
+    bill = estimate_cost(shape, memory_mb=2048, durations=durations, orchestration="express")
+    assert bill.line("Lambda compute").per_round == pytest.approx(0.011 * 2)
+    express = [x for x in bill.lines if x.item == "Step Functions Express" and x.unit == "GB-s"]
+    assert express[0].total == pytest.approx(0.1 * 64 / 1024)
+
+
+def test_express_segment_over_five_minutes_is_flagged():
+    shape = replace(SHAPE, rounds=1000, segment_rounds=1000)
+    bill = estimate_cost(shape, durations=FLAT, orchestration="express")
+    (warning,) = bill.details["warnings"]
+    assert "300 s" in warning and "at most 400 rounds" in warning
+
+
+def test_actual_cost_from_measured_seconds():
+    per_round = handler_seconds([{"seconds": 0.0101}, {"seconds": 0.002}], 0.0005)
+    assert per_round == {
+        "workers": 2,
+        "worker": pytest.approx(0.0121),
+        "worker_billed_ms": 11 + 2,
+        "reduce": 0.0005,
+        "reduce_billed_ms": 1,
+    }
+    bill = actual_cost(
+        workers=2,
+        rounds=4,
+        segments=1,
+        seconds={"prepare": 0.1, "worker": 0.05, "reduce": 0.002, "finalize": 0.01},
+        billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
+        invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
+        memory_mb=1024,
+        orchestration="standard",
+    )
+    assert bill.basis == "measured"
+    assert bill.line("Lambda compute").total == pytest.approx(0.166)
+    assert bill.line("Lambda compute").per_round == pytest.approx(0.056 / 4)
+    assert bill.line("Lambda requests").total == 14
+    assert bill.line("Step Functions Standard").total == 1 + 2 + 5 * 4
+
+
+def test_shape_from_spec_matches_the_split_and_rounds():
+    spec = parse_spec(job_doc("houses-linear.json"))  # 20 epochs, batch 64, validation 0.1
+    shape = JobShape.from_spec(spec, rows=1000, features=5, n_classes=1)
+    assert (shape.rows, shape.n_params, shape.batch_rows) == (900, 6, 64)
+    assert shape.rounds == -(-20 * 900 // 64)
+    with pytest.raises(CostError, match="positive"):
+        JobShape.from_spec(spec, rows=0, features=5, n_classes=1)
+
+
+def test_memory_from_the_template():
+    template = load_template(ROOT / "template.yaml")
+    default = template["Parameters"]["WorkerMemorySize"]["Default"]
+    assert function_memory_mb(template, "WorkerFunction") == default
+    assert function_memory_mb(template, "ReduceFunction") == default
+    assert (
+        function_memory_mb(template, "RecordFailureFunction")
+        == (template["Globals"]["Function"]["MemorySize"])
+    )
+
+
+def test_price_overrides():
+    prices = price_overrides(P, ["lambda_gb_second=0.0000166667", "s3_get=0"])
+    assert (prices.lambda_gb_second, prices.s3_get, prices.as_of) == (0.0000166667, 0.0, P.as_of)
+    for bad, message in [
+        ("lambda=1", "NAME=DOLLARS"),
+        ("s3_get", "NAME=DOLLARS"),
+        ("s3_get=abc", "not a number"),
+        ("s3_get=-1", ">= 0"),
+        ("as_of=1", "NAME=DOLLARS"),
+    ]:
+        with pytest.raises(CostError, match=message):
+            price_overrides(P, [bad])
+
+
+# ---- the command --------------------------------------------------------------------
+def test_estimate_command_prints_the_bill(capsys):
+    rc = main(["estimate", str(HOUSES), "--label", "price", "--workers", "4", "--rounds", "50"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for text in ("Lambda compute", "S3 GET/HEAD", "Step Functions", "total", P.as_of, "--price"):
+        assert text in out, text
+    rc = main(
+        [
+            *("estimate", str(HOUSES), "--label", "price", "--rounds", "50", "--json"),
+            *("--price", "standard_transition=0", "--orchestration", "express"),
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["rounds"] == 50 and doc["orchestration"] == "express"
+    assert doc["prices"]["standard_transition"] == 0
+    assert doc["details"]["memory_mb"] == 1769
+
+
+def test_estimate_for_data_in_s3_takes_its_size(capsys):
+    args = ["estimate", "s3://bucket/big.csv", "--label", "y", "--workers", "100"]
+    assert main(args) == 1
+    assert "--rows N --features D" in capsys.readouterr().err
+    rc = main([*args, "--rows", "1000000", "--features", "50", "--batch-size", "full", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["workers"] == 100 and doc["details"]["n_params"] == 51
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.csv"], "missing.csv: no such file"),
+        ([str(HOUSES), "--label", "nope"], "nope"),
+        ([str(HOUSES), "--label", "price", "--price", "lambda=1"], "NAME=DOLLARS"),
+        ([str(HOUSES), "--label", "price", "--workers", "0"], "training.workers"),
+        (["s3://bucket/k.csv", "--rows", "0", "--features", "3"], "--rows: 0"),
+        ([str(HOUSES), "--label", "price", "--memory", "64"], "--memory: 64 MB"),
+        ([str(HOUSES), "--label", "price", "--s3-latency", "-1"], "--s3-latency"),
+        (["s3://bucket/k.csv", "--rows", "10", "--features", "3", "--workers", "20"], "20 workers"),
+    ],
+)
+def test_estimate_bad_input_is_one_clear_line(argv, message, capsys):
+    assert main(["estimate", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

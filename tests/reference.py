@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from lambdagrad.data import Standardizer, load_dataset, shard_bounds, train_validation_split
+from lambdagrad.models import l1_prox, l2_penalty
 from lambdagrad.spec import JobSpec
 from lambdagrad.training import (
     advance_progress,
@@ -45,6 +46,17 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
     checkpoints, losses = [params], []
     progress = initial_progress(0.0)
     for t in range(total):
+        if spec.training.steps_per_round > 1:
+            params, state, loss = local_sgd_round(
+                spec, model, optimizer, schedule, params, state, shards, t
+            )
+            checkpoints.append(params)
+            losses.append(loss)
+            val_loss = float(model.loss(params, X_val, y_val)) if len(y_val) else None
+            progress, stop = advance_progress(progress, spec, t + 1, loss, val_loss, 0.0)
+            if stop:
+                break
+            continue
         parts = []
         for k, (Xk, yk) in enumerate(shards):
             idx = batch_indices(len(yk), spec.training.batch_size, workers, seed, t, k)
@@ -58,3 +70,40 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
         if stop:
             break
     return checkpoints[final_round(spec, progress, len(losses))], losses
+
+
+def local_sgd_round(spec, model, optimizer, schedule, params, state, shards, t):
+    """One round of local SGD spelled out as model averaging (``steps_per_round`` K > 1).
+
+    Every worker copies the round's parameters and takes K plain SGD steps (data loss +
+    L2, learning rate ``schedule(t)``) on the batches of sub-rounds ``t*K .. t*K+K-1``; the
+    new parameters are the row-weighted average of the workers' copies (plain sgd), or the
+    optimizer's step on the pseudo-gradient ``(params - average) / lr``.
+    """
+    K, tr = spec.training.steps_per_round, spec.training
+    lr = schedule(t)
+    finals, rows, loss_total = [], [], 0.0
+    for k, (Xk, yk) in enumerate(shards):
+        theta, n_k = params.copy(), 0
+        for j in range(K):
+            idx = batch_indices(len(yk), tr.batch_size, tr.workers, tr.seed, t * K + j, k)
+            if len(idx) == 0:
+                continue
+            loss, grad = model.loss_and_grad(theta, Xk[idx], yk[idx])
+            grad = grad + l2_penalty(model, theta, spec.model.l2)[1]
+            theta = theta - lr * grad
+            loss_total += loss * len(idx)
+            n_k += len(idx)
+        finals.append(theta)
+        rows.append(n_k)
+    average = sum(n * theta for n, theta in zip(rows, finals, strict=True)) / sum(rows)
+    if spec.optimizer.name == "sgd" and spec.optimizer.clip_norm is None:
+        _, state = optimizer.update(np.zeros_like(params), state, params)  # count the step
+        new = average
+        if spec.model.l1 > 0:
+            new = l1_prox(model, new, K * lr * spec.model.l1)
+    else:
+        new, state = reduce_round(
+            model, optimizer, params, state, (params - average) / lr, spec, schedule
+        )
+    return new, state, loss_total / sum(rows)

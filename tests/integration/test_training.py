@@ -97,6 +97,20 @@ def test_state_machine_matches_reference_loop(stack, name, data, groups):
     np.testing.assert_allclose(params, expected, rtol=0, atol=1e-10)
 
 
+def test_local_sgd_matches_the_model_averaging_reference(stack):
+    """steps_per_round K=4 through the state machine: workers average, as the reference does."""
+    doc = job_doc(
+        "houses-linear.json",
+        job_id="local-sgd-k4",
+        model={"type": "linear", "l2": 0.01},
+        optimizer={"name": "momentum", "learning_rate": 0.02},
+        training={"rounds": 8, "batch_size": 30, "workers": 3, "steps_per_round": 4},
+    )
+    status, params = run_job(stack, doc, "houses.csv")
+    assert status["state"] == "SUCCEEDED" and status["round"] == 8
+    np.testing.assert_allclose(params, reference_params(doc, "houses.csv"), rtol=1e-9, atol=0)
+
+
 def test_logistic_regression_trains(stack, tmp_path):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(400, 3))

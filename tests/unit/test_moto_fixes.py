@@ -1078,3 +1078,69 @@ def test_mirror_writes_through_and_restores(tmp_path):
         again.close()
     body = s3.get_object(Bucket="mirror-dst", Key="jobs/j/params/1.npy")["Body"].read()
     assert body == b"two"
+
+
+# ----------------------------------------------------------------- InProcessS3Client
+
+
+def test_s3_backend_internals_unchanged():
+    from moto.s3.exceptions import MissingBucket
+    from moto.s3.models import S3Backend
+
+    def params(fn):
+        return list(inspect.signature(fn).parameters)
+
+    assert params(S3Backend.put_object)[:4] == ["self", "bucket_name", "key_name", "value"]
+    assert params(S3Backend.get_object)[:3] == ["self", "bucket_name", "key_name"]
+    assert params(S3Backend.head_object)[:3] == ["self", "bucket_name", "key_name"]
+    assert params(S3Backend.get_bucket) == ["self", "bucket_name"]
+    assert params(S3Backend.list_objects_v2) == [
+        "self",
+        "bucket",
+        "prefix",
+        "delimiter",
+        "continuation_token",
+        "start_after",
+        "max_keys",
+    ]
+    assert MissingBucket.code == "NoSuchBucket"
+    # put_object itself sends the S3 event notifications (EventBridge uploads rely on it)
+    assert "notifications.send_event" in inspect.getsource(S3Backend.put_object)
+
+
+def test_in_process_s3_client_shares_objects_and_errors_with_boto3():
+    from lambdagrad.store import Store, StoreError
+
+    s3 = client("s3")
+    s3.create_bucket(Bucket="in-process-s3")
+    direct = moto_fixes.InProcessS3Client(ACCOUNT)
+    store = Store(direct, "in-process-s3")
+    store.put_json("jobs/a/spec.json", {"x": 1})
+    got = s3.get_object(Bucket="in-process-s3", Key="jobs/a/spec.json")
+    assert json.loads(got["Body"].read()) == {"x": 1}
+    assert got["ContentType"] == "application/json"
+    s3.put_object(Bucket="in-process-s3", Key="jobs/a/b.bin", Body=b"\x00\x01")
+    assert store.get_bytes("jobs/a/b.bin") == b"\x00\x01"
+    assert store.exists("jobs/a/b.bin") and not store.exists("jobs/a/none")
+    with pytest.raises(StoreError, match="does not exist"):
+        store.get_bytes("jobs/a/none")
+    assert store.put_json_if_absent("jobs/a/claim.json", {"by": 1})
+    assert not store.put_json_if_absent("jobs/a/claim.json", {"by": 2})
+    assert store.get_json("jobs/a/claim.json") == {"by": 1}
+    with pytest.raises(ClientError) as err:
+        direct.get_object(Bucket="no-such-bucket-here", Key="k")
+    assert err.value.response["Error"]["Code"] == "NoSuchBucket"
+    for k in range(5):
+        s3.put_object(Bucket="in-process-s3", Key=f"jobs/p/{k}", Body=b"")
+    page = direct.list_objects_v2(Bucket="in-process-s3", Prefix="jobs/p/", MaxKeys=2)
+    keys = [o["Key"] for o in page["Contents"]]
+    while page["IsTruncated"]:
+        page = direct.list_objects_v2(
+            Bucket="in-process-s3",
+            Prefix="jobs/p/",
+            MaxKeys=2,
+            ContinuationToken=page["NextContinuationToken"],
+        )
+        keys += [o["Key"] for o in page["Contents"]]
+    assert keys == [f"jobs/p/{k}" for k in range(5)] == store.list_keys("jobs/p/")
+    assert direct.requests["PutObject"] == 3 and direct.requests["ListObjectsV2"] >= 3

@@ -14,7 +14,7 @@ from lambdagrad import steps
 from lambdagrad.artifact import TrainedModel
 from lambdagrad.data import DataError
 from lambdagrad.spec import SpecError, parse_spec
-from lambdagrad.store import JobKeys, MemoryS3, Store
+from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError
 
 from tests.reference import reference_train
 
@@ -244,3 +244,54 @@ def test_deep_models_and_optimizers_match_reference(data_file, groups):
         )
     else:
         assert model_json["model_round"] == result["rounds"] == len(losses)
+
+
+def test_gradients_over_the_inline_budget_travel_through_s3():
+    """A model too large to inline: every worker writes grads/<round>/<k>.npy, same result."""
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["model"] = {"type": "mlp", "hidden": [600], "task": "regression"}
+    doc["training"] = {**doc["training"], "rounds": 3, "workers": 2}
+    doc["training"].pop("epochs")
+    doc["optimizer"] = {"name": "sgd", "learning_rate": 1e-3}
+    store, data = store_with("houses.csv")
+    state = steps.prepare(store, {"input": {"job_id": "big", "spec": doc}, "execution": "e"})
+    results = [steps.worker(store, {"job_id": "big", "round": 0, "shard": k}) for k in (0, 1)]
+    assert all("grad" not in r for r in results)
+    assert store.exists(JobKeys("big").grad(0, 1))
+    steps.reduce(store, {**state, "results": results})
+    result = drive(store, doc, job_id="big2")
+    expected, _ = reference_train(parse_spec(doc), data, "houses.csv")
+    np.testing.assert_array_equal(
+        store.get_array(JobKeys("big2").params(result["rounds"])), expected
+    )
+
+
+def test_small_gradients_travel_inline_and_skip_s3():
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    store, _ = store_with("houses.csv")
+    state = steps.prepare(store, {"input": {"job_id": "small", "spec": doc}, "execution": "e"})
+    results = [steps.worker(store, {"job_id": "small", "round": 0, "shard": k}) for k in range(4)]
+    assert all(r["grad"].startswith("<f8:") for r in results)
+    assert store.list_keys(JobKeys("small").prefix + "grads/") == []
+    bad = [{**results[0], "grad": "<f8:AAAA"}, *results[1:]]
+    with pytest.raises(StoreError, match="round 0, shard 0: gradient has 3 bytes"):
+        steps.reduce(store, {**state, "results": bad})
+    assert steps.reduce(store, {**state, "results": results})["round"] == 1
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [{"name": "sgd", "learning_rate": 0.05}, {"name": "momentum", "learning_rate": 0.02}],
+)
+def test_local_sgd_is_model_averaging(optimizer):
+    """K=4 local steps: the steps match the reference's explicit parameter averaging."""
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["model"] = {"type": "linear", "l2": 0.01}
+    doc["optimizer"] = optimizer
+    doc["training"] = {"batch_size": 30, "workers": 3, "rounds": 12, "steps_per_round": 4}
+    store, data = store_with("houses.csv")
+    result = drive(store, doc)
+    params = store.get_array(JobKeys("job-1").params(result["rounds"]))
+    expected, losses = reference_train(parse_spec(doc), data, "houses.csv")
+    assert len(losses) == result["rounds"] == 12
+    np.testing.assert_allclose(params, expected, rtol=1e-9, atol=0)

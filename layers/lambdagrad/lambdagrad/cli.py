@@ -91,6 +91,7 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "segment_rounds": ("training", "segment_rounds"),
     "patience": ("training", "patience"),
     "min_delta": ("training", "min_delta"),
+    "steps_per_round": ("training", "steps_per_round"),
     "model_name": ("output", "model_name"),
 }
 
@@ -876,6 +877,11 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
         "--segment-rounds",
         type=int,
         help="most rounds per Express segment (also cut by time); default from --workers",
+    )
+    t.add_argument(
+        "--steps-per-round",
+        type=int,
+        help="local SGD: K local steps per worker per round, then the reducer averages",
     )
     return t
 

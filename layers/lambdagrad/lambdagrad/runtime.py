@@ -22,6 +22,10 @@ __all__ = ["powertools_handler", "store_from_env"]
 
 Step = Callable[..., dict[str, Any]]
 
+#: Set to ``in-process`` by the embedded engine (never in Lambda): handlers then reach moto's
+#: S3 backend directly instead of through boto3 (lambdagrad.local.moto_fixes.InProcessS3Client).
+LOCAL_S3_VARIABLE = "LAMBDAGRAD_LOCAL_S3"
+
 # Steps that report no number (finalize, record_failure) are normal, not a mistake.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
@@ -41,9 +45,13 @@ def store_from_env() -> Store:
     bucket = os.environ.get("BUCKET")
     if not bucket:
         raise RuntimeError("environment variable BUCKET is not set (the template sets it)")
-    return Store(
-        _s3_client(os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")), bucket
-    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if os.environ.get(LOCAL_S3_VARIABLE) == "in-process":
+        # the embedded engine: moto's S3 without the HTTP round trip (same objects)
+        from lambdagrad.local.moto_fixes import in_process_s3_client
+
+        return Store(in_process_s3_client(region), bucket)
+    return Store(_s3_client(region), bucket)
 
 
 def powertools_handler(service: str, step: Step, correlation_id_path: str = "job_id") -> Callable:
@@ -55,17 +63,29 @@ def powertools_handler(service: str, step: Step, correlation_id_path: str = "job
     def emit(name: str, value: float, unit: str) -> None:
         # Powertools prints a full metric set even when disabled; the embedded engine
         # disables metrics, so do not collect them at all there.
-        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
+        if _disabled("POWERTOOLS_METRICS_DISABLED"):
             return
         unit_ = getattr(MetricUnit, unit, MetricUnit.NoUnit)
         metrics.add_metric(name=name, unit=unit_, value=value)
 
-    @logger.inject_lambda_context(correlation_id_path=correlation_id_path, log_event=False)
-    @tracer.capture_lambda_handler(capture_response=False)
-    @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result = step(store_from_env(), event, emit)
         logger.info("step finished", extra={"result": result})
         return result
 
-    return lambda_handler
+    # Disabled tracing and metrics are still a cost per call when decorated (the X-Ray SDK
+    # builds dummy segments, Metrics validates and prints an empty set): about half a
+    # millisecond, as much as a small worker's step. Decide once, when the handler is built
+    # (Lambda fixes a function's environment at deploy time; the embedded engine sets it
+    # before importing the handler).
+    if not _disabled("POWERTOOLS_METRICS_DISABLED"):
+        lambda_handler = metrics.log_metrics(lambda_handler)
+    if not _disabled("POWERTOOLS_TRACE_DISABLED"):
+        lambda_handler = tracer.capture_lambda_handler(capture_response=False)(lambda_handler)
+    return logger.inject_lambda_context(correlation_id_path=correlation_id_path, log_event=False)(
+        lambda_handler
+    )
+
+
+def _disabled(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("1", "true")

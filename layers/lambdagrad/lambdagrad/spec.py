@@ -177,6 +177,20 @@ class TrainingSpec(_Strict):
         None, ge=1, le=1_000_000, description="early stopping: rounds without improvement"
     )
     min_delta: float = Field(0.0, ge=0.0, le=1e12, description="early stopping: least gain")
+    steps_per_round: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description=(
+            "local SGD: each worker takes K plain SGD steps (data loss + L2, the round's "
+            "learning rate) from the round's parameters on K successive local batches; the "
+            "reducer averages the workers' displacements weighted by rows and applies the "
+            "optimizer to it as a pseudo-gradient (sgd: the new parameters are the weighted "
+            "model average; momentum/adam/...: server momentum/adaptivity over rounds; "
+            "l1 is one proximal step of K * lr * l1 per round). epochs count K batches per "
+            "round. 1 = plain synchronous mini-batch training"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:

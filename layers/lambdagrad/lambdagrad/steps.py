@@ -41,7 +41,6 @@ from lambdagrad.spec import MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
     advance_progress,
-    batch_indices,
     combine_gradients,
     final_round,
     global_batch,
@@ -55,8 +54,9 @@ from lambdagrad.training import (
     segment_rounds_for,
     segment_time_up,
     total_rounds,
-    worker_gradient,
+    worker_update,
 )
+from lambdagrad.transfer import receive_gradients, send_gradient
 from lambdagrad.uploads import unsafe_upload_key, upload_from_event
 
 __all__ = [
@@ -315,26 +315,25 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
 
 # ---- worker -------------------------------------------------------------------------
 def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
-    """One shard's gradient sum for one round, written to S3; loss sum and count returned."""
+    """One shard's gradient sum for one round (inline or in S3), loss sum and row count."""
     started = time.perf_counter()
     job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
     keys, spec, meta = _job(store, job_id)
     data = _cached(store, keys.shard(shard), "get_arrays")
     X, y = data["X"], data["y"]
-    params = store.get_array(keys.params(round_))
-    idx = batch_indices(
-        len(y), spec.training.batch_size, spec.training.workers, spec.training.seed, round_, shard
+    params = _cached(store, keys.params(round_), "get_array")  # immutable once written
+    grad_sum, loss_sum, count = worker_update(
+        _model(meta, spec), spec, params, X, y, round_, shard, int(meta["rounds"])
     )
-    grad_sum, loss_sum, count = worker_gradient(_model(meta, spec), params, X[idx], y[idx])
     if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad_sum))):
         raise ModelDiverged(
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
             f"finite parameters are round {round_}. {_advice(spec)}"
         )
-    store.put_array(keys.grad(round_, shard), grad_sum, tagging=Store.SCRATCH_TAGGING)
+    sent = send_gradient(store, keys, round_, shard, grad_sum, spec.training.workers)
     emit("WorkerRows", count, "Count")
     seconds = time.perf_counter() - started  # the handler's share of the bill (cost.json)
-    return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds}
+    return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds, **sent}
 
 
 # ---- reduce -------------------------------------------------------------------------
@@ -427,7 +426,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         # the checkpoint this process wrote last round, if it was this process
         params = _cached(store, keys.params(round_), "get_array")
         state = _cached(store, keys.optimizer(round_), "get_arrays")
-        grads = [store.get_array(keys.grad(round_, k)) for k in shards]
+        grads = receive_gradients(store, keys, round_, results, model.n_params)
         mean_grad, train_loss, _ = combine_gradients(
             grads, [float(r["loss_sum"]) for r in results], [int(r["count"]) for r in results]
         )

@@ -10,6 +10,13 @@ to shards chosen round-robin by round number. A worker walks its shard in a fres
 permutation each local epoch (sampling without replacement), drawn from
 ``SeedSequence([seed, shard, epoch])``, so any round can be recomputed from scratch.
 ``batch_size="full"`` uses every row of every shard each round (batch gradient descent).
+
+Local SGD (``training.steps_per_round`` K > 1): local step ``j`` of round ``t`` uses the
+batch of *sub-round* ``t * K + j`` -- exactly the batch that round ``t * K + j`` of a K=1
+job would use -- so a round consumes K global batches and the data order is the same as
+K=1's. A worker returns the row-weighted sum of its K local gradients; divided by all
+workers' rows that is ``(theta_t - theta_avg) / lr_t``, the pseudo-gradient the reducer's
+optimizer steps with (:func:`local_sgd`, :func:`reduce_round`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ __all__ = [
     "initial_params",
     "initial_progress",
     "local_batch_sizes",
+    "local_sgd",
     "model_for",
     "optimizer_for",
     "reduce_round",
@@ -55,6 +63,7 @@ __all__ = [
     "segment_time_up",
     "total_rounds",
     "worker_gradient",
+    "worker_update",
 ]
 
 # Step Functions history events, measured on the embedded engine
@@ -78,11 +87,12 @@ def global_batch(spec: JobSpec, n_train: int) -> int:
 
 
 def total_rounds(spec: JobSpec, n_train: int) -> int:
-    """Rounds to run: ``training.rounds``, else epochs × rows / global batch (rounded up)."""
+    """Rounds to run: ``training.rounds``, else epochs × rows / (global batch × K), rounded up."""
     if spec.training.rounds is not None:
         return spec.training.rounds
     epochs = spec.training.epochs if spec.training.epochs is not None else spec.default_epochs
-    return max(1, math.ceil(epochs * n_train / global_batch(spec, n_train)))
+    per_round = global_batch(spec, n_train) * spec.training.steps_per_round
+    return max(1, math.ceil(epochs * n_train / per_round))
 
 
 def segment_rounds_for(spec: JobSpec) -> int:
@@ -206,6 +216,65 @@ def worker_gradient(
     return grad * count, float(loss) * count, count
 
 
+def local_sgd(
+    model: Model,
+    params: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    batches: list[np.ndarray],
+    lr: float,
+    l2: float,
+) -> tuple[np.ndarray, float, int]:
+    """K plain SGD steps from ``params``, one per batch; the row-weighted gradient sum.
+
+    Each step moves by ``lr`` times the mean gradient of data loss + L2 over its batch (an
+    empty batch moves nothing). Returns ``(count * sum_j g_j, sum_j loss_j * n_j, count)``,
+    ``count`` the rows of all K batches and ``loss_j`` each batch's loss *before* its step:
+    the same triple as :func:`worker_gradient`, so :func:`combine_gradients` gives the
+    pseudo-gradient ``sum_k count_k * sum_j g_kj / sum_k count_k``, and
+    ``theta_t - lr * pseudo`` is the row-weighted average of the workers' final parameters.
+    """
+    theta = params
+    moved = np.zeros_like(params)
+    loss_sum, count = 0.0, 0
+    for idx in batches:
+        n = len(idx)
+        if n == 0:
+            continue
+        loss, grad = model.loss_and_grad(theta, X[idx], y[idx])
+        if l2 > 0.0:
+            grad = grad + l2_penalty(model, theta, l2)[1]
+        theta = theta - lr * grad
+        moved += grad
+        loss_sum += float(loss) * n
+        count += n
+    return moved * count, loss_sum, count
+
+
+def worker_update(
+    model: Model,
+    spec: JobSpec,
+    params: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    round_: int,
+    shard: int,
+    total: int,
+) -> tuple[np.ndarray, float, int]:
+    """What one worker sends for one round: its batch's gradient sum (K=1) or :func:`local_sgd`."""
+    t = spec.training
+    if t.steps_per_round == 1:
+        idx = batch_indices(len(y), t.batch_size, t.workers, t.seed, round_, shard)
+        return worker_gradient(model, params, X[idx], y[idx])
+    k = t.steps_per_round
+    batches = [
+        batch_indices(len(y), t.batch_size, t.workers, t.seed, round_ * k + j, shard)
+        for j in range(k)
+    ]
+    lr = schedule_for(spec, total)(round_)
+    return local_sgd(model, params, X, y, batches, lr, spec.model.l2)
+
+
 def combine_gradients(
     grad_sums: list[np.ndarray], loss_sums: list[float], counts: list[int]
 ) -> tuple[np.ndarray, float, int]:
@@ -265,16 +334,20 @@ def reduce_round(
 
     The proximal step soft-thresholds the weights by ``lr_t * l1`` (ISTA), ``lr_t`` being
     the learning rate of this step; it gives exact zeros where plain subgradients would
-    oscillate around them.
+    oscillate around them. Under local SGD (K > 1) ``mean_grad`` is the pseudo-gradient of
+    :func:`local_sgd`, which already holds L2, and the threshold is ``K * lr_t * l1``, one
+    for each local step.
     """
-    if spec.model.l2 > 0.0:
+    local_steps = spec.training.steps_per_round
+    if spec.model.l2 > 0.0 and local_steps == 1:
         _, reg_grad = l2_penalty(model, params, spec.model.l2)
         mean_grad = mean_grad + reg_grad
     lr = schedule(int(opt_state["step"]))
     updates, new_state = optimizer.update(mean_grad, opt_state, params)
     new_params = apply_updates(params, updates)
     if spec.model.l1 > 0.0:
-        new_params = l1_prox(model, new_params, lr * spec.model.l1)
+        threshold = lr * spec.model.l1 if local_steps == 1 else local_steps * lr * spec.model.l1
+        new_params = l1_prox(model, new_params, threshold)
     return new_params, new_state
 
 

@@ -72,6 +72,8 @@ _HIDDEN_ENV_PREFIXES = (
 LOCAL_FUNCTION_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",
+    # handlers reach moto's S3 directly (lambdagrad.local.moto_fixes.InProcessS3Client)
+    "LAMBDAGRAD_LOCAL_S3": "in-process",
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lambdagrad import steps, sweep
+from lambdagrad import steps, sweep, transfer
 from lambdagrad.local.sam import load_template
 from lambdagrad.serving import ModelCache, PredictError, predict
 from lambdagrad.spec import SpecError
@@ -164,6 +164,9 @@ def recorded() -> RecordingS3:
     store.put_bytes("datasets/houses.csv", (EVENTS / "data" / "houses.csv").read_bytes())
 
     state = _train(s3, store, "good-job", rounds=3)
+    with pytest.MonkeyPatch.context() as mp:  # gradients too big to travel inline: via S3
+        mp.setattr(transfer, "INLINE_BUDGET_BYTES", 0)
+        _train(s3, store, "wide-job", rounds=2)
     with s3.acting_as("finalize"):
         steps.finalize(store, {"job_id": "good-job", "round": 3, "progress": state["progress"]})
 

@@ -171,6 +171,11 @@ class TrainingSpec(_Strict):
         None, ge=1, le=1_000_000, description="early stopping: rounds without improvement"
     )
     min_delta: float = Field(0.0, ge=0.0, le=1e12, description="early stopping: least gain")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64",
+        description="float32: shards stored and gradients computed and sent in float32 "
+        "(half the bytes); parameters and optimizer state stay float64",
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:

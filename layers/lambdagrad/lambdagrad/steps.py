@@ -51,7 +51,9 @@ from lambdagrad.training import (
     reduce_round,
     schedule_for,
     segment_rounds_for,
+    shard_arrays,
     total_rounds,
+    transfer_gradient,
     worker_gradient,
 )
 from lambdagrad.uploads import upload_from_event
@@ -252,7 +254,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     workers = spec.training.workers
     bounds = shard_bounds(len(y_train), workers)
     for k, (lo, hi) in enumerate(bounds):
-        store.put_arrays(keys.shard(k), {"X": X_train[lo:hi], "y": y_train[lo:hi]})
+        store.put_arrays(keys.shard(k), shard_arrays(spec, X_train[lo:hi], y_train[lo:hi]))
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
 
     n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
@@ -309,7 +311,7 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
             f"finite parameters are round {round_}. {_advice(spec)}"
         )
-    store.put_array(keys.grad(round_, shard), grad_sum)
+    store.put_array(keys.grad(round_, shard), transfer_gradient(spec, grad_sum))
     emit("WorkerRows", count, "Count")
     return {"shard": shard, "loss_sum": loss_sum, "count": count}
 

@@ -35,6 +35,7 @@ from lambdagrad.data import (
 from lambdagrad.evaluation import classification_metrics, regression_metrics
 from lambdagrad.models import Model
 from lambdagrad.registry import promote
+from lambdagrad.shard_cache import cached_shard, default_cache
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
@@ -102,6 +103,7 @@ def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
         _STATUS_WRITTEN.clear()
+    default_cache().clear()
 
 
 def _remember(store: Store, key: str, loader: str, value: Any) -> None:
@@ -299,7 +301,7 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     """One shard's gradient sum for one round, written to S3; loss sum and count returned."""
     job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
     keys, spec, meta = _job(store, job_id)
-    data = _cached(store, keys.shard(shard), "get_arrays")
+    data = cached_shard(store, keys.shard(shard))  # memory, then /tmp, then S3
     X, y = data["X"], data["y"]
     params = store.get_array(keys.params(round_))
     idx = batch_indices(

@@ -35,7 +35,11 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
     seed, workers = spec.training.seed, spec.training.workers
     train_idx, val_idx = train_validation_split(len(ds.y), spec.dataset.validation, seed)
     X, y = ds.X[train_idx], ds.y[train_idx]
-    scaler = Standardizer.fit(X) if spec.dataset.standardize else Standardizer.identity(X.shape[1])
+    scaler = (
+        Standardizer.fit_rows(ds.X, train_idx)
+        if spec.dataset.standardize
+        else Standardizer.identity(X.shape[1])
+    )
     X, X_val, y_val = scaler.transform(X), scaler.transform(ds.X[val_idx]), ds.y[val_idx]
     shards = [
         tuple(shard_arrays(spec, X[lo:hi], y[lo:hi]).values())

@@ -244,19 +244,21 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         len(data.y), spec.dataset.validation, spec.training.seed
     )
     _check_sizes(spec, len(train_idx))
-    X_train, y_train = data.X[train_idx], data.y[train_idx]
+    # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
+    y_train = data.y[train_idx]
     scaler = (
-        Standardizer.fit(X_train)
+        Standardizer.fit_rows(data.X, train_idx)
         if spec.dataset.standardize
         else Standardizer.identity(data.X.shape[1])
     )
-    X_train = scaler.transform(X_train)
     X_val, y_val = scaler.transform(data.X[val_idx]), data.y[val_idx]
 
     workers = spec.training.workers
     bounds = shard_bounds(len(y_train), workers)
     for k, (lo, hi) in enumerate(bounds):
-        store.put_arrays(keys.shard(k), shard_arrays(spec, X_train[lo:hi], y_train[lo:hi]))
+        X_shard = scaler.transform(data.X[train_idx[lo:hi]])
+        store.put_arrays(keys.shard(k), shard_arrays(spec, X_shard, y_train[lo:hi]))
+        del X_shard
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
 
     n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])

@@ -338,10 +338,11 @@ class SoftmaxRegression(Model):
 
 
 _COMPUTE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
-# Rows per block: a block of X (rows x features) should stay in the per-core L2 cache
-# while it is read the second time (measured best at ~256 KiB on a 512 KiB-L2 core);
-# at least 64 rows so the Python loop stays cheap for narrow data.
-BLOCK_BYTES = 256 * 1024
+# Rows per block: a block of X (rows x features) is read a second time while it is still
+# in cache, and each block costs a dozen numpy calls; 1 MiB (L2-to-L3 sized) measured best
+# against 256 KiB to 2 MiB on 1e6 x 100 (benchmarks/kernel.py). At least 64 rows, so the
+# Python loop stays cheap for narrow data.
+BLOCK_BYTES = 1024 * 1024
 
 
 def _row_blocks(X: np.ndarray) -> int:

@@ -50,6 +50,7 @@ from lambdagrad.training import (
     model_for,
     optimizer_for,
     reduce_round,
+    scaled_rows,
     schedule_for,
     segment_rounds_for,
     shard_arrays,
@@ -256,7 +257,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     workers = spec.training.workers
     bounds = shard_bounds(len(y_train), workers)
     for k, (lo, hi) in enumerate(bounds):
-        X_shard = scaler.transform(data.X[train_idx[lo:hi]])
+        X_shard = scaled_rows(spec, scaler, data.X, train_idx[lo:hi])
         store.put_arrays(keys.shard(k), shard_arrays(spec, X_shard, y_train[lo:hi]))
         del X_shard
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})

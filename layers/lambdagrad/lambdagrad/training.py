@@ -47,6 +47,7 @@ __all__ = [
     "model_for",
     "optimizer_for",
     "reduce_round",
+    "scaled_rows",
     "schedule_for",
     "segment_rounds_for",
     "shard_arrays",
@@ -187,6 +188,17 @@ def shard_arrays(spec: JobSpec, X: np.ndarray, y: np.ndarray) -> dict[str, np.nd
     if y.dtype.kind == "f":
         y = y.astype(dtype, copy=False)
     return {"X": X.astype(dtype, copy=False), "y": y}
+
+
+def scaled_rows(
+    spec: JobSpec, scaler: Any, X: np.ndarray, rows: np.ndarray, chunk: int = 16_384
+) -> np.ndarray:
+    """``scaler.transform(X[rows])`` in ``training.dtype``, built chunk by chunk: the same
+    bits as transforming in float64 and casting, without float64 copies of a whole shard."""
+    out = np.empty((len(rows), X.shape[1]), dtype=spec.training.dtype)
+    for lo in range(0, len(rows), chunk):
+        out[lo : lo + chunk] = scaler.transform(X[rows[lo : lo + chunk]])
+    return out
 
 
 def transfer_gradient(spec: JobSpec, grad_sum: np.ndarray) -> np.ndarray:

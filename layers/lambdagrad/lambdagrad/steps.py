@@ -203,7 +203,7 @@ def _claim(store: Store, keys: JobKeys, execution: str | None) -> None:
 def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
     bucket, key = parse_s3_uri(spec.dataset.uri)
-    data = store.get_large(key, bucket=bucket)  # one copy of a dataset, read in chunks
+    data = store.get_bytes(key, bucket=bucket)
     source = key.rsplit("/", 1)[-1]
     task = spec.model.task
     if task == "auto":

@@ -146,47 +146,19 @@ class Store:
                 raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
             raise
 
-    def download(
-        self, key: str, out: BinaryIO, chunk: int = 1 << 20, bucket: str | None = None
-    ) -> int:
+    def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
         """Stream an object into a binary file in chunks (never whole in memory); bytes."""
         try:
-            body = self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except Exception as exc:
             if _is_missing(exc):
-                raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
+                raise StoreError(f"s3://{self.bucket}/{key} does not exist") from None
             raise
         total = 0
         while block := body.read(chunk):
             out.write(block)
             total += len(block)
         return total
-
-    def get_large(self, key: str, bucket: str | None = None) -> bytearray:
-        """A large object read in chunks into one buffer of its size: the only copy held
-        here (``get_bytes`` may briefly hold two while the client assembles the body)."""
-        try:
-            size = int(
-                self.client.head_object(Bucket=bucket or self.bucket, Key=key)["ContentLength"]
-            )
-        except Exception as exc:
-            if _is_missing(exc):
-                raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
-            raise
-        buf = bytearray(size)
-        view = memoryview(buf)
-
-        class _Into:
-            pos = 0
-
-            def write(self, block: bytes) -> None:
-                view[self.pos : self.pos + len(block)] = block
-                self.pos += len(block)
-
-        sink = _Into()
-        if self.download(key, sink, bucket=bucket) != size:  # type: ignore[arg-type]
-            raise StoreError(f"s3://{bucket or self.bucket}/{key} changed while being read")
-        return buf
 
     def exists(self, key: str) -> bool:
         try:

@@ -19,7 +19,9 @@ from lambdagrad.training import (
     optimizer_for,
     reduce_round,
     schedule_for,
+    shard_arrays,
     total_rounds,
+    transfer_gradient,
     worker_gradient,
 )
 
@@ -34,9 +36,16 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
     seed, workers = spec.training.seed, spec.training.workers
     train_idx, val_idx = train_validation_split(len(ds.y), spec.dataset.validation, seed)
     X, y = ds.X[train_idx], ds.y[train_idx]
-    scaler = Standardizer.fit(X) if spec.dataset.standardize else Standardizer.identity(X.shape[1])
+    scaler = (
+        Standardizer.fit_rows(ds.X, train_idx)
+        if spec.dataset.standardize
+        else Standardizer.identity(X.shape[1])
+    )
     X, X_val, y_val = scaler.transform(X), scaler.transform(ds.X[val_idx]), ds.y[val_idx]
-    shards = [(X[lo:hi], y[lo:hi]) for lo, hi in shard_bounds(len(y), workers)]
+    shards = [
+        tuple(shard_arrays(spec, X[lo:hi], y[lo:hi]).values())
+        for lo, hi in shard_bounds(len(y), workers)
+    ]
     n_classes = 1 if task == "regression" else len(ds.classes)
     model = model_for(spec, X.shape[1], n_classes)
     total = total_rounds(spec, len(y))
@@ -60,7 +69,8 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
         parts = []
         for k, (Xk, yk) in enumerate(shards):
             idx = batch_indices(len(yk), spec.training.batch_size, workers, seed, t, k)
-            parts.append(worker_gradient(model, params, Xk[idx], yk[idx]))
+            grad_sum, loss_sum, count = worker_gradient(model, params, Xk[idx], yk[idx])
+            parts.append((transfer_gradient(spec, grad_sum), loss_sum, count))
         grad, loss, _ = combine_gradients(*map(list, zip(*parts, strict=True)))
         params, state = reduce_round(model, optimizer, params, state, grad, spec, schedule)
         checkpoints.append(params)

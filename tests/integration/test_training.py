@@ -351,3 +351,66 @@ def test_execution_failing_before_any_status_still_ends_follow(stack):
     assert err.value.error == "SpecError"
     assert "job_id: missing" in err.value.message
     assert not stack.store.exists(JobKeys("orphan").status)
+
+
+def test_float32_matches_reference_and_keeps_accuracy(stack):
+    """float32 shards and gradients: the state machine still matches the reference loop
+    bit for bit, and the model lands within 1e-5 of the float64 run and of least squares."""
+    groups = {
+        "optimizer": {"name": "sgd", "learning_rate": 0.5},
+        "training": {"batch_size": "full", "workers": 2, "rounds": 250, "dtype": "float32"},
+    }
+    doc = job_doc("houses-linear.json", job_id="closed-form-f32", **groups)
+    status, params = run_job(stack, doc, "houses.csv")
+    np.testing.assert_allclose(params, reference_params(doc, "houses.csv"), rtol=0, atol=1e-10)
+    doc64 = job_doc("houses-linear.json", job_id="closed-form-f64", **groups)
+    doc64["training"] = {**doc64["training"], "dtype": "float64"}
+    status64, params64 = run_job(stack, doc64, "houses.csv")
+    ds = load_dataset(
+        (EVENTS / "data" / "houses.csv").read_bytes(),
+        source="houses.csv",
+        fmt=None,
+        label="price",
+        task="regression",
+    )
+    train_idx, _ = train_validation_split(len(ds.y), 0.1, 0)
+    X = Standardizer.fit(ds.X[train_idx]).transform(ds.X[train_idx])
+    exact, *_ = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), ds.y[train_idx], rcond=None)
+    print(
+        "relative distance to least squares: float32",
+        np.linalg.norm(params - exact) / np.linalg.norm(exact),
+        "float64",
+        np.linalg.norm(params64 - exact) / np.linalg.norm(exact),
+    )
+    assert np.linalg.norm(params - exact) / np.linalg.norm(exact) <= 1e-5
+    assert np.linalg.norm(params - params64) / np.linalg.norm(params64) <= 1e-5
+    rmse, rmse64 = (s["metrics"]["validation"]["rmse"] for s in (status, status64))
+    assert rmse == pytest.approx(rmse64, rel=1e-5)
+
+
+def test_float32_logistic_keeps_accuracy(stack, tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 3))
+    y = np.where(X @ np.array([2.0, -1.0, 0.5]) + 0.3 > 0, "yes", "no")
+    csv = "a,b,c,buy\n" + "\n".join(f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y, strict=True))
+    path = tmp_path / "buy.csv"
+    path.write_text(csv)
+    results = {}
+    for dtype in ("float64", "float32"):
+        doc = {
+            "job_id": f"logistic-{dtype}",
+            "dataset": {
+                "uri": "s3://placeholder-bucket/buy.csv",
+                "label": "buy",
+                "validation": 0.25,
+            },
+            "model": {"type": "logistic"},
+            "training": {"batch_size": 40, "workers": 2, "epochs": 5, "dtype": dtype},
+        }
+        status, params = run_job(stack, doc, path)
+        np.testing.assert_allclose(params, reference_params(doc, path), rtol=0, atol=1e-10)
+        results[dtype] = (status["metrics"]["validation"], params)
+    (m64, p64), (m32, p32) = results["float64"], results["float32"]
+    assert m32["accuracy"] == pytest.approx(m64["accuracy"], abs=0.01)
+    assert m32["log_loss"] == pytest.approx(m64["log_loss"], rel=1e-4)
+    assert np.linalg.norm(p32 - p64) / np.linalg.norm(p64) <= 1e-4

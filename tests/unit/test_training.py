@@ -18,7 +18,9 @@ from lambdagrad.training import (
     local_batch_sizes,
     segment_rounds_for,
     segment_time_up,
+    shard_arrays,
     total_rounds,
+    transfer_gradient,
 )
 
 URI = "s3://bucket-name/d.csv"
@@ -149,3 +151,16 @@ def test_tolerance_stops_on_small_relative_change():
 def test_patience_needs_a_validation_split():
     with pytest.raises(Exception, match=r"training\.patience needs a validation split"):
         parse_spec({"dataset": {"uri": URI, "validation": 0}, "training": {"patience": 3}})
+
+
+def test_float32_shards_and_gradients_combine_in_float64():
+    doc = {"dataset": {"uri": URI, "label": "y"}, "training": {"dtype": "float32"}}
+    spec = parse_spec(doc)
+    shard = shard_arrays(spec, np.ones((3, 2)), np.arange(3))
+    assert shard["X"].dtype == np.float32 and shard["y"].dtype == np.int64  # class indices
+    assert shard_arrays(spec, np.ones((3, 2)), np.ones(3))["y"].dtype == np.float32
+    sent = transfer_gradient(spec, np.array([1.0 + 1e-12, 3.0]))
+    assert sent.dtype == np.float32 and sent.nbytes == 8
+    grad, _, _ = combine_gradients([sent, sent.copy()], [1.0, 1.0], [1, 1])
+    assert grad.dtype == np.float64
+    assert parse_spec({**doc, "training": {}}).training.dtype == "float64"

@@ -92,6 +92,7 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "patience": ("training", "patience"),
     "min_delta": ("training", "min_delta"),
     "steps_per_round": ("training", "steps_per_round"),
+    "dtype": ("training", "dtype"),
     "model_name": ("output", "model_name"),
 }
 
@@ -873,6 +874,11 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     )
     t.add_argument("--min-delta", type=float, help="early stopping: the least gain that counts")
     t.add_argument("--seed", type=int, help="seed for split, initialisation and sampling")
+    t.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        help="float32: shards and gradients in float32 (half the bytes); default float64",
+    )
     t.add_argument(
         "--segment-rounds",
         type=int,

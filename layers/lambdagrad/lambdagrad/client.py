@@ -111,11 +111,17 @@ class StackClient:
     # ---- starting -------------------------------------------------------------------
     def upload_dataset(self, path: Path) -> str:
         """Upload a local dataset under a content-addressed key; return its s3:// URI."""
-        body = Path(path).read_bytes()
-        digest = hashlib.sha256(body).hexdigest()[:16]
+        # Streamed from disk (hash, then boto3's multipart upload in 8 MB parts, one at a
+        # time): the dataset is never whole in this process's memory on the client side.
+        from boto3.s3.transfer import TransferConfig
+
+        with Path(path).open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
         key = f"datasets/{digest}/{Path(path).name}"
         if not self.store.exists(key):
-            self.store.put_bytes(key, body)
+            self.store.client.upload_file(
+                str(path), self.bucket, key, Config=TransferConfig(use_threads=False)
+            )
         return f"s3://{self.bucket}/{key}"
 
     def start(self, spec: JobSpec) -> str:

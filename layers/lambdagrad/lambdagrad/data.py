@@ -321,11 +321,29 @@ def _np_load(data: bytes, source: str, fmt: str):
     if not data.startswith(magic):
         raise DataError(f"{source} is not a .{fmt} file (bad magic bytes)")
     try:
+        if fmt == "npy":
+            return _npy_view(data)
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
         raise _pickle_or_corrupt(exc, source, fmt) from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{source} is not a valid .{fmt} file: {exc}") from None
+
+
+def _npy_view(data: bytes) -> np.ndarray:
+    """The array of an ``.npy`` file as a read-only view of its bytes: no copy of a
+    dataset that may be most of the machine's memory (``np.load`` would copy it)."""
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    count = math.prod(shape)
+    arr = np.frombuffer(memoryview(data), dtype=dtype, count=count, offset=buf.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def _pickle_or_corrupt(exc: ValueError, source: str, fmt: str, what: str = "") -> DataError:
@@ -354,7 +372,7 @@ def _read_npy(
     if not -ncols <= col < ncols:
         raise DataError(f"{source}: label column {col} is out of range for {ncols} columns")
     col %= ncols
-    X = np.delete(arr, col, axis=1)
+    X = arr[:, :col] if col == ncols - 1 else np.delete(arr, col, axis=1)  # last: a view
     return _x_names(X.shape[1]), X, arr[:, col], str(col)
 
 
@@ -414,11 +432,16 @@ def _x_names(d: int) -> list[str]:
 def _numeric_features(X: np.ndarray, source: str) -> np.ndarray:
     if X.shape[0] == 0:
         raise DataError(f"{source} has no rows")
-    X = X.astype(np.float64)
-    bad = ~np.isfinite(X)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise DataError(f"{source}: X row {i}, column 'x{j}' (0-based) is {X[i, j]}, not finite")
+    if X.dtype not in (np.float32, np.float64):  # float32 stays float32: half the memory
+        X = X.astype(np.float64)
+    for lo in range(0, X.shape[0], _CHUNK_ROWS):  # no n x d temporaries
+        bad = ~np.isfinite(X[lo : lo + _CHUNK_ROWS])
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            i += lo
+            raise DataError(
+                f"{source}: X row {i}, column 'x{j}' (0-based) is {X[i, j]}, not finite"
+            )
     return X
 
 
@@ -530,6 +553,35 @@ class Standardizer:
         mean = X.mean(axis=0)
         std = X.std(axis=0)
         constant = (X.max(axis=0) == X.min(axis=0)) | (std == 0)
+        return cls(mean=mean, scale=np.where(constant, 1.0, std))
+
+    @classmethod
+    def fit_rows(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> Standardizer:
+        """:meth:`fit` on ``X[rows]`` without materialising it (nor a float64 copy): two
+        passes over chunks of rows, mean then the mean squared deviation, in float64.
+
+        >>> X = np.array([[1.0, 5.0], [9.0, 5.0], [3.0, 5.0]])
+        >>> s = Standardizer.fit_rows(X, np.array([0, 2]))
+        >>> s.mean.tolist(), s.scale.tolist()
+        ([2.0, 5.0], [1.0, 1.0])
+        """
+        n = len(rows)
+        if X.ndim != 2 or n == 0:
+            raise DataError(f"cannot fit a standardizer on {n} rows of shape {X.shape}")
+        parts = [rows[lo : lo + chunk] for lo in range(0, n, chunk)]
+        total, hi, lo_ = np.zeros(X.shape[1]), np.full(X.shape[1], -np.inf), np.inf
+        for part in parts:
+            block = X[part].astype(np.float64, copy=False)
+            total += block.sum(axis=0)
+            hi, lo_ = np.maximum(hi, block.max(axis=0)), np.minimum(lo_, block.min(axis=0))
+        mean = total / n
+        squares = np.zeros(X.shape[1])
+        for part in parts:
+            block = X[part] - mean
+            block *= block
+            squares += block.sum(axis=0)
+        std = np.sqrt(squares / n)
+        constant = (hi == lo_) | (std == 0)
         return cls(mean=mean, scale=np.where(constant, 1.0, std))
 
     @classmethod

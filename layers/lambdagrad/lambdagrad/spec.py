@@ -191,6 +191,11 @@ class TrainingSpec(_Strict):
             "round. 1 = plain synchronous mini-batch training"
         ),
     )
+    dtype: Literal["float64", "float32"] = Field(
+        "float64",
+        description="float32: shards stored and gradients computed and sent in float32 "
+        "(half the bytes); parameters and optimizer state stay float64",
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:

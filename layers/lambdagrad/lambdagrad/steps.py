@@ -37,6 +37,7 @@ from lambdagrad.data import (
 from lambdagrad.evaluation import classification_metrics, regression_metrics
 from lambdagrad.models import Model
 from lambdagrad.registry import promote
+from lambdagrad.shard_cache import cached_shard, default_cache
 from lambdagrad.spec import MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
@@ -50,10 +51,13 @@ from lambdagrad.training import (
     model_for,
     optimizer_for,
     reduce_round,
+    scaled_rows,
     schedule_for,
     segment_rounds_for,
     segment_time_up,
+    shard_arrays,
     total_rounds,
+    transfer_gradient,
     worker_update,
 )
 from lambdagrad.transfer import receive_gradients, send_gradient
@@ -105,6 +109,7 @@ def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
         _STATUS_WRITTEN.clear()
+    default_cache().clear()
 
 
 def _remember(store: Store, key: str, loader: str, value: Any) -> None:
@@ -260,19 +265,21 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         len(data.y), spec.dataset.validation, spec.training.seed
     )
     _check_sizes(spec, len(train_idx))
-    X_train, y_train = data.X[train_idx], data.y[train_idx]
+    # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
+    y_train = data.y[train_idx]
     scaler = (
-        Standardizer.fit(X_train)
+        Standardizer.fit_rows(data.X, train_idx)
         if spec.dataset.standardize
         else Standardizer.identity(data.X.shape[1])
     )
-    X_train = scaler.transform(X_train)
     X_val, y_val = scaler.transform(data.X[val_idx]), data.y[val_idx]
 
     workers = spec.training.workers
     bounds = shard_bounds(len(y_train), workers)
     for k, (lo, hi) in enumerate(bounds):
-        store.put_arrays(keys.shard(k), {"X": X_train[lo:hi], "y": y_train[lo:hi]})
+        X_shard = scaled_rows(spec, scaler, data.X, train_idx[lo:hi])
+        store.put_arrays(keys.shard(k), shard_arrays(spec, X_shard, y_train[lo:hi]))
+        del X_shard
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
 
     n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
@@ -319,7 +326,7 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     started = time.perf_counter()
     job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
     keys, spec, meta = _job(store, job_id)
-    data = _cached(store, keys.shard(shard), "get_arrays")
+    data = cached_shard(store, keys.shard(shard))  # memory, then /tmp, then S3
     X, y = data["X"], data["y"]
     params = _cached(store, keys.params(round_), "get_array")  # immutable once written
     grad_sum, loss_sum, count = worker_update(
@@ -330,7 +337,9 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
             f"finite parameters are round {round_}. {_advice(spec)}"
         )
-    sent = send_gradient(store, keys, round_, shard, grad_sum, spec.training.workers)
+    sent = send_gradient(
+        store, keys, round_, shard, transfer_gradient(spec, grad_sum), spec.training.workers
+    )
     emit("WorkerRows", count, "Count")
     seconds = time.perf_counter() - started  # the handler's share of the bill (cost.json)
     return {"shard": shard, "loss_sum": loss_sum, "count": count, "seconds": seconds, **sent}

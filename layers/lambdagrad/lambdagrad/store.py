@@ -21,7 +21,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -161,6 +161,20 @@ class Store:
             if _is_missing(exc):
                 raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
             raise
+
+    def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
+        """Stream an object into a binary file in chunks (never whole in memory); bytes."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except Exception as exc:
+            if _is_missing(exc):
+                raise StoreError(f"s3://{self.bucket}/{key} does not exist") from None
+            raise
+        total = 0
+        while block := body.read(chunk):
+            out.write(block)
+            total += len(block)
+        return total
 
     def exists(self, key: str) -> bool:
         try:

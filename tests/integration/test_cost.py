@@ -20,6 +20,7 @@ from botocore.client import BaseClient
 from lambdagrad import steps
 from lambdagrad.cost import DurationModel, JobShape, cost_key, estimate, round_structure
 from lambdagrad.data import load_dataset
+from lambdagrad.local.moto_fixes import InProcessS3Client
 from lambdagrad.spec import parse_spec
 
 from tests.conftest import job_doc
@@ -27,6 +28,12 @@ from tests.integration.test_training import data_path, executions_of, run_job, s
 
 GET_OPS = {"GetObject", "HeadObject"}
 PUT_OPS = {"PutObject", "ListObjectsV2"}
+OPERATIONS = {
+    "GetObject": "get_object",
+    "HeadObject": "head_object",
+    "PutObject": "put_object",
+    "ListObjectsV2": "list_objects_v2",
+}
 FUNCTIONS = ("PrepareFunction", "WorkerFunction", "ReduceFunction", "FinalizeFunction")
 # keys a warm Lambda caches per process: the engine runs every handler in one process,
 # so workers, reducer and finalize share one copy where AWS reads one per function
@@ -51,6 +58,19 @@ def s3_calls(monkeypatch):
         return original(self, operation_name, api_params)
 
     monkeypatch.setattr(BaseClient, "_make_api_call", counting)
+
+    # on the engine the handlers reach moto's S3 backend directly (InProcessS3Client)
+    def recording(operation: str, method):
+        def call(self, **kwargs):
+            with lock:
+                calls.append((operation, kwargs.get("Key") or kwargs.get("Prefix")))
+            return method(self, **kwargs)
+
+        return call
+
+    for operation, name in OPERATIONS.items():
+        method = getattr(InProcessS3Client, name)
+        monkeypatch.setattr(InProcessS3Client, name, recording(operation, method))
     return calls
 
 
@@ -76,7 +96,8 @@ def test_round_structure_matches_a_real_job(stack, engine, s3_calls, monkeypatch
         transitions += sum(1 for e in events if e["type"].endswith("StateEntered"))
     invoked = {f: engine.invocations(f) - before[f] for f in FUNCTIONS}
 
-    s = round_structure(workers, status_writes_per_round=1.0)
+    # houses.csv: 5 parameters x 8 bytes x 3 workers travel inline (the workers' rule)
+    s = round_structure(workers, inline_gradients=True, status_writes_per_round=1.0)
     assert s.orchestration == "express"
     segments = -(-rounds // segment)
     assert len(executions) == 1
@@ -107,7 +128,12 @@ def test_round_structure_matches_a_real_job(stack, engine, s3_calls, monkeypatch
     # in AWS: spec + meta per worker, per reducer and for finalize, + validation twice
     model_shared = 2 * workers + 2 + 2 + 2
     assert 3 <= shared <= model_shared
-    assert gets - shared == model_gets - model_shared
+    # and each worker container GETs the round's params, which on the engine the reducer
+    # that wrote them serves from the process they share
+    params_read = sorted(k for op, k in s3_calls if op in GET_OPS and "/params/" in k)
+    prefix = f"jobs/{doc['job_id']}/params"
+    assert params_read == [f"{prefix}/0.npy", f"{prefix}/{rounds}.npy"]  # reducer, finalize
+    assert gets - shared == model_gets - model_shared - workers * rounds
     assert puts == model_puts
 
     # cost.json: the same counts as the estimate of the same spec; durations differ

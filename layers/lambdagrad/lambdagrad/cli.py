@@ -709,7 +709,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     bill = estimate(
         shape,
         orchestration=args.orchestration,
-        inline_gradients=args.inline_gradients,
+        inline_gradients=args.inline_gradients,  # None: as the workers decide
         memory_mb=memory,
         durations=durations,
         prices=prices,
@@ -747,8 +747,10 @@ def _add_estimate_parser(sub: Any) -> None:
     )
     c.add_argument(
         "--inline-gradients",
-        action="store_true",
-        help="gradients travel in the workers' results instead of S3",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gradients travel in the workers' results (--no-...: via S3); default: as the "
+        "workers decide, inline when parameters x bytes x workers <= 32 KiB",
     )
     c.add_argument("--memory", type=int, help="Lambda MB (default: the template's)")
     c.add_argument("--s3-latency", type=float, help="seconds per S3 request in the duration model")

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from lambdagrad.pricing import DEFAULT_PRICES, Prices
+from lambdagrad.transfer import gradient_inline
 
 __all__ = [
     "DEFAULT_DURATIONS",
@@ -87,7 +88,6 @@ STATUS_INTERVAL_SECONDS = 1.0
 LIST_PAGE = 1000
 #: The structure the deployed state machine has, for cost.json and the estimate's default.
 RUNNING_ORCHESTRATION: Orchestration = "express"
-RUNNING_INLINE_GRADIENTS = False
 
 
 class CostError(ValueError):
@@ -151,7 +151,7 @@ class RoundStructure:
 def round_structure(
     workers: int,
     orchestration: Orchestration = RUNNING_ORCHESTRATION,
-    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
+    inline_gradients: bool = False,
     *,
     status_writes_per_round: float = 1.0,
     register_model: bool = False,
@@ -300,10 +300,16 @@ class JobShape:
     segment_rounds: int
     batch_rows: int  # the global batch of one round
     register_model: bool = False
+    itemsize: int = 8  # bytes per gradient element sent (training.dtype)
 
     @property
     def segments(self) -> int:
         return max(1, math.ceil(self.rounds / max(1, self.segment_rounds)))
+
+    @property
+    def inline_gradients(self) -> bool:
+        """Whether the workers' gradients travel in their results (the workers' own rule)."""
+        return gradient_inline(self.n_params, self.itemsize, self.workers)
 
     @classmethod
     def from_spec(cls, spec: Any, rows: int, features: int, n_classes: int) -> JobShape:
@@ -332,6 +338,7 @@ class JobShape:
             segment_rounds=segment_rounds_for(spec),
             batch_rows=global_batch(spec, n_train),
             register_model=bool(spec.output.model_name),
+            itemsize=8 if spec.training.dtype == "float64" else 4,
         )
 
 
@@ -474,7 +481,7 @@ def estimate(
     shape: JobShape,
     *,
     orchestration: Orchestration = RUNNING_ORCHESTRATION,
-    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
+    inline_gradients: bool | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     durations: DurationModel = DEFAULT_DURATIONS,
     prices: Prices = DEFAULT_PRICES,
@@ -488,6 +495,8 @@ def estimate(
     ``SegmentSeconds``), so long rounds mean more, shorter segments.
     """
     w, p = shape.workers, shape.n_params
+    if inline_gradients is None:  # as the workers decide it
+        inline_gradients = shape.inline_gradients
     worker_s = durations.worker(shape.batch_rows / w, p, inline_gradients)
     reduce_s = durations.reduce(w, p, inline_gradients)
     waves = math.ceil(w / INLINE_MAP_CONCURRENCY)
@@ -563,7 +572,7 @@ def actual_cost(
     invocations: dict[str, int],
     memory_mb: int = DEFAULT_MEMORY_MB,
     orchestration: Orchestration = RUNNING_ORCHESTRATION,
-    inline_gradients: bool = RUNNING_INLINE_GRADIENTS,
+    inline_gradients: bool = False,
     register_model: bool = False,
     prices: Prices = DEFAULT_PRICES,
 ) -> CostBreakdown:
@@ -638,9 +647,13 @@ def actual_cost_of_job(
     records: list[dict[str, Any]],
     rounds: int,
     finalize_seconds: float,
+    n_params: int,
     prices: Prices = DEFAULT_PRICES,
 ) -> CostBreakdown:
     """The bill of a finished job from its metrics records (one per round run) and meta.
+
+    Segments are counted as ``segment_rounds`` each; a segment the time limit cut short
+    adds one Express request (a millionth of a dollar) that this does not see.
 
     Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): every
     training function has ``WorkerMemorySize``.
@@ -672,7 +685,9 @@ def actual_cost_of_job(
         invocations=invocations,
         memory_mb=memory,
         orchestration=RUNNING_ORCHESTRATION,
-        inline_gradients=RUNNING_INLINE_GRADIENTS,
+        inline_gradients=gradient_inline(
+            n_params, 8 if spec.training.dtype == "float64" else 4, workers
+        ),
         register_model=bool(spec.output.model_name),
         prices=prices,
     )

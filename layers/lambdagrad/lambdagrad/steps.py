@@ -595,7 +595,9 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
     store.put_bytes(keys.history, history_csv, "text/csv")
     store.put_bytes(keys.model_npz, npz_bytes)
     store.put_json(keys.model_json, doc)  # last: its presence marks a complete model
-    cost = actual_cost_of_job(spec, meta, records, round_, time.perf_counter() - started)
+    cost = actual_cost_of_job(
+        spec, meta, records, round_, time.perf_counter() - started, n_params=len(params)
+    )
     write_cost(store, job_id, cost)
     registered = None
     if spec.output.model_name:

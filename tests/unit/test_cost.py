@@ -85,7 +85,9 @@ SHAPE = JobShape(
 
 
 def test_estimate_standard_by_hand():
-    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
+    bill = estimate_cost(
+        SHAPE, memory_mb=1024, durations=FLAT, inline_gradients=False, orchestration="standard"
+    )
     assert bill.segments == 3
     gb_s = bill.line("Lambda compute")
     assert gb_s.per_round == pytest.approx(2 * 0.5 + 0.25)
@@ -116,14 +118,18 @@ def test_estimate_standard_by_hand():
 
 
 def test_estimate_express_by_hand():
-    bill = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="express")
+    bill = estimate_cost(
+        SHAPE, memory_mb=1024, durations=FLAT, inline_gradients=False, orchestration="express"
+    )
     assert bill.line("Step Functions Standard").total == 4 + 4 * 3
     lines = [line for line in bill.lines if line.item == "Step Functions Express"]
     requests, gb_s = (next(x for x in lines if x.unit == u) for u in ("requests", "GB-s"))
     assert requests.total == 3
     # 10 rounds of 0.75 s in 3 segments: 2.5 s each, already whole 100 ms; 64 MB
     assert gb_s.total == pytest.approx(3 * 2.5 * 64 / 1024)
-    standard = estimate_cost(SHAPE, memory_mb=1024, durations=FLAT, orchestration="standard")
+    standard = estimate_cost(
+        SHAPE, memory_mb=1024, durations=FLAT, inline_gradients=False, orchestration="standard"
+    )
     assert standard.line("Lambda compute").total == bill.line("Lambda compute").total
 
 
@@ -138,11 +144,16 @@ def test_rounding_lambda_ms_and_express_100ms():
 
 def test_express_segments_end_on_time_and_too_long_rounds_are_flagged():
     shape = replace(SHAPE, rounds=1000, segment_rounds=1000)
-    bill = estimate_cost(shape, durations=FLAT, orchestration="express")
+    bill = estimate_cost(shape, durations=FLAT, inline_gradients=False, orchestration="express")
     # 0.75 s rounds: a segment ends after the round that passes 120 s, i.e. after 161
     assert bill.segments == -(-1000 // 161) == 7
     assert bill.details["warnings"] == []
-    assert estimate_cost(shape, durations=FLAT, orchestration="standard").segments == 1
+    assert (
+        estimate_cost(
+            shape, durations=FLAT, inline_gradients=False, orchestration="standard"
+        ).segments
+        == 1
+    )
     slow = replace(FLAT, worker_overhead_s=200.0)
     (warning,) = estimate_cost(shape, durations=slow, orchestration="express").details["warnings"]
     assert "300 s" in warning and "SegmentSeconds" in warning
@@ -253,3 +264,21 @@ def test_estimate_bad_input_is_one_clear_line(argv, message, capsys):
     assert main(["estimate", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_gradients_inline_or_via_s3_as_the_workers_decide():
+    small = replace(SHAPE, n_params=6, workers=4)
+    wide = replace(SHAPE, n_params=100_000, workers=4)
+    assert small.inline_gradients and not wide.inline_gradients
+    assert replace(wide, n_params=1024, itemsize=4, workers=8).inline_gradients  # 32 KiB
+    for shape in (small, wide):
+        auto = estimate_cost(shape, durations=FLAT, orchestration="express")
+        chosen = estimate_cost(
+            shape, durations=FLAT, orchestration="express", inline_gradients=shape.inline_gradients
+        )
+        assert auto.to_json() == chosen.to_json()
+    puts = [
+        estimate_cost(s, durations=FLAT, orchestration="express").line("S3 PUT/LIST").total
+        for s in (small, wide)
+    ]
+    assert puts[1] - puts[0] == SHAPE.rounds * 4  # one gradient PUT per worker and round

@@ -34,7 +34,7 @@ def cost_table(doc: dict[str, Any]) -> Any:
     basis = doc.get("basis", "estimate")
     title = (
         f"AWS cost ({basis}): {doc['rounds']} rounds x {doc['workers']} workers, "
-        f"{doc['segments']} execution(s), {doc['orchestration']} orchestration"
+        f"{doc['segments']} segment(s), {doc['orchestration']} orchestration"
         + (", inline gradients" if doc.get("inline_gradients") else "")
     )
     table = Table(title=title, title_justify="left")

@@ -84,7 +84,14 @@ def test_chaos_at_20_percent_gives_a_bit_identical_model(
 
 def test_straggler_fails_the_job_and_keeps_a_resumable_checkpoint(engine, stack, no_retry_waits):
     name = "straggle-model"
-    pointer = {"name": name, "job_id": "someone-else", "version": "v1"}
+    pointer = {  # another job's model, as the registry writes it
+        "name": name,
+        "job_id": "someone-else",
+        "model_key": "jobs/someone-else/model/model.json",
+        "npz_key": "jobs/someone-else/model/model.npz",
+        "registered_at": 0.0,
+        "version": "v1",
+    }
     stack.store.put_json(pointer_key(name), pointer)
     before = stack.store.get_bytes(pointer_key(name))
     doc = job_doc("houses-linear.json", job_id="straggler", output={"model_name": name}, **GROUPS)

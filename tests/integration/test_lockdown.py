@@ -9,6 +9,7 @@ tests/unit/test_template_security.py, by cfn-lint and by checkov (tests/unit/tes
 from __future__ import annotations
 
 import pytest
+from lambdagrad import transfer
 from lambdagrad.client import StackClient
 from lambdagrad.local.engine import LocalEngine
 from lambdagrad.spec import parse_spec
@@ -44,7 +45,9 @@ def tags(stack: StackClient, key: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in got}
 
 
-def test_gradients_are_tagged_scratch_and_nothing_else_is(stack):
+def test_gradients_are_tagged_scratch_and_nothing_else_is(stack, monkeypatch):
+    # a gradient too big to travel inline in the worker's result goes to S3 as scratch
+    monkeypatch.setattr(transfer, "INLINE_BUDGET_BYTES", 0)
     status = train(stack, "lockdown-tags", rounds=2)
     assert status["state"] == "SUCCEEDED"
     keys = JobKeys("lockdown-tags")

@@ -13,19 +13,23 @@ import inspect
 import io
 import json
 import re
+import tempfile
 import threading
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 from typing import ClassVar
 
 import boto3
 import moto
+import numpy as np
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from lambdagrad.local import moto_fixes
 from lambdagrad.local.invoker import InProcessInvoker, get_invoker, make_code_zip
+from lambdagrad.store import is_claim_key
 from moto import mock_aws
 
 REGION = "us-east-1"
@@ -861,6 +865,47 @@ def test_s3_overwrite_keeps_an_in_flight_read_working():
         _ = old_key.value
 
 
+# ----------------------------------------------------- fix_s3_value_spills_in_chunks
+
+
+def test_s3_value_setter_internals_unchanged():
+    from moto.s3.models import FakeKey
+
+    stock_setter = FakeKey.value.fset.stock
+    src = inspect.getsource(stock_setter)
+    # the defect: the whole value goes into the spool in one write
+    assert "self._value_buffer.write(new_value)" in src and "contentsize" in src
+    key = FakeKey("k", b"", account_id=ACCOUNT, region_name="us-east-1")
+    assert isinstance(key._value_buffer, tempfile.SpooledTemporaryFile)
+    assert key._value_buffer._max_size > 4 * moto_fixes.S3_VALUE_WRITE_CHUNK
+
+
+def test_large_s3_value_spills_to_disk_without_a_memory_copy():
+    from moto.s3.models import FakeKey
+
+    data = np.random.default_rng(0).bytes(24 * moto_fixes.S3_VALUE_WRITE_CHUNK + 7)
+    key = FakeKey("k", b"", account_id=ACCOUNT, region_name="us-east-1")
+    tracemalloc.start()
+    key.value = data
+    fixed_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    FakeKey.value.fset.stock(FakeKey("s", b"", account_id=ACCOUNT, region_name="us-east-1"), data)
+    stock_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # moto's own setter copies the whole object at least once; ours holds at most the
+    # spool's in-memory part (5 MiB) and its copy at the roll-over, whatever the size
+    spill = key._value_buffer._max_size
+    assert stock_peak > len(data) and fixed_peak <= 2 * spill + moto_fixes.S3_VALUE_WRITE_CHUNK
+    assert key.value == data and key.contentsize == len(data) and key.size == len(data)
+    assert key._value_buffer._rolled  # on disk, not a BytesIO holding a copy
+    key.value = b"small"  # and back: small values take moto's own path
+    assert key.value == b"small" and key.contentsize == 5
+    s3 = client("s3")
+    s3.create_bucket(Bucket="spill")
+    s3.put_object(Bucket="spill", Key="big", Body=data)
+    assert s3.get_object(Bucket="spill", Key="big")["Body"].read() == data
+
+
 # ------------------------------------------------------------- fix_retry_delay_scale
 
 
@@ -1078,6 +1123,18 @@ def test_mirror_writes_through_and_restores(tmp_path):
         again.close()
     body = s3.get_object(Bucket="mirror-dst", Key="jobs/j/params/1.npy")["Body"].read()
     assert body == b"two"
+
+    # a new job in the same run directory gets back only the claims (the ids stay taken)
+    s3.create_bucket(Bucket="mirror-new")
+    claims = BucketMirror(tmp_path / "state", restore=is_claim_key)
+    claims.lock()
+    try:
+        assert claims.attach({"mirror-new": "DataBucket"}, s3) == 1
+    finally:
+        claims.close()
+    listed = s3.list_objects_v2(Bucket="mirror-new")["Contents"]
+    assert [o["Key"] for o in listed] == ["jobs/j/claim.json"]
+    assert not is_claim_key("jobs/j/params/claim.json") and not is_claim_key("claim.json")
 
 
 # ----------------------------------------------------------------- InProcessS3Client

@@ -15,7 +15,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from lambdagrad.data import DataError, load_dataset
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
-from lambdagrad.store import StoreError
+from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
 from lambdagrad.training import infer_task
@@ -206,21 +206,28 @@ STATE_DIRNAME = "state"
 
 
 @contextlib.contextmanager
-def open_stack(args: argparse.Namespace, state_dir: Path | None = None) -> Iterator[StackClient]:
+def open_stack(
+    args: argparse.Namespace,
+    state_dir: Path | None = None,
+    restore: Callable[[str], bool] | None = None,
+) -> Iterator[StackClient]:
     """A client for --stack NAME, or for the template deployed on the embedded engine
-    (whose bucket is kept in ``state_dir``, if given, so that checkpoints outlive us)."""
+    (whose bucket is kept in ``state_dir``, if given, so that checkpoints outlive us;
+    ``restore`` picks which of its keys are loaded back)."""
     if getattr(args, "stack", None):
         yield StackClient.from_stack(args.stack, args.region)
         return
     from lambdagrad.local.engine import LocalEngine
 
     template = Path(args.template) if getattr(args, "template", None) else find_template()
-    with LocalEngine(template, state_dir=state_dir) as engine:
+    with LocalEngine(template, state_dir=state_dir, restore=restore) as engine:
         if getattr(args, "chaos", None) is not None:  # dev flag: see lambdagrad.local.chaos
             from lambdagrad.local.chaos import start_for_cli
 
             args.chaos_run = start_for_cli(engine, args.chaos)
-        yield StackClient.from_outputs(engine.outputs, engine.client)
+        stack = StackClient.from_outputs(engine.outputs, engine.client)
+        stack.put_file = engine.put_file
+        yield stack
 
 
 # ---- progress -------------------------------------------------------------------------
@@ -330,7 +337,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
 
     started = time.monotonic()
-    with open_stack(args, state_dir=out / STATE_DIRNAME) as stack:
+    # a new job: of earlier jobs in this run directory only their claims come back (their
+    # ids stay taken); their datasets and checkpoints stay on disk for `resume`
+    with open_stack(args, state_dir=out / STATE_DIRNAME, restore=is_claim_key) as stack:
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
         spec = spec.model_copy(
             update={"job_id": job_id, "dataset": spec.dataset.model_copy(update={"uri": uri})}

@@ -71,6 +71,8 @@ class StackClient:
     state_machine_arn: str
     outputs: dict[str, str] = field(default_factory=dict, repr=False)
     make_client: Callable[[str], Any] | None = field(default=None, repr=False)
+    #: ``(path, bucket, key)``: how to upload a file, when not boto3's multipart upload
+    put_file: Callable[[Path, str, str], None] | None = field(default=None, repr=False)
     _executions: dict[str, str] = field(default_factory=dict, repr=False)
     _fresh: dict[str, str] = field(default_factory=dict, repr=False)
     _stale: dict[str, set[str]] = field(default_factory=dict, repr=False)
@@ -118,7 +120,11 @@ class StackClient:
         with Path(path).open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
         key = f"datasets/{digest}/{Path(path).name}"
-        if not self.store.exists(key):
+        if self.store.exists(key):
+            pass
+        elif self.put_file is not None:
+            self.put_file(Path(path), self.bucket, key)
+        else:
             self.store.client.upload_file(
                 str(path), self.bucket, key, Config=TransferConfig(use_threads=False)
             )

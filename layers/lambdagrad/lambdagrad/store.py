@@ -116,6 +116,12 @@ class JobKeys:
         return self.prefix + "model/history.csv"
 
 
+def is_claim_key(key: str) -> bool:
+    """Whether ``key`` is a job's claim (``jobs/<job_id>/claim.json``): what makes an id taken."""
+    parts = key.split("/")
+    return len(parts) == 3 and parts[0] == "jobs" and parts[2] == "claim.json"
+
+
 class S3Client(Protocol):
     """The slice of the boto3 S3 client the store uses."""
 

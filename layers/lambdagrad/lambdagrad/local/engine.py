@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -250,6 +250,9 @@ class LocalEngine:
         is loaded into the fresh buckets on start, and every later write is mirrored to it
         (per-round gradient scratch excepted), so checkpoints outlive the process. The
         directory is locked while the engine runs.
+    restore
+        Which mirrored keys to load on start (default: all). A new job needs only the
+        claims of earlier ones (so their ids stay taken), not their data and checkpoints.
     retry_delay_scale
         Multiply the waits between ASL retries by this factor while the engine runs (``0``:
         retry at once). ``None`` (the default) keeps the real waits of the state machine
@@ -281,6 +284,7 @@ class LocalEngine:
         log_path: Path | None = None,
         state_dir: str | Path | None = None,
         retry_delay_scale: float | None = None,
+        restore: Callable[[str], bool] | None = None,
     ):
         self.template_path = Path(template).resolve()
         self.region = region
@@ -288,6 +292,7 @@ class LocalEngine:
         self.parameters = {k: str(v) for k, v in (parameters or {}).items()}
         self.log_path = Path(log_path) if log_path is not None else None
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._restore = restore
         self._mirror: Any = None
         self.outputs: dict[str, str] = {}
         self.resources: dict[str, str] = {}
@@ -332,7 +337,7 @@ class LocalEngine:
         if self.state_dir is not None:
             from .mirror import BucketMirror
 
-            self._mirror = BucketMirror(self.state_dir)
+            self._mirror = BucketMirror(self.state_dir, restore=self._restore)
             self._mirror.lock()  # before anything changes: a second process is refused here
         try:
             _SESSION.join(self)
@@ -423,6 +428,16 @@ class LocalEngine:
             LOG.debug("could not delete stack %s", self.stack_name, exc_info=True)
 
     # ----------------------------------------------------------------------- clients
+    def put_file(self, path: Path, bucket: str, key: str) -> None:
+        """Store a local file as an object in one copy: moto assembling a multipart upload
+        holds the object several times over, which for a large dataset is most of a run's
+        peak memory."""
+        from .moto_fixes import in_process_s3_client
+
+        in_process_s3_client(self.region).put_object(
+            Bucket=bucket, Key=key, Body=Path(path).read_bytes()
+        )
+
     def client(self, service: str) -> Any:
         """A boto3 client bound to moto (one per service, thread-safe to share)."""
         if not self._started:

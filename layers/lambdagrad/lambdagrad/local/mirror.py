@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,10 @@ class BucketMirror:
     >>> mirror.close()                                         # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, restore: Callable[[str], bool] | None = None) -> None:
         self.directory = Path(directory).resolve()
+        #: which mirrored keys go back into the buckets on attach (default: all of them)
+        self.restore_key = restore
         self.buckets: dict[str, str] = {}
         self._lock_file: Any = None
 
@@ -177,6 +179,7 @@ class BucketMirror:
             (bucket, key, path)
             for bucket, folder in buckets.items()
             for key, path in self.files(folder)
+            if self.restore_key is None or self.restore_key(key)
         ]
 
         def put(job: tuple[str, str, Path]) -> None:

@@ -28,6 +28,8 @@ fix_json_path_parse_cache              speed: JSONPath re-parsed per evaluation
 fix_tmp_threads_leak                   speed/memory: every thread kept forever
 fix_s3_url_module_reload               speed: ``moto.s3.urls`` reloaded per S3 request
 fix_s3_overwrite_while_reading         overwriting a key breaks a GET in flight
+fix_s3_value_spills_in_chunks          memory: a large object is copied twice in memory
+                                       before it spills to disk
 fix_retry_delay_scale                  ASL retry waits always sleep for real (tests and
                                        chaos runs scale them)
 fix_sync_poll_backoff                  speed: ``.sync`` polls the child every 0.5 s
@@ -730,6 +732,40 @@ def fix_s3_overwrite_while_reading() -> None:
     FakeKey.dispose = dispose  # type: ignore[method-assign]
 
 
+#: Bytes written to a key's buffer at a time (far below moto's 5 MiB spill threshold).
+S3_VALUE_WRITE_CHUNK = 1 << 20
+
+
+@_once("s3_value_spills_in_chunks")
+def fix_s3_value_spills_in_chunks() -> None:
+    """Store a large S3 object without two extra copies of it in memory.
+
+    ``FakeKey.value = data`` writes ``data`` into a ``SpooledTemporaryFile`` in one call:
+    the whole object is first copied into the spool's in-memory buffer, and only then
+    rolled over to disk (``getvalue()``: a third copy). For a 400 MB dataset or shard that
+    is a gigabyte of transient memory on a laptop. Writing in 1 MiB slices of a memoryview
+    lets the spool roll over after its first 5 MiB, so only the caller's bytes are in
+    memory. The stored bytes, ``contentsize`` and everything else are unchanged.
+    """
+    from moto.s3.models import FakeKey
+
+    stock = FakeKey.value.fset
+
+    def set_value(self: Any, new_value: bytes) -> None:
+        if isinstance(new_value, str) or len(new_value) <= S3_VALUE_WRITE_CHUNK:
+            stock(self, new_value)
+            return
+        self._value_buffer.seek(0)
+        self._value_buffer.truncate()
+        view = memoryview(new_value)
+        for lo in range(0, len(view), S3_VALUE_WRITE_CHUNK):
+            self._value_buffer.write(view[lo : lo + S3_VALUE_WRITE_CHUNK])
+        self.contentsize = len(new_value)
+
+    set_value.stock = stock  # type: ignore[attr-defined]
+    FakeKey.value = FakeKey.value.setter(set_value)  # type: ignore[method-assign]
+
+
 _retry_delay_scale = 1.0
 #: What the scaled waits finally call (a seam for the guard test).
 _sleep = time.sleep
@@ -977,6 +1013,7 @@ FIXES: tuple[Callable[[], None], ...] = (
     fix_tmp_threads_leak,
     fix_s3_url_module_reload,
     fix_s3_overwrite_while_reading,
+    fix_s3_value_spills_in_chunks,
     fix_retry_delay_scale,
     fix_sync_poll_backoff,
 )

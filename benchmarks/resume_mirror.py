@@ -15,39 +15,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def marginal_ms(workers: int, short: int, long: int, state_dir: Path | None) -> float:
-    from lambdagrad.client import StackClient
-    from lambdagrad.local import LocalEngine
-    from lambdagrad.spec import parse_spec
-
-    doc = json.loads((ROOT / "events" / "jobs" / "houses-linear.json").read_text())
-    with LocalEngine(ROOT / "template.yaml", state_dir=state_dir) as engine:
-        stack = StackClient.from_outputs(engine.outputs, engine.client)
-        uri = stack.upload_dataset(ROOT / "events" / "data" / "houses.csv")
-        seconds = {}
-        for rounds in (2, short, long):  # the first job warms the handlers up
-            spec = parse_spec(
-                {
-                    **doc,
-                    "job_id": f"mirror-{workers}-{rounds}",
-                    "dataset": {**doc["dataset"], "uri": uri},
-                    "training": {"batch_size": 64, "workers": workers, "rounds": rounds},
-                }
-            )
-            t0 = time.perf_counter()
-            stack.start(spec)
-            stack.follow(spec.job_id, poll_seconds=0.05)
-            seconds[rounds] = time.perf_counter() - t0
-            engine.reset()
-    return 1000 * (seconds[long] - seconds[short]) / (long - short)
+from train_rounds import marginal_ms  # noqa: E402  (one timing loop for both benchmarks)
 
 
 def restore_seconds(state_dir: Path) -> tuple[int, float]:
@@ -71,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         plain = marginal_ms(args.workers, args.short, args.long, None)
-        mirrored = marginal_ms(args.workers, args.short, args.long, state)
+        mirrored = marginal_ms(args.workers, args.short, args.long, state, tag="mirror")
         files = sum(1 for p in state.rglob("*") if p.is_file() and p.name != ".lock")
         n, seconds = restore_seconds(state)
     print(f"ms per round, {args.workers} workers (linear, houses.csv, batch 64)")

@@ -23,14 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(workers: int, short: int, long: int) -> dict:
-    """In this process: deploy template.yaml, time a short and a long job."""
+def marginal_ms(
+    workers: int, short: int, long: int, state_dir: Path | None = None, tag: str = "bench"
+) -> float:
+    """In this process: deploy template.yaml (its bucket mirrored to ``state_dir``, if
+    given), time a short and a long job; milliseconds per round between the two."""
     from lambdagrad.client import StackClient
     from lambdagrad.local import LocalEngine
     from lambdagrad.spec import parse_spec
 
     doc = json.loads((ROOT / "events" / "jobs" / "houses-linear.json").read_text())
-    with LocalEngine(ROOT / "template.yaml") as engine:
+    with LocalEngine(ROOT / "template.yaml", state_dir=state_dir) as engine:
         stack = StackClient.from_outputs(engine.outputs, engine.client)
         uri = stack.upload_dataset(ROOT / "events" / "data" / "houses.csv")
         seconds = {}
@@ -38,7 +41,7 @@ def measure(workers: int, short: int, long: int) -> dict:
             spec = parse_spec(
                 {
                     **doc,
-                    "job_id": f"bench-{workers}-{rounds}",
+                    "job_id": f"{tag}-{workers}-{rounds}",
                     "dataset": {**doc["dataset"], "uri": uri},
                     "training": {"batch_size": 64, "workers": workers, "rounds": rounds},
                 }
@@ -48,10 +51,12 @@ def measure(workers: int, short: int, long: int) -> dict:
             stack.follow(spec.job_id, poll_seconds=0.05)
             seconds[rounds] = time.perf_counter() - t0
             engine.reset()
-    return {
-        "workers": workers,
-        "ms_per_round": 1000 * (seconds[long] - seconds[short]) / (long - short),
-    }
+    return 1000 * (seconds[long] - seconds[short]) / (long - short)
+
+
+def measure(workers: int, short: int, long: int) -> dict:
+    """In this process: deploy template.yaml, time a short and a long job."""
+    return {"workers": workers, "ms_per_round": marginal_ms(workers, short, long)}
 
 
 def _child(args: list[str]) -> dict:

@@ -55,6 +55,22 @@ def executions_of(stack, job_id: str) -> list[dict]:
     return [e for e in listing if e["name"] == job_id or e["name"].startswith(job_id + "-r")]
 
 
+def houses_least_squares() -> np.ndarray:
+    """The closed-form linear fit of houses.csv's training split (standardized, bias last):
+    what full-batch gradient descent converges to."""
+    ds = load_dataset(
+        (EVENTS / "data" / "houses.csv").read_bytes(),
+        source="houses.csv",
+        fmt=None,
+        label="price",
+        task="regression",
+    )
+    train_idx, _ = train_validation_split(len(ds.y), 0.1, 0)
+    X = Standardizer.fit(ds.X[train_idx]).transform(ds.X[train_idx])
+    exact, *_ = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), ds.y[train_idx], rcond=None)
+    return exact
+
+
 def segments_of(stack, job_id: str) -> list[dict]:
     """The job's segment executions (Express children), oldest first, with their input."""
     arn = stack.output("SegmentStateMachineArn")
@@ -138,17 +154,7 @@ def test_full_batch_gd_reaches_least_squares(stack):
         training={"batch_size": "full", "workers": 2, "rounds": 250},
     )
     _, params = run_job(stack, doc, "houses.csv")
-    ds = load_dataset(
-        (EVENTS / "data" / "houses.csv").read_bytes(),
-        source="houses.csv",
-        fmt=None,
-        label="price",
-        task="regression",
-    )
-    train_idx, _ = train_validation_split(len(ds.y), 0.1, 0)
-    X = Standardizer.fit(ds.X[train_idx]).transform(ds.X[train_idx])
-    A = np.hstack([X, np.ones((len(X), 1))])
-    exact, *_ = np.linalg.lstsq(A, ds.y[train_idx], rcond=None)
+    exact = houses_least_squares()
     assert np.linalg.norm(params - exact) / np.linalg.norm(exact) <= 1e-6
 
 
@@ -366,16 +372,7 @@ def test_float32_matches_reference_and_keeps_accuracy(stack):
     doc64 = job_doc("houses-linear.json", job_id="closed-form-f64", **groups)
     doc64["training"] = {**doc64["training"], "dtype": "float64"}
     status64, params64 = run_job(stack, doc64, "houses.csv")
-    ds = load_dataset(
-        (EVENTS / "data" / "houses.csv").read_bytes(),
-        source="houses.csv",
-        fmt=None,
-        label="price",
-        task="regression",
-    )
-    train_idx, _ = train_validation_split(len(ds.y), 0.1, 0)
-    X = Standardizer.fit(ds.X[train_idx]).transform(ds.X[train_idx])
-    exact, *_ = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), ds.y[train_idx], rcond=None)
+    exact = houses_least_squares()
     print(
         "relative distance to least squares: float32",
         np.linalg.norm(params - exact) / np.linalg.norm(exact),

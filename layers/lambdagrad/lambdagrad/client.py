@@ -120,14 +120,13 @@ class StackClient:
         with Path(path).open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
         key = f"datasets/{digest}/{Path(path).name}"
-        if self.store.exists(key):
-            pass
-        elif self.put_file is not None:
-            self.put_file(Path(path), self.bucket, key)
-        else:
-            self.store.client.upload_file(
-                str(path), self.bucket, key, Config=TransferConfig(use_threads=False)
-            )
+        if not self.store.exists(key):
+            if self.put_file is not None:
+                self.put_file(Path(path), self.bucket, key)
+            else:
+                self.store.client.upload_file(
+                    str(path), self.bucket, key, Config=TransferConfig(use_threads=False)
+                )
         return f"s3://{self.bucket}/{key}"
 
     def start(self, spec: JobSpec) -> str:

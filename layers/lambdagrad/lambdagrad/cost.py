@@ -288,6 +288,11 @@ DEFAULT_DURATIONS = DurationModel()
 
 
 # ---- the job ------------------------------------------------------------------------
+def _gradient_itemsize(spec: Any) -> int:
+    """Bytes per gradient element a worker sends (``training.dtype``)."""
+    return 8 if spec.training.dtype == "float64" else 4
+
+
 @dataclass(frozen=True)
 class JobShape:
     """What the bill depends on besides the structure: sizes and lengths."""
@@ -338,7 +343,7 @@ class JobShape:
             segment_rounds=segment_rounds_for(spec),
             batch_rows=global_batch(spec, n_train),
             register_model=bool(spec.output.model_name),
-            itemsize=8 if spec.training.dtype == "float64" else 4,
+            itemsize=_gradient_itemsize(spec),
         )
 
 
@@ -685,9 +690,7 @@ def actual_cost_of_job(
         invocations=invocations,
         memory_mb=memory,
         orchestration=RUNNING_ORCHESTRATION,
-        inline_gradients=gradient_inline(
-            n_params, 8 if spec.training.dtype == "float64" else 4, workers
-        ),
+        inline_gradients=gradient_inline(n_params, _gradient_itemsize(spec), workers),
         register_model=bool(spec.output.model_name),
         prices=prices,
     )

@@ -13,7 +13,7 @@ CHECKOV_VERSION ?= 3.3.30
 
 .PHONY: demo test lint build validate checkov clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard layers/lambdagrad/lambdagrad/native/kernels*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -1,12 +1,31 @@
-"""The blocked loss-and-gradient kernels against the plain formulas, across block edges,
-in float64 and float32 (DESIGN.md §5: workers stream the batch in cache-sized blocks)."""
+"""The loss-and-gradient kernels against the plain formulas, in float64 and float32: the
+fused C kernels (lambdagrad/native) across tile and block edges, and the numpy kernels
+across their row blocks (DESIGN.md §5: workers stream the batch in cache-sized blocks)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from lambdagrad import models
+from lambdagrad import models, native
 from lambdagrad.models import build_model
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernel_path(request, monkeypatch):
+    """Run a test on the C kernels, then on the numpy ones (native switched off)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "KERNELS", None)
+    return request.param
+
+
+def test_native_kernels_are_built():
+    # `pip install` builds them (setup.py); only LAMBDAGRAD_NATIVE=0 may switch them off.
+    if os.environ.get("LAMBDAGRAD_NATIVE") == "0":
+        assert native.KERNELS is None and "LAMBDAGRAD_NATIVE=0" in native.STATUS
+    else:
+        assert native.KERNELS is not None, native.STATUS
 
 
 def _plain(kind: str, params: np.ndarray, X: np.ndarray, y: np.ndarray, C: int):
@@ -25,18 +44,28 @@ def _plain(kind: str, params: np.ndarray, X: np.ndarray, y: np.ndarray, C: int):
         loss = 0.5 * np.mean(r * r)
     else:
         loss = np.mean(np.logaddexp(0.0, z) - y * z)
-        r = 1.0 / (1.0 + np.exp(-z)) - y
+        r = 0.5 * (1.0 + np.tanh(0.5 * z)) - y  # the sigmoid, without overflow
     return loss, np.append(X.T @ r, r.sum()) / n
 
 
-@pytest.mark.parametrize("kind,C", [("linear", 1), ("logistic", 2), ("softmax", 4)])
+CASES = [
+    ("linear", 1), ("logistic", 2), ("softmax", 2), ("softmax", 4), ("softmax", 10),
+    ("softmax", 16), ("softmax", 17),  # 17: past float64's native tile, inside float32's
+    ("softmax", 40),  # past both: the numpy kernel runs
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,C", CASES)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-def test_blocked_kernels_match_plain_formulas_across_blocks(kind, C, dtype, rtol, monkeypatch):
-    # 64-row blocks over 1,000 rows: 15 full blocks and a short last one (40 rows).
+@pytest.mark.parametrize("rows", [1, 3, 1003])
+def test_kernels_match_plain_formulas(kind, C, dtype, rtol, rows, kernel_path, monkeypatch):
+    # numpy: 64-row blocks over 1,003 rows, 15 full blocks and a short last one (43 rows).
+    # native: 4-row tiles and 512-row sums, the last tile 3 rows; 7 features is no whole
+    # vector of either dtype, so every product has a scalar tail.
     monkeypatch.setattr(models, "BLOCK_BYTES", 64 * 7 * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(5)
-    X = rng.standard_normal((1000, 7))
-    y = rng.integers(0, C, 1000) if C > 1 else rng.standard_normal(1000)
+    X = rng.standard_normal((rows, 7))
+    y = rng.integers(0, C, rows) if C > 1 else rng.standard_normal(rows)
     model = build_model(kind, 7, C)
     params = rng.standard_normal(model.n_params)
     want_loss, want_grad = _plain(kind, params, X.astype(dtype).astype(np.float64), y, C)
@@ -44,3 +73,33 @@ def test_blocked_kernels_match_plain_formulas_across_blocks(kind, C, dtype, rtol
     assert grad.dtype == np.float64
     assert loss == pytest.approx(want_loss, rel=rtol)
     np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=rtol * np.abs(want_grad).max())
+
+
+@pytest.mark.parametrize("kind,C", [("logistic", 2), ("softmax", 10)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_extreme_logits_stay_finite_and_exact(kind, C, dtype, kernel_path):
+    # Scores of +-1e4 (exp underflows and overflows in any naive formula): the loss is the
+    # margin, the gradient exactly the (p - onehot) of a saturated softmax / sigmoid.
+    model = build_model(kind, 2, C)
+    params = np.zeros(model.n_params)
+    params[0] = 1.0  # logistic: z = x0; softmax: class 0's logit is x0, the others 0
+    X = np.array([[1e4, 0.0], [-1e4, 0.0], [1e4, 1.0], [0.0, 0.0], [-1e4, 1.0]], dtype)
+    y = np.array([1, 1, 0, 1, 0])
+    loss, grad = model.loss_and_grad(params, X, y)
+    want_loss, want_grad = _plain(kind, params, X.astype(np.float64), y, C)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-9)
+
+
+def test_strided_batches_take_the_numpy_kernel_with_the_same_result():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((200, 12))
+    y = rng.integers(0, 10, 100)
+    model = build_model("softmax", 6, 10)
+    params = rng.standard_normal(model.n_params)
+    strided = X[::2, ::2]  # not C-contiguous: the native kernels are skipped
+    loss, grad = model.loss_and_grad(params, strided, y)
+    want_loss, want_grad = model.loss_and_grad(params, np.ascontiguousarray(strided), y)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-14)

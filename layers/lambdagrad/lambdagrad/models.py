@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lambdagrad import native
+
 __all__ = [
     "ACTIVATIONS",
     "MLP",
@@ -229,6 +231,12 @@ class _AffineModel(Model):
         dt = X.dtype
         w, b = p["w"].astype(dt, copy=False), dt.type(p["b"][0])
         y = y.astype(dt, copy=False)
+        kernels = _native_for(X)
+        if kernels is not None:
+            loss, gw, gb = kernels.affine(
+                X, np.ascontiguousarray(y), np.ascontiguousarray(w), b, self.kind == "logistic"
+            )
+            return loss / n, np.append(gw, gb) / n
         rows = _row_blocks(X)
         z_buf, work_buf = np.empty(min(rows, n), dt), np.empty(min(rows, n), dt)
         g_part = np.empty(d, dt)
@@ -308,6 +316,11 @@ class SoftmaxRegression(Model):
         n, d = X.shape
         C = self.n_classes
         dt = X.dtype
+        kernels = _native_for(X)
+        if kernels is not None and kernels.softmax_fits(C, dt):
+            W, b = p["W"].astype(dt), p["b"].astype(dt)
+            loss, gW, gb = kernels.softmax(X, np.ascontiguousarray(y, np.int64), W, b)
+            return loss / n, np.concatenate([gW.ravel(), gb]) / n
         # Scores are kept transposed, (C, rows): the per-row reductions of the softmax
         # then run across C contiguous rows of length ``rows`` (vectorised), not along
         # rows of length C.
@@ -343,6 +356,14 @@ _COMPUTE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 # against 256 KiB to 2 MiB on 1e6 x 100 (benchmarks/kernel.py). At least 64 rows, so the
 # Python loop stays cheap for narrow data.
 BLOCK_BYTES = 1024 * 1024
+
+
+def _native_for(X: np.ndarray) -> native.Kernels | None:
+    """The fused C kernels (:mod:`lambdagrad.native`) when they are built and take ``X``
+    as it is (row-major float32/float64); None sends the caller to its numpy kernel."""
+    if native.KERNELS is None or not X.flags.c_contiguous:
+        return None
+    return native.KERNELS
 
 
 def _row_blocks(X: np.ndarray) -> int:

@@ -1,0 +1,118 @@
+"""Fused C kernels for the linear, logistic and softmax loss-and-gradient, through ctypes.
+
+Each kernel reads every row of the batch once, where the numpy kernels in
+:mod:`lambdagrad.models` stream it twice and run softmax's skinny matrix products at a third
+of the BLAS peak (benchmarks/README.md). The C source (``kernels.c``) is plain C with vector
+extensions and no Python API: ``pip install`` builds it for this machine (setup.py) and the
+Lambda layer's build cross-compiles it for arm64 (layers/lambdagrad/Makefile).
+
+Without the library (no compiler at install time, or ``LAMBDAGRAD_NATIVE=0``) :data:`KERNELS`
+is None, :data:`STATUS` says why, and the models use their numpy kernels: same results to
+rounding, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["KERNELS", "STATUS", "Kernels", "load"]
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+# Bytes per vector in kernels.c (VEC_BYTES) and classes per softmax tile (MAX_NV vectors).
+_VEC_BYTES = 32
+_MAX_VECTORS = 4
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The loaded library, with numpy-facing wrappers that return sums over the rows."""
+
+    lib: ctypes.CDLL
+
+    def softmax_fits(self, n_classes: int, dtype: np.dtype) -> bool:
+        """Whether one tile holds ``n_classes`` (16 in float64, 32 in float32)."""
+        return n_classes <= _MAX_VECTORS * _VEC_BYTES // dtype.itemsize
+
+    def softmax(
+        self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Sums over the rows of ``(X, y)`` (C-contiguous float32/float64, int64 classes) of
+        the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b`` (C)."""
+        dt = X.dtype
+        n, d = X.shape
+        C = W.shape[1]
+        lanes = _VEC_BYTES // dt.itemsize
+        cp = -(-C // lanes) * lanes
+        Wp = np.zeros((d, cp), dt)
+        Wp[:, :C] = W
+        bp = np.zeros(cp, dt)
+        bp[:C] = b
+        G, gb = np.zeros((d, cp)), np.zeros(cp)
+        work = np.empty(self.lib.lg_softmax_work(d, cp), dt)
+        fn = self.lib.lg_softmax_f64 if dt == np.float64 else self.lib.lg_softmax_f32
+        loss = fn(_ptr(X), n, d, _ptr(y), _ptr(Wp), _ptr(bp), C, cp, _ptr(G), _ptr(gb), _ptr(work))
+        if loss < 0:  # kernels.c refuses a class count its tile does not hold
+            raise ValueError(f"{C} classes do not fit the native softmax tile")
+        return loss, G[:, :C], gb[:C]
+
+    def affine(
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, logistic: bool
+    ) -> tuple[float, np.ndarray, float]:
+        """Sums over the rows of the squared error / 2 (``logistic`` False) or the binary
+        cross-entropy of ``z = X @ w + b``, and of its gradient for ``w`` and ``b``. ``y``
+        and ``w`` in the dtype of ``X``."""
+        dt = X.dtype
+        n, d = X.shape
+        g, gb = np.zeros(d), np.zeros(1)
+        work = np.empty(d, dt)
+        if dt == np.float64:
+            fn, scalar = self.lib.lg_affine_f64, ctypes.c_double
+        else:
+            fn, scalar = self.lib.lg_affine_f32, ctypes.c_float
+        loss = fn(
+            _ptr(X), n, d, _ptr(y), _ptr(w), scalar(b), int(logistic), _ptr(g), _ptr(gb),
+            _ptr(work),
+        )  # fmt: skip
+        return loss, g, float(gb[0])
+
+
+def _library_path() -> Path | None:
+    """The built library beside this file: ``_kernels*.so`` (setuptools names it after
+    the Python it was built for; the layer build names it ``_kernels.so``)."""
+    found = sorted(Path(__file__).parent.glob("_kernels*.so"))
+    return found[0] if found else None
+
+
+def load() -> tuple[Kernels | None, str]:
+    """The kernels, or None and the reason they are off."""
+    if os.environ.get("LAMBDAGRAD_NATIVE", "1") == "0":
+        return None, "off: LAMBDAGRAD_NATIVE=0"
+    path = _library_path()
+    if path is None:
+        return None, "off: no _kernels*.so beside lambdagrad/native (built without a C compiler?)"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return None, f"off: {path.name} does not load ({exc})"
+    for sfx in ("f64", "f32"):
+        fn = getattr(lib, f"lg_softmax_{sfx}")
+        fn.restype, fn.argtypes = ctypes.c_double, [_P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]
+        fn = getattr(lib, f"lg_affine_{sfx}")
+        scalar = ctypes.c_double if sfx == "f64" else ctypes.c_float
+        fn.restype = ctypes.c_double
+        fn.argtypes = [_P, _I, _I, _P, _P, scalar, ctypes.c_int, _P, _P, _P]
+    lib.lg_softmax_work.restype, lib.lg_softmax_work.argtypes = _I, [_I, _I]
+    return Kernels(lib), f"on: {path.name}"
+
+
+KERNELS, STATUS = load()

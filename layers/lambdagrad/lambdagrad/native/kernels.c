@@ -1,0 +1,83 @@
+/* Fused loss-and-gradient kernels for lambdagrad's linear, logistic and softmax models.
+ *
+ * Plain C with GCC/Clang vector extensions, so one source builds for x86-64 (AVX2) and for
+ * Lambda's arm64 (NEON); no Python headers: lambdagrad/native/__init__.py loads it with
+ * ctypes, and without it the numpy kernels in lambdagrad/models.py run instead. */
+
+#include <math.h>
+#include <stdint.h>
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+#define VEC_BYTES 32 /* four doubles or eight floats: AVX2, or two NEON registers */
+#define TILE 4       /* rows per tile: TILE x MAX_NV accumulators fit the 16 vector registers */
+#define MAX_NV 4     /* class vectors per tile: softmax up to 16 (float64) / 32 (float32) classes */
+#define BLOCK 512    /* rows summed in the data's precision before adding to the float64 totals */
+
+#define PREFETCH_TILES 2 /* the hardware prefetcher alone leaves a tile waiting on memory */
+
+/* Asks for the TILE rows from row `from` on (contiguous) to be brought into cache. */
+static inline void prefetch_rows(const void *X, int64_t from, int64_t n, int64_t row_bytes) {
+    if (from >= n) return;
+    int64_t rows = n - from < TILE ? n - from : TILE;
+    const char *p = (const char *)X + from * row_bytes;
+    for (int64_t off = 0; off < rows * row_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+/* Taylor coefficients 1/i! of exp on |r| <= ln2/2 */
+static const double exp_coef_f64[] = {
+    1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+    1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
+                                     1.0f / 120, 1.0f / 720, 1.0f / 5040};
+
+#define REAL double
+#define IREAL int64_t
+#define SUFFIX f64
+#define SPLAT_INIT(x) {x, x, x, x}
+#define EXP_COEF exp_coef_f64
+#define EXP_DEGREE 13
+#define EXP_MIN (-708.0)
+#define ROUND_SHIFT 0x1.8p52 /* adding it rounds to an integer held in the low mantissa bits */
+#define LN2_HI 0.6931471803691238
+#define LN2_LO 1.9082149292705877e-10
+#define EXP_BIAS 1023
+#define MANT_BITS 52
+#define EXP exp
+#define LOG1P log1p
+#include "kernels_impl.h"
+#undef REAL
+#undef IREAL
+#undef SUFFIX
+#undef SPLAT_INIT
+#undef EXP_COEF
+#undef EXP_DEGREE
+#undef EXP_MIN
+#undef ROUND_SHIFT
+#undef LN2_HI
+#undef LN2_LO
+#undef EXP_BIAS
+#undef MANT_BITS
+#undef EXP
+#undef LOG1P
+
+#define REAL float
+#define IREAL int32_t
+#define SUFFIX f32
+#define SPLAT_INIT(x) {x, x, x, x, x, x, x, x}
+#define EXP_COEF exp_coef_f32
+#define EXP_DEGREE 7
+#define EXP_MIN (-87.0f)
+#define ROUND_SHIFT 0x1.8p23f
+#define LN2_HI 0.693145751953125f
+#define LN2_LO 1.428606765330187e-06f
+#define EXP_BIAS 127
+#define MANT_BITS 23
+#define EXP expf
+#define LOG1P log1pf
+#include "kernels_impl.h"
+
+/* REALs of work buffer lg_softmax_f64/f32 need for d features and cp padded classes: the
+ * d loss / d score rows of one block, the block's bias gradient, and a zero row. */
+int64_t lg_softmax_work(int64_t d, int64_t cp) { return BLOCK * cp + cp + d; }

@@ -2,22 +2,21 @@
 
 For linear, logistic and softmax (10 classes) regression on 1e5 and 1e6 rows x 100
 features, in float64 and float32, time ``training.worker_gradient`` (the worker's real code
-path, through ``Model.loss_and_grad``) and compare it with a roofline of two streaming
-passes over the batch (``X @ w`` then ``X.T @ r``) at the machine's streaming-read
-bandwidth, measured with numpy in the same run (best of a large-array ``sum`` and a
-``copy``). Softmax with 10 classes does 40 flops per float64 read: it is also checked
-against a compute roof (a square ``matmul``'s GFLOP/s, measured here too).
+path, through ``Model.loss_and_grad``) with the fused C kernels (``lambdagrad.native``) and
+with the numpy kernels they replace, and compare each with a roofline of two streaming
+passes over the batch (``X @ w`` then ``X.T @ r``) at the machine's streaming-read bandwidth,
+measured with numpy in the same run. Softmax with 10 classes does 40 flops per float64 read:
+the roofline is the larger of the memory time and the products at the square-``matmul`` peak
+(measured here too).
 
-A Lambda worker at <= 1,769 MB has one vCPU, so BLAS runs single-threaded here (set
-before numpy loads). The machine is shared and its memory bandwidth drifts by +-20 % from
-minute to minute, so each kernel run is paired with a bandwidth reading taken just before
-it: ``% roof`` is the median over N such pairs (the best kernel time against the best
-bandwidth is printed beside it).
+A Lambda worker at <= 1,769 MB has one vCPU, so BLAS runs single-threaded here (set before
+numpy loads). The machine is shared and its speed drifts by +-20 % from minute to minute, so
+each kernel run is paired with a bandwidth reading taken just before it: ``% roof`` is the
+median over N pairs, with their range.
 
-For softmax the script also prints the *library floor*: the time numpy needs for the
-``rows x C`` exponentials alone (on a cache-sized block, so memory is not counted) plus the
-two products at the square-``matmul`` peak. No numpy/BLAS kernel can beat it, so
-``roof / floor`` is the most of the roofline a numpy kernel can reach on this machine.
+For softmax the script also prints numpy's *floor*: the time numpy needs for the ``rows x C``
+exponentials alone (on a cache-sized block) plus the products at the matmul peak, which no
+numpy kernel can beat.
 
 Run: ``PYTHONPATH=layers/lambdagrad python benchmarks/kernel.py [--repeat N] [--quick]``
 """
@@ -33,9 +32,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import argparse
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
+from lambdagrad import native
 from lambdagrad.models import build_model
 from lambdagrad.training import worker_gradient
 
@@ -44,9 +45,7 @@ MODELS = (("linear", 1), ("logistic", 2), ("softmax", 10))
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """Shortest CPU time of ``repeat`` calls. The machine is shared by many processes on
-    two cores: wall time mostly measures waiting for a core, CPU time of this
-    single-threaded process does not; the minimum is the run least disturbed."""
+    """Shortest CPU time of ``repeat`` calls (CPU time: the machine is shared)."""
     best = float("inf")
     for _ in range(repeat):
         t0 = time.process_time()
@@ -55,22 +54,42 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def paired_roof_fractions(
-    kernel: Callable[[], object],
-    stream: np.ndarray,
-    batch_bytes: int,
-    compute_s: float,
-    repeat: int,
-) -> tuple[list[float], list[float]]:
-    """Kernel seconds and roofline / kernel time for ``repeat`` pairs; each roofline is
-    max(two passes over the batch at the bandwidth of a streaming ``sum`` of ``stream``
-    timed just before the kernel run, ``compute_s``)."""
+@contextmanager
+def kernels(path: str):
+    """Run the models on the C kernels ("native") or on their numpy kernels ("numpy")."""
+    saved = native.KERNELS
+    native.KERNELS = saved if path == "native" else None
+    try:
+        yield
+    finally:
+        native.KERNELS = saved
+
+
+def paired(kernel: Callable[[], object], stream: np.ndarray, roof: Callable[[float], float],
+           repeat: int) -> tuple[float, list[float]]:  # fmt: skip
+    """Best kernel seconds, and roofline / kernel time for ``repeat`` pairs, each roofline
+    ``roof(bandwidth)`` at the bandwidth of a streaming ``sum`` of ``stream`` just before."""
     times, fractions = [], []
     for _ in range(repeat):
         bandwidth = stream.nbytes / best_of(stream.sum, 1)
         times.append(best_of(kernel, 1))
-        fractions.append(max(2 * batch_bytes / bandwidth, compute_s) / times[-1])
-    return times, fractions
+        fractions.append(roof(bandwidth) / times[-1])
+    return min(times), fractions
+
+
+def read_bandwidth(stream: np.ndarray, repeat: int) -> float:
+    """Streaming-read bytes/s of numpy: the best of an 800 MB ``sum`` (one read) and a
+    ``copy`` (counted as its read half)."""
+    out = np.empty_like(stream)
+    t_sum = best_of(stream.sum, repeat)
+    t_copy = best_of(lambda: np.copyto(out, stream), repeat)
+    return stream.nbytes / min(t_sum, t_copy)
+
+
+def peak_gflops(dtype: type, repeat: int) -> float:
+    n = 1024
+    a = np.random.default_rng(2).standard_normal((n, n)).astype(dtype)
+    return 2 * n**3 / best_of(lambda: a @ a, repeat) / 1e9
 
 
 def exp_ns_per_value(dtype: type, repeat: int) -> float:
@@ -81,22 +100,6 @@ def exp_ns_per_value(dtype: type, repeat: int) -> float:
     calls = 200
     t = best_of(lambda: [np.exp(z, out=out) for _ in range(calls)], repeat)
     return t / calls / z.size * 1e9
-
-
-def read_bandwidth(repeat: int) -> dict[str, float]:
-    """Streaming-read GB/s of numpy on a 800 MB array: ``sum`` reads it once; ``copy``
-    reads it once and writes it once (counted here as its read half)."""
-    a = np.random.default_rng(1).standard_normal(100_000_000)
-    out = np.empty_like(a)
-    t_sum = best_of(a.sum, repeat)
-    t_copy = best_of(lambda: np.copyto(out, a), repeat)
-    return {"sum": a.nbytes / t_sum / 1e9, "copy": a.nbytes / t_copy / 1e9}
-
-
-def peak_gflops(dtype: type, repeat: int) -> float:
-    n = 1024
-    a = np.random.default_rng(2).standard_normal((n, n)).astype(dtype)
-    return 2 * n**3 / best_of(lambda: a @ a, repeat) / 1e9
 
 
 def dataset(rows: int, n_classes: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -123,61 +126,68 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1e5 rows only")
     args = ap.parse_args()
 
-    bw = read_bandwidth(args.repeat)
-    bandwidth = max(bw.values()) * 1e9
-    peak = {np.float64: peak_gflops(np.float64, 3), np.float32: peak_gflops(np.float32, 3)}
-    exp_ns = {
-        np.float64: exp_ns_per_value(np.float64, 5),
-        np.float32: exp_ns_per_value(np.float32, 5),
-    }
     stream = np.random.default_rng(1).standard_normal(100_000_000)
+    bandwidth = read_bandwidth(stream, args.repeat)
+    peak = {np.float64: peak_gflops(np.float64, 3), np.float32: peak_gflops(np.float32, 3)}
+    exp_ns = {dt: exp_ns_per_value(dt, 5) for dt in (np.float64, np.float32)}
+    paths = ("native", "numpy") if native.KERNELS is not None else ("numpy",)
     print(
-        f"streaming read: sum {bw['sum']:.2f} GB/s, copy {bw['copy']:.2f} GB/s; matmul peak "
-        f"float64 {peak[np.float64]:.1f}, float32 {peak[np.float32]:.1f} GFLOP/s; numpy exp "
-        f"in cache {exp_ns[np.float64]:.2f} / {exp_ns[np.float32]:.2f} ns per value "
-        f"(1 thread)"
+        f"streaming read {bandwidth / 1e9:.2f} GB/s; matmul peak float64 "
+        f"{peak[np.float64]:.1f}, float32 {peak[np.float32]:.1f} GFLOP/s; numpy exp in cache "
+        f"{exp_ns[np.float64]:.2f} / {exp_ns[np.float32]:.2f} ns a value (1 thread); "
+        f"C kernels {native.STATUS}"
     )
-    header = (
-        f"{'model':<9}{'rows':>9} {'dtype':<8}{'best ms':>8}{'Mrows/s':>9}"
-        f"{'% roof':>8}{'(range)':>11}{'% best':>8}{'floor ms':>9}{'max %':>7}"
+    header = f"{'model':<9}{'rows':>9} {'dtype':<8}" + "".join(
+        f"{p + ' ms':>11}{'% roof':>8}{'(range)':>11}" for p in paths
     )
+    header += f"{'speedup':>9}" if len(paths) == 2 else ""
     print(header)
     print("-" * len(header))
-    speed: dict[tuple[str, int], dict[type, float]] = {}
     worst = float("inf")
+    floors = []
+    first: dict[tuple[str, int], dict[type, float]] = {}
     for rows in (100_000,) if args.quick else (100_000, 1_000_000):
         for kind, n_classes in MODELS:
             for dtype in (np.float64, np.float32):
                 kernel, nbytes = kernel_call(kind, n_classes, rows, dtype)
                 flops = 2 * 2 * rows * FEATURES * n_classes  # forward and backward products
                 compute_s = flops / (peak[dtype] * 1e9)
-                times, fractions = paired_roof_fractions(
-                    kernel, stream, nbytes, compute_s, args.repeat
-                )
-                t, median = min(times), float(np.median(fractions))
-                roof_best = max(2 * nbytes / bandwidth, compute_s)
-                speed.setdefault((kind, rows), {})[dtype] = t
-                worst = min(worst, median)
-                floor = ""
-                if kind == "softmax":  # the exps and the products, each at numpy's best
+
+                def roof(bw: float, nbytes: int = nbytes, compute_s: float = compute_s):
+                    return max(2 * nbytes / bw, compute_s)
+
+                line = f"{kind:<9}{rows:>9} {np.dtype(dtype).name:<8}"
+                best = {}
+                for path in paths:
+                    with kernels(path):
+                        best[path], fractions = paired(kernel, stream, roof, args.repeat)
+                    median = float(np.median(fractions))
+                    if path == paths[0]:
+                        worst = min(worst, median)
+                    span = f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%"
+                    line += f"{best[path] * 1e3:>11.1f}{100 * median:>7.0f}%{span:>11}"
+                first.setdefault((kind, rows), {})[dtype] = best[paths[0]]
+                if len(paths) == 2:
+                    line += f"{best['numpy'] / best['native']:>8.2f}x"
+                print(line)
+                if kind == "softmax":
                     floor_s = rows * n_classes * exp_ns[dtype] * 1e-9 + compute_s
-                    floor = f"{floor_s * 1e3:>9.1f}{100 * min(1.0, roof_best / floor_s):>6.0f}%"
-                print(
-                    f"{kind:<9}{rows:>9} {np.dtype(dtype).name:<8}{t * 1e3:>8.1f}"
-                    f"{rows / t / 1e6:>9.1f}{100 * median:>7.0f}%"
-                    f"{f'{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%':>11}"
-                    f"{100 * roof_best / t:>7.0f}%{floor}"
-                )
+                    floors.append((rows, dtype, floor_s, roof(bandwidth) / floor_s))
     print(
         "% roof = median over the pairs of max(two streaming passes over the batch at the "
-        "bandwidth read just before, products at the matmul peak) / kernel time; % best = "
-        "the same with the best bandwidth and the best kernel time; floor = numpy's exp of "
-        "rows x C values + the products at the matmul peak; max % = roofline / floor"
+        "bandwidth read just before, the products at the matmul peak) / kernel time; "
+        "speedup = best numpy time / best native time"
     )
-    print(f"lowest % of roofline (median of pairs): {100 * worst:.0f}%")
-    for (kind, rows), t in speed.items():
+    for rows, dtype, floor_s, reach in floors:
         print(
-            f"float32 speedup {kind:<9}{rows:>9} rows: "
+            f"numpy floor, softmax {rows} rows {np.dtype(dtype).name}: {floor_s * 1e3:.1f} ms "
+            f"(its exps + the products at peak): a numpy kernel reaches at most "
+            f"{100 * min(1.0, reach):.0f}% of the roofline"
+        )
+    print(f"lowest % of roofline ({paths[0]} kernels, median of pairs): {100 * worst:.0f}%")
+    for (kind, rows), t in first.items():
+        print(
+            f"float32 speedup ({paths[0]}) {kind:<9}{rows:>9} rows: "
             f"{t[np.float64] / t[np.float32]:.2f}x (float64 {t[np.float64] * 1e3:.1f} ms -> "
             f"float32 {t[np.float32] * 1e3:.1f} ms)"
         )

@@ -68,7 +68,12 @@ def test_functions_are_python313_arm64():
     globals_ = template()["Globals"]["Function"]
     assert globals_["Runtime"] == "python3.13" and globals_["Architectures"] == ["arm64"]
     layer = resources_of("AWS::Serverless::LayerVersion")["CoreLayer"]
-    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    # the layer's Makefile: arm64 wheels for Python 3.13, and the C kernels built for arm64
+    makefile = (ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    assert "build-CoreLayer:" in makefile
+    assert "--python-version 3.13" in makefile and "manylinux2014_aarch64" in makefile
+    assert "aarch64-linux-gnu-gcc" in makefile and "_kernels.so" in makefile
 
 
 def test_bucket_is_encrypted_and_private():

@@ -80,6 +80,7 @@ static inline __attribute__((always_inline)) double CAT(softmax_tile_, SUFFIX)(
         VEC_T bv = CAT(load_, SUFFIX)(b + v * LANES);
         for (int r = 0; r < TILE; r++) acc[r][v] = bv;
     }
+#pragma GCC unroll 2
     for (int64_t k = 0; k < d; k++) {
         VEC_T w[MAX_NV];
         for (int v = 0; v < NV; v++) w[v] = CAT(load_, SUFFIX)(W + k * cp + v * LANES);
@@ -138,19 +139,18 @@ static inline __attribute__((always_inline)) void CAT(softmax_grad_block_, SUFFI
     double *G64, const char *next, int64_t next_bytes) {
     const int kt_full = NV == 1 ? 8 : NV == 2 ? 6 : NV == 3 ? 4 : 2; /* kt x NV + NV + 1 <= 16 */
     /* This loop works from cache and leaves the memory bus idle: meanwhile, bring the next
-     * block (next_bytes from next) into L2, a share of it before each group of features. */
-    const int64_t groups = d / kt_full > 0 ? d / kt_full : 1;
-    const int64_t lines = (next_bytes + 63) / 64, share = (lines + groups - 1) / groups;
+     * block (next_bytes from next) into L2, a line every other row, so few are in flight. */
+    const int64_t lines = (next_bytes + 63) / 64;
     int64_t k0 = 0, fetched = 0;
     for (; k0 + kt_full <= d; k0 += kt_full) {
-        int64_t upto = fetched + share < lines ? fetched + share : lines;
-        for (; fetched < upto; fetched++) __builtin_prefetch(next + 64 * fetched, 0, 2);
         VEC_T acc[8][MAX_NV];
         for (int kk = 0; kk < kt_full; kk++)
             for (int v = 0; v < NV; v++) acc[kk][v] = CAT(splat_, SUFFIX)(0);
         const REAL *x = Xb + k0;
         const REAL *Dr = D;
+#pragma GCC unroll 2
         for (int64_t r = 0; r < m; r++, x += d, Dr += cp) {
+            if ((r & 1) && fetched < lines) __builtin_prefetch(next + 64 * fetched++, 0, 2);
             VEC_T dv[MAX_NV];
             for (int v = 0; v < NV; v++) dv[v] = CAT(load_, SUFFIX)(Dr + v * LANES);
             for (int kk = 0; kk < kt_full; kk++) {

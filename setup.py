@@ -20,7 +20,13 @@ setup(
             "lambdagrad.native._kernels",
             sources=[f"{NATIVE}/kernels.c"],
             depends=[f"{NATIVE}/kernels_impl.h"],
-            extra_compile_args=["-O3", "-fno-strict-aliasing", "-std=gnu11", *arch_flags],
+            extra_compile_args=[
+                "-O3",
+                "-fno-strict-aliasing",
+                "-std=gnu11",
+                "-Wno-psabi",
+                *arch_flags,
+            ],
             libraries=["m"],
             optional=True,
         )

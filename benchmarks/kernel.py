@@ -10,9 +10,9 @@ the roofline is the larger of the memory time and the products at the square-``m
 (measured here too).
 
 A Lambda worker at <= 1,769 MB has one vCPU, so BLAS runs single-threaded here (set before
-numpy loads). The machine is shared and its speed drifts by +-20 % from minute to minute, so
-each kernel run is paired with a bandwidth reading taken just before it: ``% roof`` is the
-median over N pairs, with their range.
+numpy loads). The machine is shared and its speed drifts (seen: matmul 20-38 GFLOP/s, reads
+9-13 GB/s) from minute to minute, so each kernel run is paired with a bandwidth reading and
+a matmul taken just before it: ``% roof`` is the median over N pairs, with their range.
 
 For softmax the script also prints numpy's *floor*: the time numpy needs for the ``rows x C``
 exponentials alone (on a cache-sized block) plus the products at the matmul peak, which no
@@ -65,15 +65,22 @@ def kernels(path: str):
         native.KERNELS = saved
 
 
-def paired(kernel: Callable[[], object], stream: np.ndarray, roof: Callable[[float], float],
-           repeat: int) -> tuple[float, list[float]]:  # fmt: skip
+def paired(
+    kernel: Callable[[], object],
+    stream: np.ndarray,
+    square: np.ndarray,
+    roof: Callable[[float, float], float],
+    repeat: int,
+) -> tuple[float, list[float]]:
     """Best kernel seconds, and roofline / kernel time for ``repeat`` pairs, each roofline
-    ``roof(bandwidth)`` at the bandwidth of a streaming ``sum`` of ``stream`` just before."""
+    ``roof(bandwidth, flops per second)`` from a streaming ``sum`` of ``stream`` and a
+    ``square @ square`` timed just before the kernel run."""
     times, fractions = [], []
     for _ in range(repeat):
         bandwidth = stream.nbytes / best_of(stream.sum, 1)
+        flop_rate = 2 * square.shape[0] ** 3 / best_of(lambda: square @ square, 1)
         times.append(best_of(kernel, 1))
-        fractions.append(roof(bandwidth) / times[-1])
+        fractions.append(roof(bandwidth, flop_rate) / times[-1])
     return min(times), fractions
 
 
@@ -86,10 +93,14 @@ def read_bandwidth(stream: np.ndarray, repeat: int) -> float:
     return stream.nbytes / min(t_sum, t_copy)
 
 
+def square_matrix(dtype: type) -> np.ndarray:
+    """The matrix whose product with itself measures the matmul peak."""
+    return np.random.default_rng(2).standard_normal((1024, 1024)).astype(dtype)
+
+
 def peak_gflops(dtype: type, repeat: int) -> float:
-    n = 1024
-    a = np.random.default_rng(2).standard_normal((n, n)).astype(dtype)
-    return 2 * n**3 / best_of(lambda: a @ a, repeat) / 1e9
+    a = square_matrix(dtype)
+    return 2 * a.shape[0] ** 3 / best_of(lambda: a @ a, repeat) / 1e9
 
 
 def exp_ns_per_value(dtype: type, repeat: int) -> float:
@@ -152,15 +163,16 @@ def main() -> None:
                 kernel, nbytes = kernel_call(kind, n_classes, rows, dtype)
                 flops = 2 * 2 * rows * FEATURES * n_classes  # forward and backward products
                 compute_s = flops / (peak[dtype] * 1e9)
+                square = square_matrix(dtype)
 
-                def roof(bw: float, nbytes: int = nbytes, compute_s: float = compute_s):
-                    return max(2 * nbytes / bw, compute_s)
+                def roof(bw: float, flop_rate: float, nbytes: int = nbytes, flops: int = flops):
+                    return max(2 * nbytes / bw, flops / flop_rate)
 
                 line = f"{kind:<9}{rows:>9} {np.dtype(dtype).name:<8}"
                 best = {}
                 for path in paths:
                     with kernels(path):
-                        best[path], fractions = paired(kernel, stream, roof, args.repeat)
+                        best[path], fractions = paired(kernel, stream, square, roof, args.repeat)
                     median = float(np.median(fractions))
                     if path == paths[0]:
                         worst = min(worst, median)
@@ -172,10 +184,12 @@ def main() -> None:
                 print(line)
                 if kind == "softmax":
                     floor_s = rows * n_classes * exp_ns[dtype] * 1e-9 + compute_s
-                    floors.append((rows, dtype, floor_s, roof(bandwidth) / floor_s))
+                    floors.append(
+                        (rows, dtype, floor_s, max(2 * nbytes / bandwidth, compute_s) / floor_s)
+                    )
     print(
         "% roof = median over the pairs of max(two streaming passes over the batch at the "
-        "bandwidth read just before, the products at the matmul peak) / kernel time; "
+        "bandwidth, the products at the matmul rate, both read just before) / kernel time; "
         "speedup = best numpy time / best native time"
     )
     for rows, dtype, floor_s, reach in floors:

@@ -1,10 +1,13 @@
 /* One dtype's fused loss-and-gradient kernels; kernels.c includes this file once for
  * double and once for float (REAL, SUFFIX, and the exp constants are set there).
  *
- * Each kernel reads every row of X exactly once: a tile of TILE rows is loaded, its
- * scores computed, turned into d loss / d score, and its outer product added to the
- * gradient while the tile is still in L1. Gradients are summed in REAL over BLOCK rows and
- * then added to the caller's float64 sums, so float32 data keeps float64 totals. */
+ * Each kernel reads every row of X from memory once. Linear and logistic: a tile of TILE
+ * rows is loaded, its scores computed, turned into d loss / d score, and its outer product
+ * added to the gradient while the tile is still in L1. Softmax: the tiles of a block get
+ * their scores and d loss / d score rows (D), then the block's gradient X_b^T D is summed
+ * from L2 while the next block is prefetched. Gradients are summed in REAL over at most
+ * BLOCK rows and then added to the caller's float64 sums, so float32 data keeps float64
+ * totals. */
 
 #define VEC_T CAT(vec_, SUFFIX)
 #define UVEC_T CAT(uvec_, SUFFIX)
@@ -183,6 +186,8 @@ static int64_t CAT(softmax_block_rows_, SUFFIX)(int64_t d) {
     return rows < TILE ? TILE : (rows > BLOCK ? BLOCK : rows);
 }
 
+/* The softmax kernel for a constant NV (see lg_softmax_*): scores and D tile by tile, then
+ * the gradient, block by block. */
 static inline __attribute__((always_inline)) double CAT(softmax_nv_, SUFFIX)(
     const REAL *X, int64_t n, int64_t d, const int64_t *y, const REAL *W, const REAL *b,
     int64_t cp, const IVEC_T *keep, const int NV, double *G64, REAL *gb, REAL *D,

@@ -59,20 +59,14 @@ def reference_train(spec: JobSpec, data: bytes, source: str) -> tuple[np.ndarray
             params, state, loss = local_sgd_round(
                 spec, model, optimizer, schedule, params, state, shards, t
             )
-            checkpoints.append(params)
-            losses.append(loss)
-            val_loss = float(model.loss(params, X_val, y_val)) if len(y_val) else None
-            progress, stop = advance_progress(progress, spec, t + 1, loss, val_loss, 0.0)
-            if stop:
-                break
-            continue
-        parts = []
-        for k, (Xk, yk) in enumerate(shards):
-            idx = batch_indices(len(yk), spec.training.batch_size, workers, seed, t, k)
-            grad_sum, loss_sum, count = worker_gradient(model, params, Xk[idx], yk[idx])
-            parts.append((transfer_gradient(spec, grad_sum), loss_sum, count))
-        grad, loss, _ = combine_gradients(*map(list, zip(*parts, strict=True)))
-        params, state = reduce_round(model, optimizer, params, state, grad, spec, schedule)
+        else:
+            parts = []
+            for k, (Xk, yk) in enumerate(shards):
+                idx = batch_indices(len(yk), spec.training.batch_size, workers, seed, t, k)
+                grad_sum, loss_sum, count = worker_gradient(model, params, Xk[idx], yk[idx])
+                parts.append((transfer_gradient(spec, grad_sum), loss_sum, count))
+            grad, loss, _ = combine_gradients(*map(list, zip(*parts, strict=True)))
+            params, state = reduce_round(model, optimizer, params, state, grad, spec, schedule)
         checkpoints.append(params)
         losses.append(loss)
         val_loss = float(model.loss(params, X_val, y_val)) if len(y_val) else None

@@ -82,6 +82,17 @@ def segments_of(stack, job_id: str) -> list[dict]:
     return sorted(found, key=lambda d: json.loads(d["input"])["round"])
 
 
+def write_buy_csv(directory: Path) -> Path:
+    """400 rows of a linearly separable yes/no label over three features: buy.csv."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 3))
+    y = np.where(X @ np.array([2.0, -1.0, 0.5]) + 0.3 > 0, "yes", "no")
+    csv = "a,b,c,buy\n" + "\n".join(f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y, strict=True))
+    path = directory / "buy.csv"
+    path.write_text(csv)
+    return path
+
+
 def history_length(stack, execution_arn: str) -> int:
     # finalize marks the job SUCCEEDED before the execution records its last events
     stack.wait_execution(execution_arn, poll_seconds=0.05, timeout=60)
@@ -128,12 +139,7 @@ def test_local_sgd_matches_the_model_averaging_reference(stack):
 
 
 def test_logistic_regression_trains(stack, tmp_path):
-    rng = np.random.default_rng(5)
-    X = rng.normal(size=(400, 3))
-    y = np.where(X @ np.array([2.0, -1.0, 0.5]) + 0.3 > 0, "yes", "no")
-    csv = "a,b,c,buy\n" + "\n".join(f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y, strict=True))
-    path = tmp_path / "buy.csv"
-    path.write_text(csv)
+    path = write_buy_csv(tmp_path)
     doc = {
         "job_id": "logistic-1",
         "dataset": {"uri": "s3://placeholder-bucket/buy.csv", "label": "buy", "validation": 0.25},
@@ -386,12 +392,7 @@ def test_float32_matches_reference_and_keeps_accuracy(stack):
 
 
 def test_float32_logistic_keeps_accuracy(stack, tmp_path):
-    rng = np.random.default_rng(5)
-    X = rng.normal(size=(400, 3))
-    y = np.where(X @ np.array([2.0, -1.0, 0.5]) + 0.3 > 0, "yes", "no")
-    csv = "a,b,c,buy\n" + "\n".join(f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y, strict=True))
-    path = tmp_path / "buy.csv"
-    path.write_text(csv)
+    path = write_buy_csv(tmp_path)
     results = {}
     for dtype in ("float64", "float32"):
         doc = {

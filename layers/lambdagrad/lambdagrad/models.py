@@ -318,8 +318,7 @@ class SoftmaxRegression(Model):
         dt = X.dtype
         kernels = _native_for(X)
         if kernels is not None and kernels.softmax_fits(C, dt):
-            W, b = p["W"].astype(dt), p["b"].astype(dt)
-            loss, gW, gb = kernels.softmax(X, np.ascontiguousarray(y, np.int64), W, b)
+            loss, gW, gb = kernels.softmax(X, np.ascontiguousarray(y, np.int64), p["W"], p["b"])
             return loss / n, np.concatenate([gW.ravel(), gb]) / n
         # Scores are kept transposed, (C, rows): the per-row reductions of the softmax
         # then run across C contiguous rows of length ``rows`` (vectorised), not along

@@ -24,9 +24,6 @@ __all__ = ["KERNELS", "STATUS", "Kernels", "load"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-# Bytes per vector in kernels.c (VEC_BYTES) and classes per softmax tile (MAX_NV vectors).
-_VEC_BYTES = 32
-_MAX_VECTORS = 4
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -38,20 +35,23 @@ class Kernels:
     """The loaded library, with numpy-facing wrappers that return sums over the rows."""
 
     lib: ctypes.CDLL
+    vector_bytes: int  # kernels.c's VEC_BYTES
+    max_vectors: int  # class vectors one softmax tile holds (MAX_NV)
 
     def softmax_fits(self, n_classes: int, dtype: np.dtype) -> bool:
         """Whether one tile holds ``n_classes`` (16 in float64, 32 in float32)."""
-        return n_classes <= _MAX_VECTORS * _VEC_BYTES // dtype.itemsize
+        return n_classes <= self.max_vectors * self.vector_bytes // dtype.itemsize
 
     def softmax(
         self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Sums over the rows of ``(X, y)`` (C-contiguous float32/float64, int64 classes) of
-        the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b`` (C)."""
+        the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b`` (C), given
+        in any float dtype: they are copied, padded, into the dtype of ``X``."""
         dt = X.dtype
         n, d = X.shape
         C = W.shape[1]
-        lanes = _VEC_BYTES // dt.itemsize
+        lanes = self.vector_bytes // dt.itemsize
         cp = -(-C // lanes) * lanes
         Wp = np.zeros((d, cp), dt)
         Wp[:, :C] = W
@@ -112,7 +112,9 @@ def load() -> tuple[Kernels | None, str]:
         fn.restype = ctypes.c_double
         fn.argtypes = [_P, _I, _I, _P, _P, scalar, ctypes.c_int, _P, _P, _P]
     lib.lg_softmax_work.restype, lib.lg_softmax_work.argtypes = _I, [_I, _I]
-    return Kernels(lib), f"on: {path.name}"
+    lib.lg_vector_bytes.restype = lib.lg_softmax_max_vectors.restype = _I
+    kernels = Kernels(lib, lib.lg_vector_bytes(), lib.lg_softmax_max_vectors())
+    return kernels, f"on: {path.name}"
 
 
 KERNELS, STATUS = load()

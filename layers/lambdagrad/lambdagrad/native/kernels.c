@@ -81,3 +81,7 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 /* REALs of work buffer lg_softmax_f64/f32 need for d features and cp padded classes: the
  * d loss / d score rows of one block, the block's bias gradient, and a zero row. */
 int64_t lg_softmax_work(int64_t d, int64_t cp) { return BLOCK * cp + cp + d; }
+
+/* Bytes per vector and the most class vectors one softmax tile holds. */
+int64_t lg_vector_bytes(void) { return VEC_BYTES; }
+int64_t lg_softmax_max_vectors(void) { return MAX_NV; }

@@ -54,23 +54,28 @@ def _plain(kind: str, params: np.ndarray, X: np.ndarray, y: np.ndarray, C: int):
 
 CASES = [
     ("linear", 1), ("logistic", 2), ("softmax", 2), ("softmax", 4), ("softmax", 10),
-    ("softmax", 16), ("softmax", 17),  # 17: past float64's native tile, inside float32's
-    ("softmax", 40),  # past both: the numpy kernel runs
+    ("softmax", 16), ("softmax", 17),  # 16, 17: scores in two chunks (float64: 3-5 vectors)
+    ("softmax", 40),  # a row of 5 (float32) / 10 (float64) vectors: the softmax's wide path
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind,C", CASES)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("rows", [1, 3, 1003])
-def test_kernels_match_plain_formulas(kind, C, dtype, rtol, rows, kernel_path, monkeypatch):
+@pytest.mark.parametrize("features", [7, 13])
+def test_kernels_match_plain_formulas(
+    kind, C, dtype, rtol, rows, features, kernel_path, monkeypatch
+):
     # numpy: 64-row blocks over 1,003 rows, 15 full blocks and a short last one (43 rows).
-    # native: 4-row tiles and 512-row sums, the last tile 3 rows; 7 features is no whole
-    # vector of either dtype, so every product has a scalar tail.
-    monkeypatch.setattr(models, "BLOCK_BYTES", 64 * 7 * np.dtype(dtype).itemsize)
+    # native: 4-row tiles and two 512-row blocks (the second 491 rows, its last tile 3).
+    # Neither 7 nor 13 features is a whole number of vectors: linear and logistic end on a
+    # scalar tail, softmax on a vector overlapping the one before; 7 features are fewer
+    # than a float32 vector (8), so float32 softmax takes the numpy kernel there.
+    monkeypatch.setattr(models, "BLOCK_BYTES", 64 * features * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(5)
-    X = rng.standard_normal((rows, 7))
+    X = rng.standard_normal((rows, features))
     y = rng.integers(0, C, rows) if C > 1 else rng.standard_normal(rows)
-    model = build_model(kind, 7, C)
+    model = build_model(kind, features, C)
     params = rng.standard_normal(model.n_params)
     want_loss, want_grad = _plain(kind, params, X.astype(dtype).astype(np.float64), y, C)
     loss, grad = model.loss_and_grad(params, X.astype(dtype), y)
@@ -81,13 +86,15 @@ def test_kernels_match_plain_formulas(kind, C, dtype, rtol, rows, kernel_path, m
 
 @pytest.mark.parametrize("kind,C", [("logistic", 2), ("softmax", 10)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_extreme_logits_stay_finite_and_exact(kind, C, dtype, kernel_path):
+@pytest.mark.parametrize("features", [2, 8])  # softmax: numpy below a vector, C above
+def test_extreme_logits_stay_finite_and_exact(kind, C, dtype, features, kernel_path):
     # Scores of +-1e4 (exp underflows and overflows in any naive formula): the loss is the
     # margin, the gradient exactly the (p - onehot) of a saturated softmax / sigmoid.
-    model = build_model(kind, 2, C)
+    model = build_model(kind, features, C)
     params = np.zeros(model.n_params)
     params[0] = 1.0  # logistic: z = x0; softmax: class 0's logit is x0, the others 0
-    X = np.array([[1e4, 0.0], [-1e4, 0.0], [1e4, 1.0], [0.0, 0.0], [-1e4, 1.0]], dtype)
+    X = np.zeros((5, features), dtype)
+    X[:, :2] = [[1e4, 0.0], [-1e4, 0.0], [1e4, 1.0], [0.0, 0.0], [-1e4, 1.0]]
     y = np.array([1, 1, 0, 1, 0])
     loss, grad = model.loss_and_grad(params, X, y)
     want_loss, want_grad = _plain(kind, params, X.astype(np.float64), y, C)
@@ -107,3 +114,21 @@ def test_strided_batches_take_the_numpy_kernel_with_the_same_result():
     want_loss, want_grad = model.loss_and_grad(params, np.ascontiguousarray(strided), y)
     assert loss == pytest.approx(want_loss, rel=1e-12)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_softmax_takes_the_native_kernel_from_one_vector_of_features(monkeypatch):
+    # The C softmax reads features a vector at a time (4 float64 / 8 float32): narrower
+    # rows go to the numpy kernel, wider ones (any class count) to C.
+    if native.KERNELS is None:
+        pytest.skip(f"the C kernels are off here ({native.STATUS})")
+    calls = []
+    real = native.Kernels.softmax
+    monkeypatch.setattr(
+        native.Kernels, "softmax", lambda self, X, *a: calls.append(X.shape) or real(self, X, *a)
+    )
+    rng = np.random.default_rng(2)
+    for features in (7, 8):
+        model = build_model("softmax", features, 40)
+        X = rng.standard_normal((50, features)).astype(np.float32)
+        model.loss_and_grad(rng.standard_normal(model.n_params), X, rng.integers(0, 40, 50))
+    assert calls == [(50, 8)]

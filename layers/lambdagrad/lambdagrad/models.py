@@ -317,7 +317,7 @@ class SoftmaxRegression(Model):
         C = self.n_classes
         dt = X.dtype
         kernels = _native_for(X)
-        if kernels is not None and kernels.softmax_fits(C, dt):
+        if kernels is not None and kernels.softmax_fits(d, dt):
             loss, gW, gb = kernels.softmax(X, np.ascontiguousarray(y, np.int64), p["W"], p["b"])
             return loss / n, np.concatenate([gW.ravel(), gb]) / n
         # Scores are kept transposed, (C, rows): the per-row reductions of the softmax

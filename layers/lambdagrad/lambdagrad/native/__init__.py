@@ -36,34 +36,30 @@ class Kernels:
 
     lib: ctypes.CDLL
     vector_bytes: int  # kernels.c's VEC_BYTES
-    max_vectors: int  # class vectors one softmax tile holds (MAX_NV)
 
-    def softmax_fits(self, n_classes: int, dtype: np.dtype) -> bool:
-        """Whether one tile holds ``n_classes`` (16 in float64, 32 in float32)."""
-        return n_classes <= self.max_vectors * self.vector_bytes // dtype.itemsize
+    def softmax_fits(self, n_features: int, dtype: np.dtype) -> bool:
+        """Whether a row holds one vector of features (4 in float64, 8 in float32): the
+        softmax kernel takes its features a vector at a time."""
+        return n_features * dtype.itemsize >= self.vector_bytes
 
     def softmax(
         self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """Sums over the rows of ``(X, y)`` (C-contiguous float32/float64, int64 classes) of
         the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b`` (C), given
-        in any float dtype: they are copied, padded, into the dtype of ``X``."""
+        in any float dtype (cast to the dtype of ``X``)."""
         dt = X.dtype
         n, d = X.shape
         C = W.shape[1]
-        lanes = self.vector_bytes // dt.itemsize
-        cp = -(-C // lanes) * lanes
-        Wp = np.zeros((d, cp), dt)
-        Wp[:, :C] = W
-        bp = np.zeros(cp, dt)
-        bp[:C] = b
-        G, gb = np.zeros((d, cp)), np.zeros(cp)
-        work = np.empty(self.lib.lg_softmax_work(d, cp), dt)
+        W = np.ascontiguousarray(W, dt)
+        b = np.ascontiguousarray(b, dt)
+        G, gb = np.zeros((d, C)), np.zeros(C)
+        work = np.empty(self.lib.lg_softmax_work(d, C), dt)
         fn = self.lib.lg_softmax_f64 if dt == np.float64 else self.lib.lg_softmax_f32
-        loss = fn(_ptr(X), n, d, _ptr(y), _ptr(Wp), _ptr(bp), C, cp, _ptr(G), _ptr(gb), _ptr(work))
-        if loss < 0:  # kernels.c refuses a class count its tile does not hold
-            raise ValueError(f"{C} classes do not fit the native softmax tile")
-        return loss, G[:, :C], gb[:C]
+        loss = fn(_ptr(X), n, d, _ptr(y), _ptr(W), _ptr(b), C, _ptr(G), _ptr(gb), _ptr(work))
+        if loss < 0:  # kernels.c refuses rows narrower than a vector
+            raise ValueError(f"{d} features are fewer than a vector of the native softmax")
+        return loss, G, gb
 
     def affine(
         self, X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, logistic: bool
@@ -74,7 +70,7 @@ class Kernels:
         dt = X.dtype
         n, d = X.shape
         g, gb = np.zeros(d), np.zeros(1)
-        work = np.empty(d, dt)
+        work = np.empty(self.lib.lg_affine_work(d), dt)
         if dt == np.float64:
             fn, scalar = self.lib.lg_affine_f64, ctypes.c_double
         else:
@@ -106,14 +102,15 @@ def load() -> tuple[Kernels | None, str]:
         return None, f"off: {path.name} does not load ({exc})"
     for sfx in ("f64", "f32"):
         fn = getattr(lib, f"lg_softmax_{sfx}")
-        fn.restype, fn.argtypes = ctypes.c_double, [_P, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]
+        fn.restype, fn.argtypes = ctypes.c_double, [_P, _I, _I, _P, _P, _P, _I, _P, _P, _P]
         fn = getattr(lib, f"lg_affine_{sfx}")
         scalar = ctypes.c_double if sfx == "f64" else ctypes.c_float
         fn.restype = ctypes.c_double
         fn.argtypes = [_P, _I, _I, _P, _P, scalar, ctypes.c_int, _P, _P, _P]
     lib.lg_softmax_work.restype, lib.lg_softmax_work.argtypes = _I, [_I, _I]
-    lib.lg_vector_bytes.restype = lib.lg_softmax_max_vectors.restype = _I
-    kernels = Kernels(lib, lib.lg_vector_bytes(), lib.lg_softmax_max_vectors())
+    lib.lg_affine_work.restype, lib.lg_affine_work.argtypes = _I, [_I]
+    lib.lg_vector_bytes.restype = _I
+    kernels = Kernels(lib, lib.lg_vector_bytes())
     return kernels, f"on: {path.name}"
 
 

@@ -9,13 +9,28 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
+#define SHUF __builtin_shufflevector
+
+/* Makes the compiler hold v in a register rather than fold its load into each use. */
+#if defined(__x86_64__) && defined(__AVX__)
+#define KEEP_IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define KEEP_IN_REGISTER(v) ((void)0)
+#endif
 
 #define VEC_BYTES 32 /* four doubles or eight floats: AVX2, or two NEON registers */
-#define TILE 4       /* rows per tile: TILE x MAX_NV accumulators fit the 16 vector registers */
-#define MAX_NV 4     /* class vectors per tile: softmax up to 16 (float64) / 32 (float32) classes */
+#define TILE 4       /* rows per tile (linear, logistic, and the softmax of scores) */
 #define BLOCK 512    /* rows summed in the data's precision before adding to the float64 totals */
 
 #define PREFETCH_TILES 2 /* the hardware prefetcher alone leaves a tile waiting on memory */
+
+/* softmax (see kernels_impl.h) */
+#define SM_NC 12                  /* classes of a row's scores summed in registers at once */
+#define SM_MAXV 4                 /* class vectors of a row the softmax holds in registers */
+#define SM_GC 6                   /* gradient: up to SM_GC classes x SM_GK feature vectors */
+#define SM_GK 2                   /*   summed in registers (measured best of 1-6 x 1-8) */
+#define SM_BLOCK_BYTES (128 << 10) /* a block of X and the next both fit L2 (512 KiB+) */
+#define PF_BYTES (8 << 10)        /* the scores ask for the row this far ahead */
 
 /* Asks for the TILE rows from row `from` on (contiguous) to be brought into cache. */
 static inline void prefetch_rows(const void *X, int64_t from, int64_t n, int64_t row_bytes) {
@@ -36,6 +51,7 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #define IREAL int64_t
 #define SUFFIX f64
 #define SPLAT_INIT(x) {x, x, x, x}
+#define LANES_N 4
 #define EXP_COEF exp_coef_f64
 #define EXP_DEGREE 13
 #define EXP_MIN (-708.0)
@@ -51,6 +67,7 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #undef IREAL
 #undef SUFFIX
 #undef SPLAT_INIT
+#undef LANES_N
 #undef EXP_COEF
 #undef EXP_DEGREE
 #undef EXP_MIN
@@ -66,6 +83,7 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #define IREAL int32_t
 #define SUFFIX f32
 #define SPLAT_INIT(x) {x, x, x, x, x, x, x, x}
+#define LANES_N 8
 #define EXP_COEF exp_coef_f32
 #define EXP_DEGREE 7
 #define EXP_MIN (-87.0f)
@@ -78,10 +96,18 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #define LOG1P log1pf
 #include "kernels_impl.h"
 
-/* REALs of work buffer lg_softmax_f64/f32 need for d features and cp padded classes: the
- * d loss / d score rows of one block, the block's bias gradient, and a zero row. */
-int64_t lg_softmax_work(int64_t d, int64_t cp) { return BLOCK * cp + cp + d; }
+/* REALs of work buffer lg_softmax_f64/f32 need for d features and C classes (at most, for
+ * either dtype): W transposed and the block's gradient (C rows of whole vectors each), the
+ * scores and d loss / d score rows of one block, the padded bias and its block gradient. */
+int64_t lg_softmax_work(int64_t d, int64_t C) {
+    const int64_t lanes = VEC_BYTES / sizeof(float), line = 64 / sizeof(float);
+    const int64_t ws = (d + lanes - 1) / lanes * lanes, cp = (C + lanes - 1) / lanes * lanes;
+    const int64_t wt = (C * ws + line - 1) / line * line, s = (BLOCK * cp + line - 1) / line * line;
+    const int64_t b = (cp + line - 1) / line * line;
+    return 2 * wt + s + 2 * b + line; /* + line: room to align the start to 64 bytes */
+}
 
-/* Bytes per vector and the most class vectors one softmax tile holds. */
+/* REALs of work buffer lg_affine_f64/f32 need for d features. */
+int64_t lg_affine_work(int64_t d) { return d + 64 / sizeof(float); }
+/* Bytes per vector: the softmax kernel needs rows of at least one vector of features. */
 int64_t lg_vector_bytes(void) { return VEC_BYTES; }
-int64_t lg_softmax_max_vectors(void) { return MAX_NV; }

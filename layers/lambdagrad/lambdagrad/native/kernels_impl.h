@@ -3,11 +3,10 @@
  *
  * Each kernel reads every row of X from memory once. Linear and logistic: a tile of TILE
  * rows is loaded, its scores computed, turned into d loss / d score, and its outer product
- * added to the gradient while the tile is still in L1. Softmax: the tiles of a block get
- * their scores and d loss / d score rows (D), then the block's gradient X_b^T D is summed
- * from L2 while the next block is prefetched. Gradients are summed in REAL over at most
- * BLOCK rows and then added to the caller's float64 sums, so float32 data keeps float64
- * totals. */
+ * added to the gradient while the tile is still in L1. Softmax: a block of rows (in L2) gets
+ * its scores and d loss / d score rows (D), then its gradient X_b^T D, with the features as
+ * vector lanes throughout. Gradients are summed in REAL over at most BLOCK rows and then
+ * added to the caller's float64 sums, so float32 data keeps float64 totals. */
 
 #define VEC_T CAT(vec_, SUFFIX)
 #define UVEC_T CAT(uvec_, SUFFIX)
@@ -59,6 +58,48 @@ static inline REAL CAT(hmax_, SUFFIX)(VEC_T v) {
     return m;
 }
 
+/* Lane i of the result is the sum of the lanes of v[i]: a transpose by shuffles, with the
+ * sums taken along the way. */
+static inline VEC_T CAT(transpose_sum_, SUFFIX)(const VEC_T *v) {
+#if LANES_N == 4
+    VEC_T a = SHUF(v[0], v[1], 0, 4, 2, 6) + SHUF(v[0], v[1], 1, 5, 3, 7);
+    VEC_T b = SHUF(v[2], v[3], 0, 4, 2, 6) + SHUF(v[2], v[3], 1, 5, 3, 7);
+    return SHUF(a, b, 0, 1, 4, 5) + SHUF(a, b, 2, 3, 6, 7);
+#else
+    VEC_T p[4], q[2];
+    for (int i = 0; i < 4; i++)
+        p[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               SHUF(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int i = 0; i < 2; i++)
+        q[i] = SHUF(p[2 * i], p[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               SHUF(p[2 * i], p[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUF(q[0], q[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(q[0], q[1], 4, 5, 6, 7, 12, 13, 14, 15);
+#endif
+}
+
+/* Every lane: the sum / the largest of v's lanes (shuffles, no lane-by-lane extraction). */
+static inline VEC_T CAT(allsum_, SUFFIX)(VEC_T v) {
+#if LANES_N == 8
+    v += SHUF(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += SHUF(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    return v + SHUF(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+#else
+    v += SHUF(v, v, 2, 3, 0, 1);
+    return v + SHUF(v, v, 1, 0, 3, 2);
+#endif
+}
+
+static inline VEC_T CAT(allmax_, SUFFIX)(VEC_T v) {
+#if LANES_N == 8
+    v = CAT(vmax_, SUFFIX)(v, SHUF(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = CAT(vmax_, SUFFIX)(v, SHUF(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+    return CAT(vmax_, SUFFIX)(v, SHUF(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+    v = CAT(vmax_, SUFFIX)(v, SHUF(v, v, 2, 3, 0, 1));
+    return CAT(vmax_, SUFFIX)(v, SHUF(v, v, 1, 0, 3, 2));
+#endif
+}
+
 /* Adds a REAL block sum into the float64 total and clears it. */
 static void CAT(flush_, SUFFIX)(REAL *block, double *total, int64_t len) {
     for (int64_t i = 0; i < len; i++) {
@@ -69,191 +110,320 @@ static void CAT(flush_, SUFFIX)(REAL *block, double *total, int64_t len) {
 
 /* ---- softmax cross-entropy ------------------------------------------------------------ */
 
-/* Scores, softmax and d loss / d score of one tile of TILE rows (the last tile may have
- * fewer valid rows, nr; the others point at a zero row and count for nothing), NV class
- * vectors at once: W is d x cp (cp = NV * LANES columns, padded with zeros), keep[v] masks
- * the real classes of vector v. Writes the TILE x cp rows of p - onehot(y) to D, adds them
- * to gb, multiplies each row's sum of exps into *sprod and returns the rest of the loss.
- * Indexes into acc are compile-time constants only, so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) double CAT(softmax_tile_, SUFFIX)(
-    const REAL *const *rows, int nr, int64_t d, const int64_t *y, const REAL *W, const REAL *b,
-    int64_t cp, const IVEC_T *keep, const int NV, REAL *D, REAL *gb, double *sprod) {
-    VEC_T acc[TILE][MAX_NV];
-    for (int v = 0; v < NV; v++) {
-        VEC_T bv = CAT(load_, SUFFIX)(b + v * LANES);
-        for (int r = 0; r < TILE; r++) acc[r][v] = bv;
-    }
+/* Features are the vector lanes, so no lane is spent on padding classes (10 classes as
+ * vectors of classes would fill 12 float64 / 16 float32 lanes of multiply-adds). A row's
+ * score for class c is its dot product with column c of W, taken a vector of features at a
+ * time against Wt (W transposed: C rows of nk vectors); the gradient is summed as
+ * Gt[c] += D[i][c] x_i, again a vector of features at a time. When d is not a multiple of
+ * LANES, a row's last vector is the one ending at column d: it overlaps the one before, and
+ * the lanes they share are zero in Wt and skipped when Gt is added to the caller's sums. */
+
+/* Scores of the m rows of Xb for the NC classes of Wt from wt on (row stride ws): the NC dot
+ * products in registers, reduced lane-wise and stored as whole vectors at S (row stride cp);
+ * lanes past class NC hold zeros, which a later chunk or the padding overwrites. Each row
+ * also asks for the row PF_BYTES ahead (rows_left rows remain from Xb on). */
+static inline __attribute__((always_inline)) void CAT(sm_scores_, SUFFIX)(
+    const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *wt, int64_t ws, const int NC,
+    REAL *S, int64_t cp, int prefetch, int64_t rows_left) {
+    const int64_t row_bytes = d * (int64_t)sizeof(REAL);
+    const int64_t ahead = (PF_BYTES + row_bytes - 1) / row_bytes;
+    for (int64_t i = 0; i < m; i++) {
+        const REAL *x = Xb + i * d;
+        if (prefetch && i + ahead < rows_left)
+            for (int64_t off = 0; off < row_bytes; off += 64)
+                __builtin_prefetch((const char *)(x + ahead * d) + off, 0, 3);
+        VEC_T acc[SM_NC];
+        for (int c = 0; c < NC; c++) acc[c] = CAT(splat_, SUFFIX)(0);
 #pragma GCC unroll 2
-    for (int64_t k = 0; k < d; k++) {
-        VEC_T w[MAX_NV];
-        for (int v = 0; v < NV; v++) w[v] = CAT(load_, SUFFIX)(W + k * cp + v * LANES);
-        for (int r = 0; r < TILE; r++) {
-            VEC_T x = CAT(splat_, SUFFIX)(rows[r][k]);
-            for (int v = 0; v < NV; v++) acc[r][v] += x * w[v];
+        for (int64_t k = 0; k < nk - 1; k++) {
+            VEC_T xv = CAT(load_, SUFFIX)(x + k * LANES);
+            for (int c = 0; c < NC; c++) acc[c] += xv * CAT(load_, SUFFIX)(wt + c * ws + k * LANES);
+        }
+        VEC_T xv = CAT(load_, SUFFIX)(x + d - LANES);
+        for (int c = 0; c < NC; c++)
+            acc[c] += xv * CAT(load_, SUFFIX)(wt + c * ws + (nk - 1) * LANES);
+        for (int g = 0; g < NC; g += LANES) {
+            VEC_T grp[LANES];
+            for (int l = 0; l < LANES; l++)
+                grp[l] = g + l < NC ? acc[g + l] : CAT(splat_, SUFFIX)(0);
+            CAT(store_, SUFFIX)(S + i * cp + g, CAT(transpose_sum_, SUFFIX)(grp));
         }
     }
-    /* In phases over the whole tile, not row by row: the TILE x NV exp polynomials are
-     * independent chains the core overlaps, where one row's three would wait on each other. */
-    VEC_T lane;
-    for (int i = 0; i < LANES; i++) lane[i] = (REAL)i;
-    VEC_T picked = CAT(splat_, SUFFIX)(0);
+}
+
+/* sm_scores_ for a chunk of nc <= SM_NC classes, each count with its own constant. */
+static void CAT(sm_scores_chunk_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
+                                          const REAL *wt, int64_t ws, int nc, REAL *S,
+                                          int64_t cp, int prefetch, int64_t rows_left) {
+#define SM_CASE(N)                                                                             \
+    case N:                                                                                    \
+        CAT(sm_scores_, SUFFIX)(Xb, m, d, nk, wt, ws, N, S, cp, prefetch, rows_left);         \
+        break;
+    switch (nc) {
+        SM_CASE(1) SM_CASE(2) SM_CASE(3) SM_CASE(4) SM_CASE(5) SM_CASE(6)
+        SM_CASE(7) SM_CASE(8) SM_CASE(9) SM_CASE(10) SM_CASE(11) SM_CASE(12)
+    }
+#undef SM_CASE
+}
+
+/* Turns m rows of scores S (stride cp, bias not yet added; bp holds b and -inf past class C)
+ * into D = softmax - onehot(y), adds D's rows to gb, multiplies each row's sum of exps into
+ * *sprod and returns the rest of the loss. For rows of any width: in phases over all m rows,
+ * so the exps of many rows are independent work the core overlaps; the one-hot terms are
+ * vector compares, not scalar updates of values just stored as vectors (those stall). */
+static double CAT(sm_softmax_rows_, SUFFIX)(REAL *S, int64_t m, int64_t cp, const int64_t *y,
+                                            const REAL *bp, REAL *gb, double *sprod) {
+    const int64_t nv = cp / LANES;
+    VEC_T lane, picked = CAT(splat_, SUFFIX)(0), one = CAT(splat_, SUFFIX)(1);
+    for (int l = 0; l < LANES; l++) lane[l] = (REAL)l;
+    for (int64_t i = 0; i < m; i++) {
+        REAL *z = S + i * cp;
+        VEC_T mv = CAT(splat_, SUFFIX)(-INFINITY);
+        for (int64_t v = 0; v < nv; v++) {
+            VEC_T zv = CAT(load_, SUFFIX)(z + v * LANES) + CAT(load_, SUFFIX)(bp + v * LANES);
+            CAT(store_, SUFFIX)(z + v * LANES, zv);
+            mv = CAT(vmax_, SUFFIX)(mv, zv);
+        }
+        VEC_T mx = CAT(allmax_, SUFFIX)(mv), yv = CAT(splat_, SUFFIX)((REAL)y[i]);
+        for (int64_t v = 0; v < nv; v++) {
+            VEC_T t = CAT(load_, SUFFIX)(z + v * LANES) - mx;
+            CAT(store_, SUFFIX)(z + v * LANES, t);
+            /* the loss picks z_y - max: the max cancels */
+            picked += (VEC_T)((IVEC_T)t & (lane + (REAL)(v * LANES) == yv));
+        }
+    }
+    for (int64_t j = 0; j < m * nv; j++)
+        CAT(store_, SUFFIX)(S + j * LANES, CAT(vexp_, SUFFIX)(CAT(load_, SUFFIX)(S + j * LANES)));
+    double logs = 0;
+    for (int64_t i = 0; i < m; i++) {
+        REAL *z = S + i * cp;
+        VEC_T sv = CAT(load_, SUFFIX)(z);
+        for (int64_t v = 1; v < nv; v++) sv += CAT(load_, SUFFIX)(z + v * LANES);
+        VEC_T s = CAT(allsum_, SUFFIX)(sv), inv = one / s, yv = CAT(splat_, SUFFIX)((REAL)y[i]);
+        *sprod *= (double)s[0]; /* log(s) is taken of products (see the caller) */
+        for (int64_t v = 0; v < nv; v++) {
+            IVEC_T is_y = lane + (REAL)(v * LANES) == yv;
+            VEC_T p = CAT(load_, SUFFIX)(z + v * LANES) * inv - (VEC_T)((IVEC_T)one & is_y);
+            CAT(store_, SUFFIX)(z + v * LANES, p);
+            CAT(store_, SUFFIX)(gb + v * LANES, CAT(load_, SUFFIX)(gb + v * LANES) + p);
+        }
+        if (*sprod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
+            logs += log(*sprod);
+            *sprod = 1.0;
+        }
+    }
+    return logs - (double)CAT(allsum_, SUFFIX)(picked)[0];
+}
+
+/* sm_softmax_rows_ for TILE rows of NV class vectors each (a constant), held in registers
+ * from the scores to D: the tile's TILE x NV exps are independent chains. */
+static inline __attribute__((always_inline)) void CAT(sm_softmax_tile_, SUFFIX)(
+    REAL *S, int64_t cp, const int64_t *y, const REAL *bp, const int NV, VEC_T *gbv,
+    VEC_T *picked, double *sprod) {
+    VEC_T z[TILE][SM_MAXV], lane, one = CAT(splat_, SUFFIX)(1);
+    for (int l = 0; l < LANES; l++) lane[l] = (REAL)l;
     for (int r = 0; r < TILE; r++) {
-        VEC_T mv = (VEC_T)((IVEC_T)acc[r][0] & keep[0]);
-        mv += (VEC_T)((IVEC_T)CAT(splat_, SUFFIX)(-INFINITY) & ~keep[0]);
-        for (int v = 1; v < NV; v++) mv = CAT(vmax_, SUFFIX)(mv, acc[r][v]);
-        VEC_T m = CAT(splat_, SUFFIX)(CAT(hmax_, SUFFIX)(mv));
+        VEC_T mv = CAT(splat_, SUFFIX)(-INFINITY);
         for (int v = 0; v < NV; v++) {
-            acc[r][v] -= m; /* the loss picks z_y - m: the max cancels */
-            if (r < nr) {
-                IVEC_T is_y = lane == CAT(splat_, SUFFIX)((REAL)(y[r] - v * LANES));
-                picked += (VEC_T)((IVEC_T)acc[r][v] & is_y);
-            }
+            z[r][v] = CAT(load_, SUFFIX)(S + r * cp + v * LANES) + CAT(load_, SUFFIX)(bp + v * LANES);
+            mv = CAT(vmax_, SUFFIX)(mv, z[r][v]);
+        }
+        VEC_T mx = CAT(allmax_, SUFFIX)(mv), yv = CAT(splat_, SUFFIX)((REAL)y[r]);
+        for (int v = 0; v < NV; v++) {
+            z[r][v] -= mx;
+            *picked += (VEC_T)((IVEC_T)z[r][v] & (lane + (REAL)(v * LANES) == yv));
         }
     }
     for (int r = 0; r < TILE; r++)
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = (VEC_T)((IVEC_T)CAT(vexp_, SUFFIX)(acc[r][v]) & keep[v]);
+        for (int v = 0; v < NV; v++) z[r][v] = CAT(vexp_, SUFFIX)(z[r][v]);
     for (int r = 0; r < TILE; r++) {
-        VEC_T sv = acc[r][0];
-        for (int v = 1; v < NV; v++) sv += acc[r][v];
-        REAL s = CAT(hsum_, SUFFIX)(sv);
-        VEC_T inv = CAT(splat_, SUFFIX)(r < nr ? (REAL)1 / s : 0);
-        VEC_T one = CAT(splat_, SUFFIX)(r < nr ? 1 : 0);
-        if (r < nr) *sprod *= (double)s; /* log(s) is taken of products (see the caller) */
+        VEC_T sv = z[r][0];
+        for (int v = 1; v < NV; v++) sv += z[r][v];
+        VEC_T s = CAT(allsum_, SUFFIX)(sv), inv = one / s, yv = CAT(splat_, SUFFIX)((REAL)y[r]);
+        *sprod *= (double)s[0];
         for (int v = 0; v < NV; v++) {
-            IVEC_T is_y = lane == CAT(splat_, SUFFIX)((REAL)(y[r] - v * LANES));
-            acc[r][v] = acc[r][v] * inv - (VEC_T)((IVEC_T)one & is_y);
-            CAT(store_, SUFFIX)(D + r * cp + v * LANES, acc[r][v]);
+            IVEC_T is_y = lane + (REAL)(v * LANES) == yv;
+            VEC_T p = z[r][v] * inv - (VEC_T)((IVEC_T)one & is_y);
+            CAT(store_, SUFFIX)(S + r * cp + v * LANES, p);
+            gbv[v] += p;
         }
     }
-    for (int v = 0; v < NV; v++) {
-        VEC_T g = CAT(load_, SUFFIX)(gb + v * LANES);
-        for (int r = 0; r < TILE; r++) g += acc[r][v];
-        CAT(store_, SUFFIX)(gb + v * LANES, g);
-    }
-    return -(double)CAT(hsum_, SUFFIX)(picked);
 }
 
-/* G64 (d x cp) += Xb.T @ D for a block of m rows still in cache: kt features x NV class
- * vectors of G are held in registers across all m rows, so each row costs kt broadcasts and
- * NV loads for kt x NV multiply-adds, with no load or store of G inside the loop. */
-static inline __attribute__((always_inline)) void CAT(softmax_grad_block_, SUFFIX)(
-    const REAL *Xb, int64_t m, int64_t d, const REAL *D, int64_t cp, const int NV,
-    double *G64, const char *next, int64_t next_bytes) {
-    const int kt_full = NV == 1 ? 8 : NV == 2 ? 6 : NV == 3 ? 4 : 2; /* kt x NV + NV + 1 <= 16 */
-    /* This loop works from cache and leaves the memory bus idle: meanwhile, bring the next
-     * block (next_bytes from next) into L2, a line every other row, so few are in flight. */
-    const int64_t lines = (next_bytes + 63) / 64;
-    int64_t k0 = 0, fetched = 0;
-    for (; k0 + kt_full <= d; k0 += kt_full) {
-        VEC_T acc[8][MAX_NV];
-        for (int kk = 0; kk < kt_full; kk++)
-            for (int v = 0; v < NV; v++) acc[kk][v] = CAT(splat_, SUFFIX)(0);
-        const REAL *x = Xb + k0;
-        const REAL *Dr = D;
+static inline __attribute__((always_inline)) double CAT(sm_softmax_nv_, SUFFIX)(
+    REAL *S, int64_t m, int64_t cp, const int64_t *y, const REAL *bp, REAL *gb, double *sprod,
+    const int NV) {
+    VEC_T gbv[SM_MAXV], picked = CAT(splat_, SUFFIX)(0);
+    for (int v = 0; v < NV; v++) gbv[v] = CAT(load_, SUFFIX)(gb + v * LANES);
+    double logs = 0;
+    int64_t i = 0;
+    for (; i + TILE <= m; i += TILE) {
+        CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, y + i, bp, NV, gbv, &picked, sprod);
+        if (*sprod > 0x1p900) {
+            logs += log(*sprod);
+            *sprod = 1.0;
+        }
+    }
+    for (int v = 0; v < NV; v++) CAT(store_, SUFFIX)(gb + v * LANES, gbv[v]);
+    logs -= (double)CAT(allsum_, SUFFIX)(picked)[0];
+    return logs + CAT(sm_softmax_rows_, SUFFIX)(S + i * cp, m - i, cp, y + i, bp, gb, sprod);
+}
+
+/* Turns m rows of scores S into D (see sm_softmax_rows_), a tile of rows at a time in
+ * registers when a row is at most SM_MAXV vectors of classes. */
+static double CAT(sm_softmax_, SUFFIX)(REAL *S, int64_t m, int64_t cp, const int64_t *y,
+                                       const REAL *bp, REAL *gb, double *sprod) {
+    switch (cp / LANES) {
+    case 1: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 1);
+    case 2: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 2);
+    case 3: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 3);
+    case 4: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 4);
+    default: return CAT(sm_softmax_rows_, SUFFIX)(S, m, cp, y, bp, gb, sprod);
+    }
+}
+
+/* Gt[c][k] += sum over the m rows of D[r][c] x_r[vector k], for classes [c0, c0 + CC) and
+ * feature vectors [k0, k0 + KT) (Gt: C rows of nk vectors, stride ws): the KT x CC sums stay
+ * in registers over the rows, so a row costs KT loads and CC broadcasts for KT x CC
+ * multiply-adds. */
+static inline __attribute__((always_inline)) void CAT(sm_grad_tile_, SUFFIX)(
+    const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *D, int64_t cp, int64_t c0,
+    const int CC, int64_t k0, const int KT, REAL *Gt, int64_t ws) {
+    VEC_T acc[SM_GK][SM_GC];
+    int64_t off[SM_GK];
+    for (int kk = 0; kk < KT; kk++) {
+        off[kk] = k0 + kk == nk - 1 ? d - LANES : (k0 + kk) * LANES;
+        for (int cc = 0; cc < CC; cc++)
+            acc[kk][cc] = CAT(load_, SUFFIX)(Gt + (c0 + cc) * ws + (k0 + kk) * LANES);
+    }
+    const REAL *x = Xb, *Dr = D + c0;
 #pragma GCC unroll 2
-        for (int64_t r = 0; r < m; r++, x += d, Dr += cp) {
-            if ((r & 1) && fetched < lines) __builtin_prefetch(next + 64 * fetched++, 0, 2);
-            VEC_T dv[MAX_NV];
-            for (int v = 0; v < NV; v++) dv[v] = CAT(load_, SUFFIX)(Dr + v * LANES);
-            for (int kk = 0; kk < kt_full; kk++) {
-                VEC_T xb = CAT(splat_, SUFFIX)(x[kk]);
-                for (int v = 0; v < NV; v++) acc[kk][v] += xb * dv[v];
-            }
+    for (int64_t r = 0; r < m; r++, x += d, Dr += cp) {
+        VEC_T xv[SM_GK];
+        for (int kk = 0; kk < KT; kk++) {
+            xv[kk] = CAT(load_, SUFFIX)(x + off[kk]);
+            KEEP_IN_REGISTER(xv[kk]); /* loaded once, not once per class */
         }
-        for (int kk = 0; kk < kt_full; kk++)
-            for (int v = 0; v < NV; v++)
-                for (int i = 0; i < LANES; i++)
-                    G64[(k0 + kk) * cp + v * LANES + i] += (double)acc[kk][v][i];
+        for (int cc = 0; cc < CC; cc++) {
+            VEC_T dv = CAT(splat_, SUFFIX)(Dr[cc]);
+            for (int kk = 0; kk < KT; kk++) acc[kk][cc] += xv[kk] * dv;
+        }
     }
-    for (; k0 < d; k0++) { /* the last d % kt_full features, one at a time */
-        VEC_T acc[MAX_NV];
-        for (int v = 0; v < NV; v++) acc[v] = CAT(splat_, SUFFIX)(0);
-        for (int64_t r = 0; r < m; r++) {
-            VEC_T xb = CAT(splat_, SUFFIX)(Xb[r * d + k0]);
-            for (int v = 0; v < NV; v++) acc[v] += xb * CAT(load_, SUFFIX)(D + r * cp + v * LANES);
-        }
-        for (int v = 0; v < NV; v++)
-            for (int i = 0; i < LANES; i++) G64[k0 * cp + v * LANES + i] += (double)acc[v][i];
+    for (int kk = 0; kk < KT; kk++)
+        for (int cc = 0; cc < CC; cc++)
+            CAT(store_, SUFFIX)(Gt + (c0 + cc) * ws + (k0 + kk) * LANES, acc[kk][cc]);
+}
+
+/* sm_grad_tile_ with CC and KT as constants: cc classes from c0, kt vectors from k0. */
+static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
+                                           const REAL *D, int64_t cp, int64_t c0, int cc,
+                                           int64_t k0, int kt, REAL *Gt, int64_t ws) {
+#define SM_CASE(N)                                                                             \
+    case N:                                                                                    \
+        if (kt == SM_GK)                                                                       \
+            CAT(sm_grad_tile_, SUFFIX)(Xb, m, d, nk, D, cp, c0, N, k0, SM_GK, Gt, ws);        \
+        else                                                                                   \
+            CAT(sm_grad_tile_, SUFFIX)(Xb, m, d, nk, D, cp, c0, N, k0, 1, Gt, ws);            \
+        break;
+    switch (cc) { SM_CASE(1) SM_CASE(2) SM_CASE(3) SM_CASE(4) SM_CASE(5) SM_CASE(6) }
+#undef SM_CASE
+}
+
+/* Gt += Xb^T D over the m rows of a block still in L2: the classes in balanced chunks of at
+ * most SM_GC, the features SM_GK vectors at a time. */
+static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
+                                  const REAL *D, int64_t cp, int64_t C, REAL *Gt, int64_t ws) {
+    const int64_t chunks = (C + SM_GC - 1) / SM_GC;
+    for (int64_t k0 = 0; k0 < nk; k0 += SM_GK) {
+        const int kt = nk - k0 >= SM_GK ? SM_GK : 1;
+        for (int64_t k = k0; k < k0 + SM_GK && k < nk; k += kt)
+            for (int64_t g = 0, c0 = 0; g < chunks; g++) {
+                const int cc = (int)(C / chunks + (g < C % chunks));
+                CAT(sm_grad_dispatch_, SUFFIX)(Xb, m, d, nk, D, cp, c0, cc, k, kt, Gt, ws);
+                c0 += cc;
+            }
     }
 }
 
-/* Rows per block of the softmax kernel: the block of X is read a second time (for the
- * gradient) while it is still in L2, and its D rows fit the work buffer (BLOCK rows). */
+/* G64 (d x C) += Gt (C rows of nk vectors; the lanes a row's last vector shares with the one
+ * before are skipped), and Gt = 0. */
+static void CAT(sm_flush_grad_, SUFFIX)(REAL *Gt, int64_t ws, int64_t nk, int64_t d, int64_t C,
+                                        double *G64) {
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t k = 0; k < nk; k++) {
+            const int last = k == nk - 1;
+            const int64_t off = last ? d - LANES : k * LANES, l0 = last ? ws - d : 0;
+            REAL *g = Gt + c * ws + k * LANES;
+            for (int64_t l = l0; l < LANES; l++) G64[(off + l) * C + c] += (double)g[l];
+            for (int64_t l = 0; l < LANES; l++) g[l] = 0;
+        }
+}
+
+/* Rows per block: the block of X is read again (for the gradient) while it is still in L2,
+ * and the gradient is summed in REAL over at most BLOCK rows. */
 static int64_t CAT(softmax_block_rows_, SUFFIX)(int64_t d) {
-    int64_t rows = (256 * 1024) / (d * (int64_t)sizeof(REAL));
+    int64_t rows = (SM_BLOCK_BYTES) / (d * (int64_t)sizeof(REAL));
     rows -= rows % TILE;
     return rows < TILE ? TILE : (rows > BLOCK ? BLOCK : rows);
 }
 
-/* The softmax kernel for a constant NV (see lg_softmax_*): scores and D tile by tile, then
- * the gradient, block by block. */
-static inline __attribute__((always_inline)) double CAT(softmax_nv_, SUFFIX)(
-    const REAL *X, int64_t n, int64_t d, const int64_t *y, const REAL *W, const REAL *b,
-    int64_t cp, const IVEC_T *keep, const int NV, double *G64, REAL *gb, REAL *D,
-    const REAL *zero, double *gb64) {
+/* Sum over rows of the softmax cross-entropy of X (n x d, d >= LANES) with classes y, W
+ * (d x C) and b (C), and, added into G64 (d x C) and gb64 (C), the sums of x_i (p_i -
+ * onehot(y_i)) and of p_i - onehot(y_i). work holds lg_softmax_work(d, C) REALs. Returns
+ * the loss sum, or -1 if d < LANES (fewer features than one vector). Block by block: the
+ * scores and D of the block's rows, then its gradient, read again from L2. */
+double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64_t *y,
+                                const REAL *W, const REAL *b, int64_t C, double *G64,
+                                double *gb64, REAL *work) {
+    if (d < LANES || C < 1) return -1.0;
+    const int64_t nk = (d + LANES - 1) / LANES, ws = nk * LANES;
+    const int64_t cp = (C + LANES - 1) / LANES * LANES;
+    /* each array on a 64-byte boundary, so no vector load or store straddles two lines */
+    const int64_t line = 64 / sizeof(REAL), wts = (C * ws + line - 1) / line * line;
+    const int64_t ss = (BLOCK * cp + line - 1) / line * line, bs = (cp + line - 1) / line * line;
+    REAL *Wt = (REAL *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    REAL *Gt = Wt + wts, *S = Gt + wts, *bp = S + ss, *gb = bp + bs;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t k = 0; k < nk; k++)
+            for (int64_t l = 0; l < LANES; l++) {
+                const int last = k == nk - 1;
+                const int64_t f = last ? d - LANES + l : k * LANES + l;
+                Wt[c * ws + k * LANES + l] = last && l < ws - d ? 0 : W[f * C + c];
+                Gt[c * ws + k * LANES + l] = 0;
+            }
+    for (int64_t c = 0; c < cp; c++) {
+        bp[c] = c < C ? b[c] : -INFINITY; /* padding classes: exp gives 0 */
+        gb[c] = 0;
+    }
+    /* score chunks: one for up to SM_NC classes, else whole vectors and a remainder */
+    const int64_t chunk = C <= SM_NC ? C : SM_NC - SM_NC % LANES;
     const int64_t block = CAT(softmax_block_rows_, SUFFIX)(d);
-    double loss = 0.0, sprod = 1.0; /* each s is in [1, C]: a product of rows overflows late */
+    double loss = 0.0, sprod = 1.0;
     for (int64_t lo = 0; lo < n; lo += block) {
-        int64_t hi = lo + block < n ? lo + block : n;
-        for (int64_t i = lo; i < hi; i += TILE) {
-            if (sprod > 0x1p900) {
-                loss += log(sprod);
-                sprod = 1.0;
-            }
-            int nr = hi - i < TILE ? (int)(hi - i) : TILE;
-            if (lo == 0) /* later blocks were brought into L2 by the gradient loop */
-                prefetch_rows(X, i + PREFETCH_TILES * TILE, n, d * (int64_t)sizeof(REAL));
-            const REAL *rows[TILE];
-            int64_t ys[TILE];
-            for (int r = 0; r < TILE; r++) {
-                rows[r] = r < nr ? X + (i + r) * d : zero;
-                ys[r] = r < nr ? y[i + r] : 0;
-            }
-            loss += CAT(softmax_tile_, SUFFIX)(rows, nr, d, ys, W, b, cp, keep, NV,
-                                               D + (i - lo) * cp, gb, &sprod);
+        const int64_t m = lo + block < n ? block : n - lo;
+        const REAL *Xb = X + lo * d;
+        for (int64_t c0 = 0; c0 < C; c0 += chunk) {
+            const int nc = (int)(C - c0 < chunk ? C - c0 : chunk);
+            CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, ws, nc, S + c0, cp, c0 == 0,
+                                          n - lo);
         }
-        int64_t next_rows = hi + block < n ? block : n - hi;
-        CAT(softmax_grad_block_, SUFFIX)(X + lo * d, hi - lo, d, D, cp, NV, G64,
-                                         (const char *)(X + hi * d),
-                                         next_rows * d * (int64_t)sizeof(REAL));
-        CAT(flush_, SUFFIX)(gb, gb64, cp);
+        loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, y + lo, bp, gb, &sprod);
+        CAT(sm_grad_, SUFFIX)(Xb, m, d, nk, S, cp, C, Gt, ws);
+        CAT(sm_flush_grad_, SUFFIX)(Gt, ws, nk, d, C, G64);
+        CAT(flush_, SUFFIX)(gb, gb64, C); /* past C, gb stays 0 */
     }
     return loss + log(sprod);
-}
-
-/* Sum over rows of the softmax cross-entropy and, added into G64 (d x cp) and gb64 (cp),
- * the sums of x_i (p_i - onehot(y_i)). W (d x cp) and b (cp) padded with zeros past C;
- * work holds lg_softmax_work(d, cp) REALs. Returns the loss sum; -1 if cp is not a
- * multiple of LANES or exceeds the tile. */
-double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64_t *y,
-                                const REAL *W, const REAL *b, int64_t C, int64_t cp,
-                                double *G64, double *gb64, REAL *work) {
-    const int NV = (int)(cp / LANES);
-    if (cp % LANES != 0 || NV < 1 || NV > MAX_NV) return -1.0;
-    REAL *D = work, *gb = work + BLOCK * cp, *zero = work + BLOCK * cp + cp;
-    for (int64_t i = 0; i < cp + d; i++) gb[i] = 0;
-    IVEC_T keep[MAX_NV];
-    for (int v = 0; v < MAX_NV; v++)
-        for (int i = 0; i < LANES; i++) keep[v][i] = v * LANES + i < C ? -1 : 0;
-    switch (NV) { /* a constant NV in each: the accumulators stay in registers */
-    case 1: return CAT(softmax_nv_, SUFFIX)(X, n, d, y, W, b, cp, keep, 1, G64, gb, D, zero, gb64);
-    case 2: return CAT(softmax_nv_, SUFFIX)(X, n, d, y, W, b, cp, keep, 2, G64, gb, D, zero, gb64);
-    case 3: return CAT(softmax_nv_, SUFFIX)(X, n, d, y, W, b, cp, keep, 3, G64, gb, D, zero, gb64);
-    default:
-        return CAT(softmax_nv_, SUFFIX)(X, n, d, y, W, b, cp, keep, MAX_NV, G64, gb, D, zero, gb64);
-    }
 }
 
 /* ---- linear and logistic regression ---------------------------------------------------- */
 
 /* Sum over rows of the loss (kind 0: 0.5 (z - y)^2; kind 1: binary cross-entropy on the logit
  * z) and, added into g64 (d) and *gb64, the sums of x_i r_i and r_i, r_i = d loss / d z_i.
- * work holds d REALs. */
+ * work holds lg_affine_work(d) REALs. */
 double CAT(lg_affine_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const REAL *y,
                                       const REAL *w, REAL b, int kind, double *g64,
                                       double *gb64, REAL *work) {
-    REAL *g = work;
+    REAL *g = (REAL *)(((uintptr_t)work + 63) & ~(uintptr_t)63); /* no split vector loads */
     const int64_t dv = d - d % LANES;
     for (int64_t j = 0; j < d; j++) g[j] = 0;
     double loss = 0.0, gb = 0.0, lprod = 1.0;

@@ -19,14 +19,14 @@
 #endif
 
 #define VEC_BYTES 32 /* four doubles or eight floats: AVX2, or two NEON registers */
-#define TILE 4       /* rows per tile (linear, logistic, and the softmax of scores) */
+#define TILE 4       /* rows per tile of the linear and logistic kernels */
 #define BLOCK 512    /* rows summed in the data's precision before adding to the float64 totals */
 
 #define PREFETCH_TILES 2 /* the hardware prefetcher alone leaves a tile waiting on memory */
 
 /* softmax (see kernels_impl.h) */
 #define SM_NC 12                  /* classes of a row's scores summed in registers at once */
-#define SM_MAXV 4                 /* class vectors of a row the softmax holds in registers */
+#define SM_MAXV 4                 /* classes (in vectors) the softmax transposes in registers */
 #define SM_GC 6                   /* gradient: up to SM_GC classes x SM_GK feature vectors */
 #define SM_GK 2                   /*   summed in registers (measured best of 1-6 x 1-8) */
 #define SM_BLOCK_BYTES (128 << 10) /* a block of X and the next both fit L2 (512 KiB+) */
@@ -104,7 +104,8 @@ int64_t lg_softmax_work(int64_t d, int64_t C) {
     const int64_t ws = (d + lanes - 1) / lanes * lanes, cp = (C + lanes - 1) / lanes * lanes;
     const int64_t wt = (C * ws + line - 1) / line * line, s = (BLOCK * cp + line - 1) / line * line;
     const int64_t b = (cp + line - 1) / line * line;
-    return 2 * wt + s + 2 * b + line; /* + line: room to align the start to 64 bytes */
+    /* Wt, Gt, S, bp, gb, gbt, then (float32) Gd: C x ws doubles; + line: to align the start */
+    return 2 * wt + s + 2 * b + b * lanes + 2 * wt + line;
 }
 
 /* REALs of work buffer lg_affine_f64/f32 need for d features. */

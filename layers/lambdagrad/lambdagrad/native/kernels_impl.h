@@ -77,6 +77,35 @@ static inline VEC_T CAT(transpose_sum_, SUFFIX)(const VEC_T *v) {
 #endif
 }
 
+/* Transposes the LANES x LANES block v (v[i] lane j becomes v[j] lane i) by shuffles. */
+static inline void CAT(transpose_, SUFFIX)(VEC_T *v) {
+#if LANES_N == 4
+    VEC_T t0 = SHUF(v[0], v[1], 0, 4, 2, 6), t1 = SHUF(v[0], v[1], 1, 5, 3, 7);
+    VEC_T t2 = SHUF(v[2], v[3], 0, 4, 2, 6), t3 = SHUF(v[2], v[3], 1, 5, 3, 7);
+    v[0] = SHUF(t0, t2, 0, 1, 4, 5);
+    v[1] = SHUF(t1, t3, 0, 1, 4, 5);
+    v[2] = SHUF(t0, t2, 2, 3, 6, 7);
+    v[3] = SHUF(t1, t3, 2, 3, 6, 7);
+#else
+    VEC_T a[4], b[4], p[8];
+    for (int k = 0; k < 4; k++) { /* even / odd columns of rows 2k and 2k+1, interleaved */
+        a[k] = SHUF(v[2 * k], v[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+        b[k] = SHUF(v[2 * k], v[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    }
+    for (int h = 0; h < 2; h++) { /* columns (0|4), (2|6), (1|5), (3|7) of rows 4h..4h+3 */
+        p[4 * h] = SHUF(a[2 * h], a[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
+        p[4 * h + 1] = SHUF(a[2 * h], a[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+        p[4 * h + 2] = SHUF(b[2 * h], b[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
+        p[4 * h + 3] = SHUF(b[2 * h], b[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    const int col[4] = {0, 2, 1, 3};
+    for (int q = 0; q < 4; q++) {
+        v[col[q]] = SHUF(p[q], p[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        v[col[q] + 4] = SHUF(p[q], p[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+#endif
+}
+
 /* Every lane: the sum / the largest of v's lanes (shuffles, no lane-by-lane extraction). */
 static inline VEC_T CAT(allsum_, SUFFIX)(VEC_T v) {
 #if LANES_N == 8
@@ -215,69 +244,82 @@ static double CAT(sm_softmax_rows_, SUFFIX)(REAL *S, int64_t m, int64_t cp, cons
     return logs - (double)CAT(allsum_, SUFFIX)(picked)[0];
 }
 
-/* sm_softmax_rows_ for TILE rows of NV class vectors each (a constant), held in registers
- * from the scores to D: the tile's TILE x NV exps are independent chains. */
+/* sm_softmax_rows_ for LANES rows of NV class vectors each (a constant), with the rows as
+ * vector lanes: the tile is transposed in registers, so a vector holds one class of LANES
+ * rows, and only real classes are exponentiated (10 classes: 10 exps for LANES rows, where
+ * vectors of classes would take 12 / 16 lanes a row); no sum or max across lanes. gbt holds
+ * one vector of row sums per class. */
 static inline __attribute__((always_inline)) void CAT(sm_softmax_tile_, SUFFIX)(
-    REAL *S, int64_t cp, const int64_t *y, const REAL *bp, const int NV, VEC_T *gbv,
+    REAL *S, int64_t cp, int64_t C, const int64_t *y, const REAL *bp, const int NV, REAL *gbt,
     VEC_T *picked, double *sprod) {
-    VEC_T z[TILE][SM_MAXV], lane, one = CAT(splat_, SUFFIX)(1);
-    for (int l = 0; l < LANES; l++) lane[l] = (REAL)l;
-    for (int r = 0; r < TILE; r++) {
-        VEC_T mv = CAT(splat_, SUFFIX)(-INFINITY);
-        for (int v = 0; v < NV; v++) {
-            z[r][v] = CAT(load_, SUFFIX)(S + r * cp + v * LANES) + CAT(load_, SUFFIX)(bp + v * LANES);
-            mv = CAT(vmax_, SUFFIX)(mv, z[r][v]);
-        }
-        VEC_T mx = CAT(allmax_, SUFFIX)(mv), yv = CAT(splat_, SUFFIX)((REAL)y[r]);
-        for (int v = 0; v < NV; v++) {
-            z[r][v] -= mx;
-            *picked += (VEC_T)((IVEC_T)z[r][v] & (lane + (REAL)(v * LANES) == yv));
+    VEC_T T[SM_MAXV * LANES], yv, one = CAT(splat_, SUFFIX)(1);
+    for (int v = 0; v < NV; v++) {
+        for (int r = 0; r < LANES; r++) T[v * LANES + r] = CAT(load_, SUFFIX)(S + r * cp + v * LANES);
+        CAT(transpose_, SUFFIX)(T + v * LANES);
+    }
+    for (int r = 0; r < LANES; r++) yv[r] = (REAL)y[r];
+    VEC_T mx = T[0] + CAT(splat_, SUFFIX)(bp[0]);
+    for (int c = 0; c < NV * LANES; c++) {
+        if (c >= C) break;
+        T[c] += CAT(splat_, SUFFIX)(bp[c]);
+        mx = CAT(vmax_, SUFFIX)(mx, T[c]);
+    }
+    VEC_T s = CAT(splat_, SUFFIX)(0);
+    for (int c = 0; c < NV * LANES; c++) {
+        if (c >= C) break;
+        T[c] -= mx;
+        /* the loss picks z_y - max: the max cancels */
+        *picked += (VEC_T)((IVEC_T)T[c] & (yv == (REAL)c));
+        T[c] = CAT(vexp_, SUFFIX)(T[c]);
+        s += T[c];
+    }
+    for (int r = 0; r < LANES; r++) *sprod *= (double)s[r]; /* logs of products: see caller */
+    VEC_T inv = one / s;
+    for (int c = 0; c < NV * LANES; c++) {
+        if (c < C) {
+            T[c] = T[c] * inv - (VEC_T)((IVEC_T)one & (yv == (REAL)c));
+            CAT(store_, SUFFIX)(gbt + c * LANES, CAT(load_, SUFFIX)(gbt + c * LANES) + T[c]);
+        } else {
+            T[c] = CAT(splat_, SUFFIX)(0);
         }
     }
-    for (int r = 0; r < TILE; r++)
-        for (int v = 0; v < NV; v++) z[r][v] = CAT(vexp_, SUFFIX)(z[r][v]);
-    for (int r = 0; r < TILE; r++) {
-        VEC_T sv = z[r][0];
-        for (int v = 1; v < NV; v++) sv += z[r][v];
-        VEC_T s = CAT(allsum_, SUFFIX)(sv), inv = one / s, yv = CAT(splat_, SUFFIX)((REAL)y[r]);
-        *sprod *= (double)s[0];
-        for (int v = 0; v < NV; v++) {
-            IVEC_T is_y = lane + (REAL)(v * LANES) == yv;
-            VEC_T p = z[r][v] * inv - (VEC_T)((IVEC_T)one & is_y);
-            CAT(store_, SUFFIX)(S + r * cp + v * LANES, p);
-            gbv[v] += p;
-        }
+    for (int v = 0; v < NV; v++) {
+        CAT(transpose_, SUFFIX)(T + v * LANES);
+        for (int r = 0; r < LANES; r++) CAT(store_, SUFFIX)(S + r * cp + v * LANES, T[v * LANES + r]);
     }
 }
 
 static inline __attribute__((always_inline)) double CAT(sm_softmax_nv_, SUFFIX)(
-    REAL *S, int64_t m, int64_t cp, const int64_t *y, const REAL *bp, REAL *gb, double *sprod,
-    const int NV) {
-    VEC_T gbv[SM_MAXV], picked = CAT(splat_, SUFFIX)(0);
-    for (int v = 0; v < NV; v++) gbv[v] = CAT(load_, SUFFIX)(gb + v * LANES);
+    REAL *S, int64_t m, int64_t cp, int64_t C, const int64_t *y, const REAL *bp, REAL *gb,
+    REAL *gbt, double *sprod, const int NV) {
+    VEC_T picked = CAT(splat_, SUFFIX)(0);
     double logs = 0;
     int64_t i = 0;
-    for (; i + TILE <= m; i += TILE) {
-        CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, y + i, bp, NV, gbv, &picked, sprod);
-        if (*sprod > 0x1p900) {
+    for (; i + LANES <= m; i += LANES) {
+        CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, C, y + i, bp, NV, gbt, &picked, sprod);
+        if (*sprod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
             logs += log(*sprod);
             *sprod = 1.0;
         }
     }
-    for (int v = 0; v < NV; v++) CAT(store_, SUFFIX)(gb + v * LANES, gbv[v]);
+    for (int64_t c = 0; c < C; c++) {
+        gb[c] += CAT(allsum_, SUFFIX)(CAT(load_, SUFFIX)(gbt + c * LANES))[0];
+        CAT(store_, SUFFIX)(gbt + c * LANES, CAT(splat_, SUFFIX)(0));
+    }
     logs -= (double)CAT(allsum_, SUFFIX)(picked)[0];
     return logs + CAT(sm_softmax_rows_, SUFFIX)(S + i * cp, m - i, cp, y + i, bp, gb, sprod);
 }
 
-/* Turns m rows of scores S into D (see sm_softmax_rows_), a tile of rows at a time in
- * registers when a row is at most SM_MAXV vectors of classes. */
-static double CAT(sm_softmax_, SUFFIX)(REAL *S, int64_t m, int64_t cp, const int64_t *y,
-                                       const REAL *bp, REAL *gb, double *sprod) {
+/* Turns m rows of scores S into D (see sm_softmax_rows_), LANES rows at a time transposed
+ * in registers when a row is at most SM_MAXV vectors of classes. */
+static double CAT(sm_softmax_, SUFFIX)(REAL *S, int64_t m, int64_t cp, int64_t C,
+                                       const int64_t *y, const REAL *bp, REAL *gb, REAL *gbt,
+                                       double *sprod) {
     switch (cp / LANES) {
-    case 1: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 1);
-    case 2: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 2);
-    case 3: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 3);
-    case 4: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, y, bp, gb, sprod, 4);
+    case 1: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, C, y, bp, gb, gbt, sprod, 1);
+    case 2: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, C, y, bp, gb, gbt, sprod, 2);
+    case 3: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, C, y, bp, gb, gbt, sprod, 3);
+    case 4: return CAT(sm_softmax_nv_, SUFFIX)(S, m, cp, C, y, bp, gb, gbt, sprod, 4);
     default: return CAT(sm_softmax_rows_, SUFFIX)(S, m, cp, y, bp, gb, sprod);
     }
 }
@@ -345,33 +387,32 @@ static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t 
     }
 }
 
-/* G64 (d x C) += Gt (C rows of nk vectors; the lanes a row's last vector shares with the one
- * before are skipped), and Gt = 0. */
-static void CAT(sm_flush_grad_, SUFFIX)(REAL *Gt, int64_t ws, int64_t nk, int64_t d, int64_t C,
-                                        double *G64) {
+/* G64 (d x C) += G (C rows of nk vectors; the lanes a row's last vector shares with the one
+ * before are skipped): once per call, it is a scatter. */
+static void CAT(sm_scatter_grad_, SUFFIX)(const double *G, int64_t ws, int64_t nk, int64_t d,
+                                          int64_t C, double *G64) {
     for (int64_t c = 0; c < C; c++)
         for (int64_t k = 0; k < nk; k++) {
             const int last = k == nk - 1;
             const int64_t off = last ? d - LANES : k * LANES, l0 = last ? ws - d : 0;
-            REAL *g = Gt + c * ws + k * LANES;
-            for (int64_t l = l0; l < LANES; l++) G64[(off + l) * C + c] += (double)g[l];
-            for (int64_t l = 0; l < LANES; l++) g[l] = 0;
+            for (int64_t l = l0; l < LANES; l++) G64[(off + l) * C + c] += G[c * ws + k * LANES + l];
         }
 }
 
 /* Rows per block: the block of X is read again (for the gradient) while it is still in L2,
- * and the gradient is summed in REAL over at most BLOCK rows. */
+ * and a float32 gradient is summed in float over at most BLOCK rows. */
 static int64_t CAT(softmax_block_rows_, SUFFIX)(int64_t d) {
     int64_t rows = (SM_BLOCK_BYTES) / (d * (int64_t)sizeof(REAL));
-    rows -= rows % TILE;
-    return rows < TILE ? TILE : (rows > BLOCK ? BLOCK : rows);
+    rows -= rows % LANES;
+    return rows < LANES ? LANES : (rows > BLOCK ? BLOCK : rows);
 }
 
 /* Sum over rows of the softmax cross-entropy of X (n x d, d >= LANES) with classes y, W
  * (d x C) and b (C), and, added into G64 (d x C) and gb64 (C), the sums of x_i (p_i -
  * onehot(y_i)) and of p_i - onehot(y_i). work holds lg_softmax_work(d, C) REALs. Returns
  * the loss sum, or -1 if d < LANES (fewer features than one vector). Block by block: the
- * scores and D of the block's rows, then its gradient, read again from L2. */
+ * scores and D of the block's rows, then its gradient, read again from L2 and summed in Gt
+ * (float64: over all rows; float32: over a block, then added to double sums Gd). */
 double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64_t *y,
                                 const REAL *W, const REAL *b, int64_t C, double *G64,
                                 double *gb64, REAL *work) {
@@ -382,7 +423,8 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
     const int64_t line = 64 / sizeof(REAL), wts = (C * ws + line - 1) / line * line;
     const int64_t ss = (BLOCK * cp + line - 1) / line * line, bs = (cp + line - 1) / line * line;
     REAL *Wt = (REAL *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    REAL *Gt = Wt + wts, *S = Gt + wts, *bp = S + ss, *gb = bp + bs;
+    REAL *Gt = Wt + wts, *S = Gt + wts, *bp = S + ss, *gb = bp + bs, *gbt = gb + bs;
+    double *Gd = (double *)(gbt + bs * LANES); /* float32 only: Gt's running double sums */
     for (int64_t c = 0; c < C; c++)
         for (int64_t k = 0; k < nk; k++)
             for (int64_t l = 0; l < LANES; l++) {
@@ -390,10 +432,12 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
                 const int64_t f = last ? d - LANES + l : k * LANES + l;
                 Wt[c * ws + k * LANES + l] = last && l < ws - d ? 0 : W[f * C + c];
                 Gt[c * ws + k * LANES + l] = 0;
+                if (sizeof(REAL) < sizeof(double)) Gd[c * ws + k * LANES + l] = 0;
             }
     for (int64_t c = 0; c < cp; c++) {
         bp[c] = c < C ? b[c] : -INFINITY; /* padding classes: exp gives 0 */
         gb[c] = 0;
+        for (int64_t l = 0; l < LANES; l++) gbt[c * LANES + l] = 0;
     }
     /* score chunks: one for up to SM_NC classes, else whole vectors and a remainder */
     const int64_t chunk = C <= SM_NC ? C : SM_NC - SM_NC % LANES;
@@ -407,11 +451,17 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
             CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, ws, nc, S + c0, cp, c0 == 0,
                                           n - lo);
         }
-        loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, y + lo, bp, gb, &sprod);
+        loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, C, y + lo, bp, gb, gbt, &sprod);
         CAT(sm_grad_, SUFFIX)(Xb, m, d, nk, S, cp, C, Gt, ws);
-        CAT(sm_flush_grad_, SUFFIX)(Gt, ws, nk, d, C, G64);
+        if (sizeof(REAL) < sizeof(double)) /* float sums of a block into double, vector-wise */
+            for (int64_t i = 0; i < C * ws; i++) {
+                Gd[i] += (double)Gt[i];
+                Gt[i] = 0;
+            }
         CAT(flush_, SUFFIX)(gb, gb64, C); /* past C, gb stays 0 */
     }
+    CAT(sm_scatter_grad_, SUFFIX)(sizeof(REAL) < sizeof(double) ? Gd : (const double *)Gt, ws,
+                                  nk, d, C, G64);
     return loss + log(sprod);
 }
 

@@ -132,3 +132,19 @@ def test_softmax_takes_the_native_kernel_from_one_vector_of_features(monkeypatch
         X = rng.standard_normal((50, features)).astype(np.float32)
         model.loss_and_grad(rng.standard_normal(model.n_params), X, rng.integers(0, 40, 50))
     assert calls == [(50, 8)]
+
+
+def test_aligned_arrays_load_like_np_load(tmp_path):
+    for shape, dtype in [((1000, 7), np.float32), ((3,), np.int64), ((1, 4), np.float64)]:
+        a = native.aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.ctypes.data % 64 == 0
+        want = np.arange(np.prod(shape), dtype=dtype).reshape(shape)
+        np.save(tmp_path / "a.npy", want)
+        got = native.load_npy_aligned(tmp_path / "a.npy")
+        assert got.ctypes.data % 64 == 0 and got.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((3, 4))))
+    assert native.load_npy_aligned(tmp_path / "f.npy").flags.f_contiguous  # as np.load
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-8])
+    with pytest.raises(ValueError, match="ends before"):
+        native.load_npy_aligned(tmp_path / "cut.npy")

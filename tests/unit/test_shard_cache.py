@@ -100,3 +100,15 @@ def test_missing_or_corrupt_shard_is_a_named_store_error(store, tmp_path):
     store.put_bytes("jobs/j/shards/8.npz", b"not a zip")
     with pytest.raises(StoreError, match=r"shards/8\.npz is not an \.npz archive"):
         cache.get(store, "jobs/j/shards/8.npz")
+
+
+def test_shards_come_back_on_cache_line_boundaries(store, tmp_path):
+    # The C kernels' vector loads never straddle two lines of a cached shard: read into
+    # memory on a 64-byte boundary (numpy's own arrays are 16-byte aligned), or
+    # memory-mapped (.npy data starts 64-byte aligned in its file).
+    for memory in (1 << 20, 1000):  # in memory / memory-mapped from /tmp
+        cache = ShardCache(memory_bytes=memory, tmp_bytes=1 << 20, tmp_root=str(tmp_path))
+        got = cache.get(store, "jobs/j/shards/1.npz")
+        for name, want in _arrays(store, 1).items():
+            assert got[name].ctypes.data % 64 == 0
+            np.testing.assert_array_equal(got[name], want)

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from lambdagrad import models, native
+from lambdagrad.data import load_npy_aligned
 from lambdagrad.models import build_model
 
 
@@ -140,11 +141,11 @@ def test_aligned_arrays_load_like_np_load(tmp_path):
         assert a.shape == shape and a.dtype == dtype and a.ctypes.data % 64 == 0
         want = np.arange(np.prod(shape), dtype=dtype).reshape(shape)
         np.save(tmp_path / "a.npy", want)
-        got = native.load_npy_aligned(tmp_path / "a.npy")
+        got = load_npy_aligned(tmp_path / "a.npy")
         assert got.ctypes.data % 64 == 0 and got.dtype == dtype
         np.testing.assert_array_equal(got, want)
     np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((3, 4))))
-    assert native.load_npy_aligned(tmp_path / "f.npy").flags.f_contiguous  # as np.load
+    assert load_npy_aligned(tmp_path / "f.npy").flags.f_contiguous  # as np.load
     (tmp_path / "cut.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-8])
     with pytest.raises(ValueError, match="ends before"):
-        native.load_npy_aligned(tmp_path / "cut.npy")
+        load_npy_aligned(tmp_path / "cut.npy")

@@ -18,12 +18,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
+
+from lambdagrad.native import aligned_empty
 
 __all__ = [
     "FORMATS",
@@ -33,6 +37,7 @@ __all__ = [
     "Standardizer",
     "labels_from_indices",
     "load_dataset",
+    "load_npy_aligned",
     "shard_bounds",
     "train_validation_split",
 ]
@@ -330,17 +335,38 @@ def _np_load(data: bytes, source: str, fmt: str):
         raise DataError(f"{source} is not a valid .{fmt} file: {exc}") from None
 
 
+def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of the ``.npy`` file ``f`` is at the start of; ``f``
+    is left at the first byte of the data. Object arrays (pickles) are refused."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    return shape, fortran, dtype
+
+
+def load_npy_aligned(path: str | os.PathLike) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` of a C-order ``.npy`` file into a 64-byte
+    aligned array (:func:`lambdagrad.native.aligned_empty`), as the C kernels read rows
+    fastest; other layouts are loaded by ``np.load`` as they are."""
+    with open(path, "rb") as f:
+        shape, fortran, dtype = _npy_header(f)
+        if fortran:
+            return np.load(path, allow_pickle=False)
+        arr = aligned_empty(shape, dtype)
+        if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
+            raise ValueError(f"{path}: the file ends before its {shape} {dtype} array")
+    return arr
+
+
 def _npy_view(data: bytes) -> np.ndarray:
     """The array of an ``.npy`` file as a read-only view of its bytes: no copy of a
     dataset that may be most of the machine's memory (``np.load`` would copy it)."""
     buf = io.BytesIO(data)
-    version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-    if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    shape, fortran, dtype = _npy_header(buf)
     count = math.prod(shape)
     arr = np.frombuffer(memoryview(data), dtype=dtype, count=count, offset=buf.tell())
     return arr.reshape(shape, order="F" if fortran else "C")

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from lambdagrad.native import load_npy_aligned
+from lambdagrad.data import load_npy_aligned
 from lambdagrad.store import Store, StoreError
 
 __all__ = ["ShardCache", "cached_shard", "default_cache"]

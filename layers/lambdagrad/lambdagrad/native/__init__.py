@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KERNELS", "STATUS", "Kernels", "aligned_empty", "load", "load_npy_aligned"]
+__all__ = ["KERNELS", "STATUS", "Kernels", "aligned_empty", "load"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -94,23 +94,6 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def load_npy_aligned(path: str | os.PathLike) -> np.ndarray:
-    """``np.load(path, allow_pickle=False)`` of a C-order ``.npy`` file into an
-    :func:`aligned_empty` array (other layouts: ``np.load`` as it is)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        if fortran or dtype.hasobject:
-            return np.load(path, allow_pickle=False)
-        arr = aligned_empty(shape, dtype)
-        if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
-            raise ValueError(f"{path}: the file ends before its {shape} {dtype} array")
-    return arr
 
 
 def _library_path() -> Path | None:

@@ -60,8 +60,6 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #define LN2_LO 1.9082149292705877e-10
 #define EXP_BIAS 1023
 #define MANT_BITS 52
-#define EXP exp
-#define LOG1P log1p
 #include "kernels_impl.h"
 #undef REAL
 #undef IREAL
@@ -76,8 +74,6 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #undef LN2_LO
 #undef EXP_BIAS
 #undef MANT_BITS
-#undef EXP
-#undef LOG1P
 
 #define REAL float
 #define IREAL int32_t
@@ -92,8 +88,6 @@ static const float exp_coef_f32[] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
 #define LN2_LO 1.428606765330187e-06f
 #define EXP_BIAS 127
 #define MANT_BITS 23
-#define EXP expf
-#define LOG1P log1pf
 #include "kernels_impl.h"
 
 /* REALs of work buffer lg_softmax_f64/f32 need for d features and C classes (at most, for

@@ -5,8 +5,8 @@
  * rows is loaded, its scores computed, turned into d loss / d score, and its outer product
  * added to the gradient while the tile is still in L1. Softmax: a block of rows (in L2) gets
  * its scores and d loss / d score rows (D), then its gradient X_b^T D, with the features as
- * vector lanes throughout. Gradients are summed in REAL over at most BLOCK rows and then
- * added to the caller's float64 sums, so float32 data keeps float64 totals. */
+ * vector lanes throughout. float32 gradients are summed in float over at most BLOCK rows and
+ * then in double, so float32 data keeps float64 totals. */
 
 #define VEC_T CAT(vec_, SUFFIX)
 #define UVEC_T CAT(uvec_, SUFFIX)
@@ -50,12 +50,6 @@ static inline REAL CAT(hsum_, SUFFIX)(VEC_T v) {
     REAL s = 0;
     for (int i = 0; i < LANES; i++) s += v[i];
     return s;
-}
-
-static inline REAL CAT(hmax_, SUFFIX)(VEC_T v) {
-    REAL m = v[0];
-    for (int i = 1; i < LANES; i++) m = v[i] > m ? v[i] : m;
-    return m;
 }
 
 /* Lane i of the result is the sum of the lanes of v[i]: a transpose by shuffles, with the
@@ -258,7 +252,7 @@ static inline __attribute__((always_inline)) void CAT(sm_softmax_tile_, SUFFIX)(
         CAT(transpose_, SUFFIX)(T + v * LANES);
     }
     for (int r = 0; r < LANES; r++) yv[r] = (REAL)y[r];
-    VEC_T mx = T[0] + CAT(splat_, SUFFIX)(bp[0]);
+    VEC_T mx = CAT(splat_, SUFFIX)(-INFINITY);
     for (int c = 0; c < NV * LANES; c++) {
         if (c >= C) break;
         T[c] += CAT(splat_, SUFFIX)(bp[c]);
@@ -376,14 +370,14 @@ static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d,
 static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
                                   const REAL *D, int64_t cp, int64_t C, REAL *Gt, int64_t ws) {
     const int64_t chunks = (C + SM_GC - 1) / SM_GC;
-    for (int64_t k0 = 0; k0 < nk; k0 += SM_GK) {
+    for (int64_t k0 = 0; k0 < nk;) {
         const int kt = nk - k0 >= SM_GK ? SM_GK : 1;
-        for (int64_t k = k0; k < k0 + SM_GK && k < nk; k += kt)
-            for (int64_t g = 0, c0 = 0; g < chunks; g++) {
-                const int cc = (int)(C / chunks + (g < C % chunks));
-                CAT(sm_grad_dispatch_, SUFFIX)(Xb, m, d, nk, D, cp, c0, cc, k, kt, Gt, ws);
-                c0 += cc;
-            }
+        for (int64_t g = 0, c0 = 0; g < chunks; g++) {
+            const int cc = (int)(C / chunks + (g < C % chunks));
+            CAT(sm_grad_dispatch_, SUFFIX)(Xb, m, d, nk, D, cp, c0, cc, k0, kt, Gt, ws);
+            c0 += cc;
+        }
+        k0 += kt;
     }
 }
 

@@ -17,6 +17,8 @@ double lg_affine_f64(const double *, int64_t, int64_t, const double *, const dou
                      int, double *, double *, double *);
 double lg_affine_f32(const float *, int64_t, int64_t, const float *, const float *, float, int,
                      double *, double *, float *);
+void lg_exp_f64(const double *, int64_t, double *);
+void lg_exp_f32(const float *, int64_t, float *);
 int64_t lg_softmax_work(int64_t, int64_t);
 int64_t lg_affine_work(int64_t);
 
@@ -144,8 +146,39 @@ static void check(int64_t n, int64_t d, int64_t C) {
     free(work);
 }
 
+/* The kernels' exp against libm's: within 2 ulp from the least argument it resolves (-708 /
+ * -86.5) to 0, 0 below it, NaN for NaN. */
+static void check_exp(void) {
+    enum { N = 200003 };
+    static double x[N + 3], e[N + 3];
+    static float xf[N + 3], ef[N + 3];
+    for (int pass = 0; pass < 2; pass++) {
+        const double lo = pass ? -86.5 : -708.0, ulp = pass ? 0x1p-23 : 0x1p-52;
+        for (int i = 0; i < N; i++) x[i] = lo * (i % 2 ? (double)i / (N - 1) : pow((double)i / (N - 1), 6));
+        x[N] = lo * 1.5, x[N + 1] = -INFINITY, x[N + 2] = NAN;
+        if (pass) {
+            for (int i = 0; i < N + 3; i++) xf[i] = (float)x[i];
+            lg_exp_f32(xf, N + 3, ef);
+            for (int i = 0; i < N + 3; i++) x[i] = xf[i], e[i] = ef[i];
+        } else {
+            lg_exp_f64(x, N + 3, e);
+        }
+        double worst = 0;
+        for (int i = 0; i < N; i++) {
+            const double want = exp(x[i]), got = pass ? (double)(float)e[i] : e[i];
+            const double err = fabs(got - want) / want / ulp;
+            worst = err > worst ? err : worst;
+        }
+        const int below_ok = e[N] == 0 && e[N + 1] == 0;
+        printf("exp f%d on [%g, 0]: worst %.2f ulp; below: %g; NaN: %g\n", pass ? 32 : 64, lo,
+               worst, e[N], e[N + 2]);
+        failed |= worst > 2.0 || !below_ok || !isnan(e[N + 2]);
+    }
+}
+
 int main(void) {
     srand(7);
+    check_exp();
     /* rows x features x classes: fewer features than a vector; partial last vectors (7, 13,
      * 37, 21); one and several blocks; classes in one vector, several, and more than one
      * chunk of scores (16, 17, 40) */

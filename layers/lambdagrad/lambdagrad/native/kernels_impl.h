@@ -23,27 +23,45 @@ static inline VEC_T CAT(load_, SUFFIX)(const REAL *p) { return *(const UVEC_T *)
 
 static inline void CAT(store_, SUFFIX)(REAL *p, VEC_T v) { *(UVEC_T *)p = v; }
 
-/* exp(x) for x <= 0, lane by lane, within 2 ulp: 2^n * P(r) with x = n ln2 + r, |r| <= ln2/2,
- * P the Taylor polynomial to EXP_DEGREE. Below EXP_MIN (where exp is subnormal) it is 0. */
-static inline VEC_T CAT(vexp_, SUFFIX)(VEC_T x) {
-    const VEC_T lo = CAT(splat_, SUFFIX)(EXP_MIN);
-    IVEC_T below = x < lo;
-    x = (VEC_T)(((IVEC_T)x & ~below) | ((IVEC_T)lo & below));
-    const VEC_T shift = CAT(splat_, SUFFIX)(ROUND_SHIFT);
-    VEC_T kf = x * CAT(splat_, SUFFIX)((REAL)1.4426950408889634) + shift;
-    IVEC_T ki = (IVEC_T)kf;
-    kf -= shift;
-    VEC_T r = x - kf * CAT(splat_, SUFFIX)(LN2_HI) - kf * CAT(splat_, SUFFIX)(LN2_LO);
-    VEC_T p = CAT(splat_, SUFFIX)(EXP_COEF[EXP_DEGREE]);
-    for (int i = EXP_DEGREE - 1; i >= 0; i--) p = p * r + CAT(splat_, SUFFIX)(EXP_COEF[i]);
-    IVEC_T n = ki - (IVEC_T)shift;
-    IVEC_T scale = (n + EXP_BIAS) << MANT_BITS;
-    return (VEC_T)((IVEC_T)(p * (VEC_T)scale) & ~below);
-}
-
+/* a > b ? a : b, lane by lane (so b when either is NaN) */
 static inline VEC_T CAT(vmax_, SUFFIX)(VEC_T a, VEC_T b) {
+#if defined(__x86_64__) && defined(__AVX__) /* one instruction, where GCC makes a compare and a blend */
+#if LANES_N == 4
+    return __builtin_ia32_maxpd256(a, b);
+#else
+    return __builtin_ia32_maxps256(a, b);
+#endif
+#else
     IVEC_T a_wins = a > b;
     return (VEC_T)(((IVEC_T)a & a_wins) | ((IVEC_T)b & ~a_wins));
+#endif
+}
+
+/* exp(x) for x <= 0, lane by lane, within 2 ulp: 2^n P(r) with x = n ln2 + r, |r| <= ln2/2,
+ * P a polynomial of degree EXP_DEGREE close to the minimax one; n is added to P's exponent
+ * bits, which stays a normal number from EXP_MIN on. Below EXP_MIN the result is 0. */
+static inline VEC_T CAT(vexp_, SUFFIX)(VEC_T x) {
+    const VEC_T lo = CAT(splat_, SUFFIX)(EXP_MIN);
+    const IVEC_T below = x < lo;
+    x = CAT(vmax_, SUFFIX)(lo, x); /* NaN stays NaN */
+    const VEC_T shift = CAT(splat_, SUFFIX)(ROUND_SHIFT);
+    VEC_T kf = x * CAT(splat_, SUFFIX)((REAL)1.4426950408889634) + shift;
+    IVEC_T n = (IVEC_T)kf - (IVEC_T)shift;
+    kf -= shift;
+    VEC_T r = x - kf * CAT(splat_, SUFFIX)(LN2_HI) - kf * CAT(splat_, SUFFIX)(LN2_LO);
+    /* P(r) by Estrin's scheme: terms paired as t_2i + t_2i+1 r, then pairs of those with r^2,
+     * and so on: 4 (float64) / 3 (float32) multiply-adds deep rather than EXP_DEGREE, so a
+     * tile's exps are not a chain of latencies */
+    VEC_T t[EXP_DEGREE + 1], pw = r;
+    int terms = EXP_DEGREE + 1;
+    for (int i = 0; i < terms; i++) t[i] = CAT(splat_, SUFFIX)(EXP_COEF[i]);
+    while (terms > 1) {
+        for (int i = 0; i < terms / 2; i++) t[i] = t[2 * i] + t[2 * i + 1] * pw;
+        if (terms % 2) t[terms / 2] = t[terms - 1];
+        terms = (terms + 1) / 2;
+        pw *= pw;
+    }
+    return (VEC_T)(((IVEC_T)t[0] + (n << MANT_BITS)) & ~below);
 }
 
 static inline REAL CAT(hsum_, SUFFIX)(VEC_T v) {
@@ -128,6 +146,16 @@ static void CAT(flush_, SUFFIX)(REAL *block, double *total, int64_t len) {
     for (int64_t i = 0; i < len; i++) {
         total[i] += (double)block[i];
         block[i] = 0;
+    }
+}
+
+/* The kernels' exp on n values x <= 0 into out: exported so its accuracy can be tested. */
+void CAT(lg_exp_, SUFFIX)(const REAL *x, int64_t n, REAL *out) {
+    for (int64_t i = 0; i < n; i += LANES) {
+        VEC_T v = CAT(splat_, SUFFIX)(0);
+        for (int l = 0; l < LANES && i + l < n; l++) v[l] = x[i + l];
+        v = CAT(vexp_, SUFFIX)(v);
+        for (int l = 0; l < LANES && i + l < n; l++) out[i + l] = v[l];
     }
 }
 
@@ -267,7 +295,11 @@ static inline __attribute__((always_inline)) void CAT(sm_softmax_tile_, SUFFIX)(
         T[c] = CAT(vexp_, SUFFIX)(T[c]);
         s += T[c];
     }
-    for (int r = 0; r < LANES; r++) *sprod *= (double)s[r]; /* logs of products: see caller */
+    double prod[LANES]; /* logs of products (see the caller), multiplied as a tree */
+    for (int r = 0; r < LANES; r++) prod[r] = (double)s[r];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int r = 0; r < w; r++) prod[r] *= prod[r + w];
+    *sprod *= prod[0];
     VEC_T inv = one / s;
     for (int c = 0; c < NV * LANES; c++) {
         if (c < C) {
@@ -287,15 +319,16 @@ static inline __attribute__((always_inline)) double CAT(sm_softmax_nv_, SUFFIX)(
     REAL *S, int64_t m, int64_t cp, int64_t C, const int64_t *y, const REAL *bp, REAL *gb,
     REAL *gbt, double *sprod, const int NV) {
     VEC_T picked = CAT(splat_, SUFFIX)(0);
-    double logs = 0;
+    double logs = 0, prod = *sprod; /* a local: S's stores cannot change it */
     int64_t i = 0;
     for (; i + LANES <= m; i += LANES) {
-        CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, C, y + i, bp, NV, gbt, &picked, sprod);
-        if (*sprod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
-            logs += log(*sprod);
-            *sprod = 1.0;
+        CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, C, y + i, bp, NV, gbt, &picked, &prod);
+        if (prod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
+            logs += log(prod);
+            prod = 1.0;
         }
     }
+    *sprod = prod;
     for (int64_t c = 0; c < C; c++) {
         gb[c] += CAT(allsum_, SUFFIX)(CAT(load_, SUFFIX)(gbt + c * LANES))[0];
         CAT(store_, SUFFIX)(gbt + c * LANES, CAT(splat_, SUFFIX)(0));

@@ -23,9 +23,10 @@ static inline VEC_T CAT(load_, SUFFIX)(const REAL *p) { return *(const UVEC_T *)
 
 static inline void CAT(store_, SUFFIX)(REAL *p, VEC_T v) { *(UVEC_T *)p = v; }
 
-/* a > b ? a : b, lane by lane (so b when either is NaN) */
+/* a > b ? a : b, lane by lane (so b when either is NaN): on AVX one instruction, where GCC
+ * makes a compare and a blend of the portable form */
 static inline VEC_T CAT(vmax_, SUFFIX)(VEC_T a, VEC_T b) {
-#if defined(__x86_64__) && defined(__AVX__) /* one instruction, where GCC makes a compare and a blend */
+#if defined(__x86_64__) && defined(__AVX__)
 #if LANES_N == 4
     return __builtin_ia32_maxpd256(a, b);
 #else

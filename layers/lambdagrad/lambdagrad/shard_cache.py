@@ -41,6 +41,8 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +148,8 @@ class ShardCache:
         # data starts 64-byte aligned in the file); the others are read into memory on a
         # cache-line boundary, as the C kernels read them fastest.
         if size > self.memory_bytes:
-            return {
-                p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
-                for p in sorted(folder.glob("*.npy"))
-            }
-        return {p.stem: load_npy_aligned(p) for p in sorted(folder.glob("*.npy"))}
+            return _read_npy_files(folder, partial(np.load, mmap_mode="r", allow_pickle=False))
+        return _read_npy_files(folder, load_npy_aligned)
 
     def _from_s3(self, store: Store, key: str, ident: tuple) -> dict[str, np.ndarray]:
         if self.tmp_bytes <= 0:
@@ -179,7 +178,7 @@ class ShardCache:
         archive.unlink()
         size = sum(p.stat().st_size for p in folder.glob("*.npy"))
         if size > self.tmp_bytes:  # too big to keep on /tmp: serve it, then drop the files
-            arrays = {p.stem: load_npy_aligned(p) for p in sorted(folder.glob("*.npy"))}
+            arrays = _read_npy_files(folder, load_npy_aligned)
             shutil.rmtree(folder, ignore_errors=True)
             return arrays
         with self._lock:
@@ -195,6 +194,11 @@ class ShardCache:
                 self._dir = Path(tempfile.mkdtemp(prefix="lambdagrad-shards-", dir=self._tmp_root))
                 atexit.register(shutil.rmtree, self._dir, True)
             return self._dir
+
+
+def _read_npy_files(folder: Path, load: Callable[[Path], np.ndarray]) -> dict[str, np.ndarray]:
+    """A shard's arrays from the ``.npy`` files it was unpacked into, by name."""
+    return {p.stem: load(p) for p in sorted(folder.glob("*.npy"))}
 
 
 _DEFAULT: ShardCache | None = None

@@ -40,6 +40,16 @@ static inline void prefetch_rows(const void *X, int64_t from, int64_t n, int64_t
     for (int64_t off = 0; off < rows * row_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
+/* Sums of logs are taken as logs of products (one log for many rows): adds log(*prod) to
+ * *sum and restarts the product before it can overflow. Its factors are at most C (softmax)
+ * or 2 (logistic) a row, so a check per tile of rows is enough. */
+static inline void fold_log(double *prod, double *sum) {
+    if (*prod > 0x1p900) {
+        *sum += log(*prod);
+        *prod = 1.0;
+    }
+}
+
 /* exp on |r| <= ln2/2: near-minimax polynomials (Chebyshev fits, mpmath.chebyfit), error
  * 3e-18 (degree 11) / 2e-9 (degree 6), below the rounding of a double / a float */
 static const double exp_coef_f64[] = {

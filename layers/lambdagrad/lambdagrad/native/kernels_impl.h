@@ -259,10 +259,7 @@ static double CAT(sm_softmax_rows_, SUFFIX)(REAL *S, int64_t m, int64_t cp, cons
             CAT(store_, SUFFIX)(z + v * LANES, p);
             CAT(store_, SUFFIX)(gb + v * LANES, CAT(load_, SUFFIX)(gb + v * LANES) + p);
         }
-        if (*sprod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
-            logs += log(*sprod);
-            *sprod = 1.0;
-        }
+        fold_log(sprod, &logs);
     }
     return logs - (double)CAT(allsum_, SUFFIX)(picked)[0];
 }
@@ -324,10 +321,7 @@ static inline __attribute__((always_inline)) double CAT(sm_softmax_nv_, SUFFIX)(
     int64_t i = 0;
     for (; i + LANES <= m; i += LANES) {
         CAT(sm_softmax_tile_, SUFFIX)(S + i * cp, cp, C, y + i, bp, NV, gbt, &picked, &prod);
-        if (prod > 0x1p900) { /* each s is in [1, C]: a product of rows overflows late */
-            logs += log(prod);
-            prod = 1.0;
-        }
+        fold_log(&prod, &logs);
     }
     *sprod = prod;
     for (int64_t c = 0; c < C; c++) {
@@ -481,11 +475,7 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
         }
         loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, C, y + lo, bp, gb, gbt, &sprod);
         CAT(sm_grad_, SUFFIX)(Xb, m, d, nk, S, cp, C, Gt, ws);
-        if (sizeof(REAL) < sizeof(double)) /* float sums of a block into double, vector-wise */
-            for (int64_t i = 0; i < C * ws; i++) {
-                Gd[i] += (double)Gt[i];
-                Gt[i] = 0;
-            }
+        if (sizeof(REAL) < sizeof(double)) CAT(flush_, SUFFIX)(Gt, Gd, C * ws); /* float sums */
         CAT(flush_, SUFFIX)(gb, gb64, C); /* past C, gb stays 0 */
     }
     CAT(sm_scatter_grad_, SUFFIX)(sizeof(REAL) < sizeof(double) ? Gd : (const double *)Gt, ws,
@@ -546,10 +536,7 @@ double CAT(lg_affine_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const REAL *
                 }
                 gb += (double)res[r];
             }
-            if (lprod > 0x1p900) {
-                loss += log(lprod);
-                lprod = 1.0;
-            }
+            fold_log(&lprod, &loss);
             for (int64_t j = 0; j < dv; j += LANES) {
                 VEC_T gv = CAT(load_, SUFFIX)(g + j);
                 for (int r = 0; r < TILE; r++)

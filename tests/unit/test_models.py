@@ -272,3 +272,18 @@ def test_shape_and_label_checks():
         model.loss_and_grad(np.zeros(9), np.zeros((1, 2)), np.array([3]))
     with pytest.raises(ModelError, match="class indices"):
         build_model("logistic", 2, 2).loss_and_grad(np.zeros(3), np.zeros((1, 2)), [2])
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [("logistic", 2), ("softmax", 3), ("mlp", 3)])
+@pytest.mark.parametrize("case", ["too big", "negative", "fraction", "int32 too big"])
+def test_loss_and_grad_rejects_labels_that_are_not_class_indices(kind, n_classes, case):
+    C = n_classes
+    labels = {
+        "too big": np.array([0, 1, C]),
+        "negative": np.array([0, -1, 1]),
+        "fraction": np.array([0.0, 0.5, 1.0]),
+        "int32 too big": np.array([0, C, 1], np.int32),
+    }[case]
+    model = build_model(kind, 2, C, hidden=(4,) if kind == "mlp" else ())
+    with pytest.raises(ModelError, match=rf"class indices in \[0, {C}\)"):
+        model.loss_and_grad(np.zeros(model.n_params), np.ones((3, 2)), labels)

@@ -189,7 +189,8 @@ class Model(abc.ABC):
         if self.task == "regression":
             return y if y.dtype in _COMPUTE_DTYPES else y.astype(np.float64)
         idx = y.astype(np.int64, copy=False)
-        if np.any(idx != y) or idx.min() < 0 or idx.max() >= self.n_classes:
+        # int64 labels (the shard cache's) are their own indices: no compare pass
+        if (idx is not y and np.any(idx != y)) or idx.min() < 0 or idx.max() >= self.n_classes:
             raise ModelError(f"y must hold class indices in [0, {self.n_classes})")
         return idx
 

@@ -29,6 +29,7 @@
 #define SM_MAXV 4                 /* classes (in vectors) the softmax transposes in registers */
 #define SM_GC 6                   /* gradient: up to SM_GC classes x SM_GK feature vectors */
 #define SM_GK 2                   /*   summed in registers (measured best of 1-6 x 1-8) */
+#define SM_GC1 12                 /* a single vector of features: up to 12 classes at once */
 #define SM_BLOCK_BYTES (128 << 10) /* a block of X and the next both fit L2 (512 KiB+) */
 #define PF_BYTES (8 << 10)        /* the scores ask for the row this far ahead */
 

@@ -353,7 +353,7 @@ static double CAT(sm_softmax_, SUFFIX)(REAL *S, int64_t m, int64_t cp, int64_t C
 static inline __attribute__((always_inline)) void CAT(sm_grad_tile_, SUFFIX)(
     const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *D, int64_t cp, int64_t c0,
     const int CC, int64_t k0, const int KT, REAL *Gt, int64_t ws) {
-    VEC_T acc[SM_GK][SM_GC];
+    VEC_T acc[SM_GK][SM_GC1];
     int64_t off[SM_GK];
     for (int kk = 0; kk < KT; kk++) {
         off[kk] = k0 + kk == nk - 1 ? d - LANES : (k0 + kk) * LANES;
@@ -384,12 +384,15 @@ static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d,
                                            int64_t k0, int kt, REAL *Gt, int64_t ws) {
 #define SM_CASE(N)                                                                             \
     case N:                                                                                    \
-        if (kt == SM_GK)                                                                       \
+        if (N <= SM_GC && kt == SM_GK)                                                         \
             CAT(sm_grad_tile_, SUFFIX)(Xb, m, d, nk, D, cp, c0, N, k0, SM_GK, Gt, ws);        \
         else                                                                                   \
             CAT(sm_grad_tile_, SUFFIX)(Xb, m, d, nk, D, cp, c0, N, k0, 1, Gt, ws);            \
         break;
-    switch (cc) { SM_CASE(1) SM_CASE(2) SM_CASE(3) SM_CASE(4) SM_CASE(5) SM_CASE(6) }
+    switch (cc) {
+        SM_CASE(1) SM_CASE(2) SM_CASE(3) SM_CASE(4) SM_CASE(5) SM_CASE(6)
+        SM_CASE(7) SM_CASE(8) SM_CASE(9) SM_CASE(10) SM_CASE(11) SM_CASE(12)
+    }
 #undef SM_CASE
 }
 
@@ -397,9 +400,9 @@ static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d,
  * most SM_GC, the features SM_GK vectors at a time. */
 static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
                                   const REAL *D, int64_t cp, int64_t C, REAL *Gt, int64_t ws) {
-    const int64_t chunks = (C + SM_GC - 1) / SM_GC;
     for (int64_t k0 = 0; k0 < nk;) {
         const int kt = nk - k0 >= SM_GK ? SM_GK : 1;
+        const int64_t most = kt == SM_GK ? SM_GC : SM_GC1, chunks = (C + most - 1) / most;
         for (int64_t g = 0, c0 = 0; g < chunks; g++) {
             const int cc = (int)(C / chunks + (g < C % chunks));
             CAT(sm_grad_dispatch_, SUFFIX)(Xb, m, d, nk, D, cp, c0, cc, k0, kt, Gt, ws);

@@ -396,8 +396,9 @@ static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d,
 #undef SM_CASE
 }
 
-/* Gt += Xb^T D over the m rows of a block still in L2: the classes in balanced chunks of at
- * most SM_GC, the features SM_GK vectors at a time. */
+/* Gt += Xb^T D over the m rows of a block still in L2: the features SM_GK vectors at a time,
+ * the classes in balanced chunks of at most SM_GC (SM_GC1 for a lone last vector, whose
+ * chunks of SM_GC would each wait on fewer sums than a multiply-add's latency covers). */
 static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
                                   const REAL *D, int64_t cp, int64_t C, REAL *Gt, int64_t ws) {
     for (int64_t k0 = 0; k0 < nk;) {

@@ -87,6 +87,7 @@ def load_dataset(
     task: str,
     max_features: int = 10_000,
     min_classes: int = 2,
+    features: Sequence[str] | None = None,
 ) -> Dataset:
     """Parse and validate a dataset held in memory.
 
@@ -111,6 +112,10 @@ def load_dataset(
     min_classes : int
         Fewest classes a classification label may have: 2 for training, 1 to score a
         trained model on data that happens to hold a single class.
+    features : list of str or None
+        csv only: the feature columns to read, by name and in this order (a trained model's);
+        every other column but the label is ignored, unparsed (an id, a note). None: every
+        column but the label.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -120,7 +125,9 @@ def load_dataset(
         _check_feature_count(X.shape[1], source, max_features)
         return Dataset(_numeric_features(X, source), np.zeros(0), _x_names(X.shape[1]), None)
     if fmt == "csv":
-        feature_names, X, y_raw, label_name = _read_csv(data, source, label, task, max_features)
+        feature_names, X, y_raw, label_name = _read_csv(
+            data, source, label, task, max_features, features
+        )
         if task == "features":
             return Dataset(X, np.zeros(0), feature_names, None)
     elif fmt == "npy":
@@ -180,7 +187,12 @@ def _check_feature_count(d: int, source: str, max_features: int) -> None:
 
 
 def _read_csv(
-    data: bytes, source: str, label: str | None, task: str, max_features: int
+    data: bytes,
+    source: str,
+    label: str | None,
+    task: str,
+    max_features: int,
+    wanted: Sequence[str] | None = None,
 ) -> tuple[list[str], np.ndarray, list[str] | np.ndarray, str]:
     """Features as float64, labels as float64 (regression) or stripped strings."""
     try:
@@ -207,6 +219,13 @@ def _read_csv(
             f"{source}: no label column {label!r}; columns are {', '.join(map(repr, names))}"
         )
     feature_names = names[:li] + names[li + 1 :]
+    picked: list[int] | None = None  # columns to convert, when not all but the label
+    if wanted is not None:
+        missing = [name for name in wanted if name not in feature_names]
+        if missing:
+            raise DataError(f"{source}: missing feature column(s) {', '.join(map(repr, missing))}")
+        feature_names = list(wanted)
+        picked = [names.index(name) for name in wanted]
     _check_feature_count(len(feature_names), source, max_features)
 
     ncols, label_name = len(names), (names[li] if li < len(names) else "")
@@ -226,7 +245,7 @@ def _read_csv(
         if not y_cell and not features_only:
             raise DataError(f"{source} line {line}, column {label_name!r}: empty cell")
         labels.append(y_cell)
-        cells.append(row[:li] + row[li + 1 :])
+        cells.append(row[:li] + row[li + 1 :] if picked is None else [row[j] for j in picked])
         lines.append(line)
         if len(cells) >= _CHUNK_ROWS:
             x_chunks.append(_to_float(cells, lines, feature_names, source))
@@ -494,6 +513,17 @@ def _encode_classes(
             raise DataError(
                 f"{source}: class labels in {label_name!r} must be integers or strings, "
                 "found non-integer numbers (is this a regression task?)"
+            )
+        # labels become int64 classes: refuse those that would wrap or merge on the way
+        if kind == "u" and y_raw.size and y_raw.max() > np.iinfo(np.int64).max:
+            raise DataError(
+                f"{source}: class label {y_raw.max()} in {label_name!r} does not fit a 64-bit "
+                "integer (store such labels as strings)"
+            )
+        if kind == "f" and y_raw.size and np.abs(y_raw).max() > 2.0**53:
+            raise DataError(
+                f"{source}: class label {np.abs(y_raw).max():g} in {label_name!r} is beyond "
+                "2**53, where floats stop being exact integers (store labels as int64 or strings)"
             )
         if kind in "biuf":
             uniq, idx = np.unique(y_raw.astype(np.int64), return_inverse=True)

@@ -40,19 +40,31 @@ def read_features(
 ) -> np.ndarray:
     """The model's features from a file that may or may not also carry the label.
 
-    CSV: columns by name. ``.npy``: the model's width, or one more when the training label
-    column index is still in it (dropped). ``.npz``: the ``X`` array.
+    CSV: the model's columns by name, nothing else read. ``.npy``: the model's width, or one
+    more when the training label column is still in it (dropped) and its position is known.
+    ``.npz``: the ``X`` array.
     """
     label = (trained.info.get("spec") or {}).get("dataset", {}).get("label")
     by_name = _is_csv(source, fmt)
-    ds = load_dataset(
-        data, source=source, fmt=fmt, label=label if by_name else None, task="features"
-    )
+    features = trained.feature_names if by_name else None
+    ds = load_dataset(data, source=source, fmt=fmt, label=None, task="features", features=features)
     width = len(trained.feature_names)
     if not by_name and ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
-        column = int(label) if label is not None and label.lstrip("-").isdigit() else -1
-        ds.X = np.delete(ds.X, column, axis=1)
+        ds.X = np.delete(ds.X, _label_column(label, source, width), axis=1)
     return _in_model_order(ds, trained, source, by_name)
+
+
+def _label_column(label: str | None, source: str, width: int) -> int:
+    """Where the training label sits in an array of the model's features plus it: its index
+    (``.npy`` training), or last (the default, for CSV too); a CSV label named by the user
+    could have been any column, so guessing would score the wrong features."""
+    if label is None or label.lstrip("-").isdigit():
+        return -1 if label is None else int(label)
+    raise DataError(
+        f"{source}: {width + 1} columns, one more than the model's {width} features, and the "
+        f"label {label!r} was a named CSV column, so which one to drop is not known: pass the "
+        f"{width} feature columns only, or a CSV with a header"
+    )
 
 
 def read_labelled(
@@ -60,16 +72,21 @@ def read_labelled(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels; classifier labels become the model's class indices."""
     task = trained.model.task
-    ds = load_dataset(data, source=source, fmt=fmt, label=label, task=task, min_classes=1)
+    features = trained.feature_names if _is_csv(source, fmt) else None
+    ds = load_dataset(
+        data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=features
+    )
     X = _in_model_order(ds, trained, source, _is_csv(source, fmt))
     if task != "classification":
         return X, ds.y
-    index = {cls: k for k, cls in enumerate(trained.classes or [])}
-    unknown = [c for c in ds.classes or [] if c not in index]
+    # matched as text: a file holding only the classes "1" and "2" reads them as integers,
+    # where the model's classes may be the strings "1", "2", "3+"
+    index = {str(cls): k for k, cls in enumerate(trained.classes or [])}
+    unknown = [c for c in ds.classes or [] if str(c) not in index]
     if unknown:
         raise DataError(
             f"{source}: label(s) {', '.join(map(repr, unknown[:5]))} were not seen in training "
             f"(classes: {', '.join(map(repr, trained.classes or []))})"
         )
-    remap = np.array([index[c] for c in ds.classes], dtype=np.int64)
+    remap = np.array([index[str(c)] for c in ds.classes], dtype=np.int64)
     return X, remap[ds.y]

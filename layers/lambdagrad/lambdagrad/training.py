@@ -189,15 +189,33 @@ def infer_task(data: bytes, *, source: str, fmt: str | None, label: str | None) 
     """Regression or classification for an mlp with ``task: auto``, from the labels.
 
     Labels that are not numbers, or whole numbers with at most 20 distinct values, make a
-    classification; any other numbers a regression.
+    classification; any other numbers a regression. Fractional numbers among cells that are
+    not numbers are a regression label with bad cells: the error names the first.
     """
     try:
         ds = load_dataset(data, source=source, fmt=fmt, label=label, task="regression")
-    except DataError:
-        return "classification"  # non-numeric labels (or bad data, reported on loading)
+    except DataError as not_numeric:
+        try:
+            labels = load_dataset(
+                data, source=source, fmt=fmt, label=label, task="classification", min_classes=1
+            )
+        except DataError:  # the file's own problem (a ragged row, no such column, NaN)
+            raise not_numeric from None
+        if any(_is_fraction(c) for c in labels.classes or []):
+            raise not_numeric from None
+        return "classification"
     y = ds.y
     whole = bool(np.all(y == np.round(y)))
     return "classification" if whole and len(np.unique(y)) <= MAX_AUTO_CLASSES else "regression"
+
+
+def _is_fraction(label: object) -> bool:
+    """Whether a class label reads as a finite number with a fractional part ("0.25")."""
+    try:
+        value = float(str(label))
+    except ValueError:
+        return False
+    return math.isfinite(value) and not value.is_integer()
 
 
 INIT_TAG = 0x1A17  # keys the initialisation stream apart from split and sampling

@@ -1,0 +1,108 @@
+"""Reading data for a trained model: which columns are read, and which labels match."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from lambdagrad.artifact import TrainedModel
+from lambdagrad.data import DataError, Standardizer, load_dataset
+from lambdagrad.models import build_model
+from lambdagrad.tabular import read_features, read_labelled
+from lambdagrad.training import infer_task
+
+
+def _linear(label: str | None) -> TrainedModel:
+    """y = a + 10 b: easy to tell which columns were scored."""
+    model = build_model("linear", 2, 1)
+    return TrainedModel(
+        model=model,
+        params=np.array([1.0, 10.0, 0.0]),
+        standardizer=Standardizer.identity(2),
+        feature_names=["a", "b"],
+        classes=None,
+        info={"spec": {"dataset": {"label": label}}},
+    )
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_csv_reads_only_the_model_columns():
+    # an id that is not a number and the label, in the middle, are not read at all
+    data = b"id,b,price,a\nrow-1,2,n/a,1\nrow-2,3,,5\n"
+    X = read_features(data, source="new.csv", fmt=None, trained=_linear("price"))
+    np.testing.assert_array_equal(X, [[1, 2], [5, 3]])
+    assert _linear("price").predict(X) == [21.0, 35.0]
+
+
+def test_csv_names_the_missing_feature_columns():
+    with pytest.raises(DataError, match=r"new.csv: missing feature column\(s\) 'a'"):
+        read_features(b"b,id\n2,x\n", source="new.csv", fmt=None, trained=_linear(None))
+
+
+def test_npy_with_the_label_column_drops_it_only_where_it_is_known():
+    X = np.array([[7.0, 1.0, 2.0], [8.0, 5.0, 3.0]])  # label first, then a, b
+    got = read_features(_npy(X), source="x.npy", fmt=None, trained=_linear("0"))
+    np.testing.assert_array_equal(got, X[:, 1:])
+    last = np.roll(X, -1, axis=1)  # a, b, label: the default label column is the last
+    got = read_features(_npy(last), source="x.npy", fmt=None, trained=_linear(None))
+    np.testing.assert_array_equal(got, X[:, 1:])
+    # trained on a CSV whose label was named: its position is unknown, so no guess
+    with pytest.raises(DataError, match=r"x.npy: 3 columns, one more .* label 'y' was a named"):
+        read_features(_npy(X), source="x.npy", fmt=None, trained=_linear("y"))
+
+
+def test_labels_match_the_model_classes_as_text():
+    # the model's classes are strings; a file holding only "1" and "2" reads them as ints
+    model = build_model("softmax", 1, 3)
+    trained = TrainedModel(
+        model=model,
+        params=np.zeros(model.n_params),
+        standardizer=Standardizer.identity(1),
+        feature_names=["rooms_area"],
+        classes=["1", "2", "3+"],
+    )
+    data = b"rooms_area,rooms\n30,1\n50,2\n45,2\n"
+    _, y = read_labelled(data, source="sub.csv", fmt=None, label="rooms", trained=trained)
+    np.testing.assert_array_equal(y, [0, 1, 1])
+    with pytest.raises(DataError, match=r"label\(s\) 4 were not seen in training"):
+        read_labelled(b"rooms_area,rooms\n30,4\n", source="s.csv", fmt=None, label="rooms",
+                      trained=trained)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "task"),
+    [
+        (["0.5", "1.25", "2"], "regression"),
+        (["1", "2", "1"], "classification"),
+        (["1", "2", "3+"], "classification"),
+        (["cat", "dog", "cat"], "classification"),
+    ],
+)
+def test_infer_task(labels, task):
+    data = ("x,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(labels))).encode()
+    assert infer_task(data, source="d.csv", fmt=None, label="y") == task
+
+
+def test_infer_task_reports_a_bad_cell_in_a_numeric_label():
+    # fractional numbers and one "NA": a regression label with a bad cell, not 4 classes
+    data = b"x,price\n1,0.25\n2,0.5\n3,NA\n4,1.75\n"
+    with pytest.raises(DataError, match=r"d.csv line 4, column 'price': 'NA'"):
+        infer_task(data, source="d.csv", fmt=None, label="price")
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([1e20, -1e20, 5.0]), np.array([2**63 + 5, 1, 2], dtype=np.uint64)],
+    ids=["float beyond 2**53", "uint64 beyond int64"],
+)
+def test_class_labels_that_would_wrap_are_refused(labels):
+    # as int64 both would wrap: 1e20 and -1e20 to one class, 2**63 + 5 to a negative one
+    data = _npy(np.column_stack([np.arange(3).astype(labels.dtype), labels]))
+    with pytest.raises(DataError, match=r"x.npy: class label .* (beyond 2\*\*53|64-bit)"):
+        load_dataset(data, source="x.npy", fmt=None, label=None, task="classification")

@@ -307,3 +307,12 @@ def test_shard_bounds_cover_contiguously(n, k):
 def test_shard_bounds_rejects_zero_shards():
     with pytest.raises(DataError):
         shard_bounds(10, 0)
+
+
+def test_standardizer_names_a_column_too_large_to_standardize():
+    # finite values whose sum overflows float64: a named error, not inf in model.json
+    X = np.array([[1.0, 1e308], [2.0, 1.5e308], [3.0, 1e308]])
+    with pytest.raises(DataError, match=r"feature column 'b': values up to 1\.5e\+308 are too"):
+        Standardizer.fit_rows(X, np.arange(3), names=["a", "b"])
+    with pytest.raises(DataError, match=r"feature column 1 \(0-based\)"):
+        Standardizer.fit_rows(X, np.arange(3))

@@ -612,9 +612,17 @@ class Standardizer:
         return cls(mean=mean, scale=np.where(constant, 1.0, std))
 
     @classmethod
-    def fit_rows(cls, X: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> Standardizer:
+    def fit_rows(
+        cls,
+        X: np.ndarray,
+        rows: np.ndarray,
+        chunk: int = 65_536,
+        names: Sequence[str] | None = None,
+    ) -> Standardizer:
         """:meth:`fit` on ``X[rows]`` without materialising it (nor a float64 copy): two
         passes over chunks of rows, mean then the mean squared deviation, in float64.
+        Values whose sum or spread overflows float64 are an error naming the column (from
+        ``names`` if given).
 
         >>> X = np.array([[1.0, 5.0], [9.0, 5.0], [3.0, 5.0]])
         >>> s = Standardizer.fit_rows(X, np.array([0, 2]))
@@ -626,17 +634,27 @@ class Standardizer:
             raise DataError(f"cannot fit a standardizer on {n} rows of shape {X.shape}")
         parts = [rows[lo : lo + chunk] for lo in range(0, n, chunk)]
         total, hi, lo_ = np.zeros(X.shape[1]), np.full(X.shape[1], -np.inf), np.inf
-        for part in parts:
-            block = X[part].astype(np.float64, copy=False)
-            total += block.sum(axis=0)
-            hi, lo_ = np.maximum(hi, block.max(axis=0)), np.minimum(lo_, block.min(axis=0))
-        mean = total / n
         squares = np.zeros(X.shape[1])
-        for part in parts:
-            block = X[part] - mean
-            block *= block
-            squares += block.sum(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
+            for part in parts:
+                block = X[part].astype(np.float64, copy=False)
+                total += block.sum(axis=0)
+                hi, lo_ = np.maximum(hi, block.max(axis=0)), np.minimum(lo_, block.min(axis=0))
+            mean = total / n
+            for part in parts:
+                block = X[part] - mean
+                block *= block
+                squares += block.sum(axis=0)
         std = np.sqrt(squares / n)
+        overflowed = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+        if overflowed.size:
+            j = int(overflowed[0])
+            column = repr(names[j]) if names is not None else f"{j} (0-based)"
+            largest = max(abs(float(hi[j])), abs(float(lo_[j])))
+            raise DataError(
+                f"feature column {column}: values up to {largest:g} are too large to "
+                "standardize (their sum or spread overflows float64); rescale the column"
+            )
         constant = (hi == lo_) | (std == 0)
         return cls(mean=mean, scale=np.where(constant, 1.0, std))
 

@@ -268,7 +268,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
     y_train = data.y[train_idx]
     scaler = (
-        Standardizer.fit_rows(data.X, train_idx)
+        Standardizer.fit_rows(data.X, train_idx, names=data.feature_names)
         if spec.dataset.standardize
         else Standardizer.identity(data.X.shape[1])
     )

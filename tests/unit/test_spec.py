@@ -54,3 +54,11 @@ def test_json_text_and_full_batch():
 @pytest.mark.parametrize("path", sorted((EVENTS / "jobs").glob("*.json")), ids=lambda p: p.name)
 def test_example_job_specs_are_valid(path):
     parse_spec(path.read_text())
+
+
+@pytest.mark.parametrize(("group", "field"), [("training", "batch_size"), ("training", "seed")])
+def test_booleans_are_not_numbers(group, field):
+    # pydantic alone reads true as 1: "batch_size": true would quietly be SGD
+    doc = {"dataset": {"uri": "s3://bucket/data.csv"}, group: {field: True}}
+    with pytest.raises(SpecError, match=rf"{group}\.{field}: expected a number, got true"):
+        parse_spec(doc)

@@ -272,3 +272,65 @@ def test_the_cache_is_thread_safe(store):
         t.join()
     assert not errors
     assert cache.loads == 1 and len(results) == 16 and all(r == results[0] for r in results)
+
+
+def test_a_non_finite_class_probability_is_refused(s3):
+    store = Store(s3, BUCKET)
+    trained = tiny_model("softmax", classes=["a", "b", "c"])
+    trained.params = np.ones_like(trained.params)
+    trained.standardizer = Standardizer.identity(4)
+    write_model(store, "job-9", trained)
+    promote(store, "big", "job-9")
+    with pytest.raises(PredictError, match=r"^instances\[2\]: the prediction is not a finite"):
+        predict(store, ModelCache(), body(ROW, ROW, [1e308] * 4, model="big"), 10)
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("key", "damage", "reason"),
+    [
+        ("model_npz", _half, "model.npz does not match model.json"),
+        ("model_npz", lambda data: b"", "model.npz does not match model.json"),
+        ("model_json", _half, "model/model.json is not valid JSON"),
+        ("model_json", lambda data: b"[]", "model/model.json must hold a JSON object"),
+        (
+            "model_json",
+            lambda data: data.replace(b'"n_features": 4', b'"n_features": "four"'),
+            "'model.n_features' must be a positive integer, got 'four'",
+        ),
+    ],
+)
+def test_a_damaged_model_is_a_500_that_logs_why(store, s3, caplog, key, damage, reason):
+    object_key = getattr(JobKeys("job-1"), key)
+    store.put_bytes(object_key, damage(store.get_bytes(object_key)))
+    with pytest.raises(PredictError, match="model 'houses' \\(job 'job-1'\\) could not") as info:
+        predict(store, ModelCache(), body(ROW), 10)
+    assert info.value.status == 500
+    assert reason in str(info.value.__cause__)
+    assert f"s3://{BUCKET}/jobs/job-1/model" in str(info.value.__cause__)
+    assert reason in caplog.text
+
+
+def test_a_model_npz_of_another_job_is_a_500(store):
+    write_model(store, "job-2", tiny_model(seed=5))
+    keys, other = JobKeys("job-1"), JobKeys("job-2")
+    store.put_bytes(keys.model_npz, store.get_bytes(other.model_npz))
+    with pytest.raises(PredictError) as info:
+        predict(store, ModelCache(), body(ROW), 10)
+    assert info.value.status == 500
+    assert "model.npz does not match model.json" in str(info.value.__cause__)
+
+
+def test_a_damaged_model_npz_without_a_digest_is_a_500(store):
+    keys = JobKeys("job-1")
+    doc = store.get_json(keys.model_json)
+    doc.pop("npz_sha256", None)  # as written before the digest was recorded
+    store.put_json(keys.model_json, doc)
+    store.put_bytes(keys.model_npz, _half(store.get_bytes(keys.model_npz)))
+    with pytest.raises(PredictError) as info:
+        predict(store, ModelCache(), body(ROW), 10)
+    assert info.value.status == 500
+    assert "model/model.npz is not a readable .npz" in str(info.value.__cause__)

@@ -3,6 +3,7 @@ reference loop: same spec + same data -> the same parameters, bit for bit."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -79,9 +80,9 @@ def test_steps_match_reference_loop(spec_file, data_file, overrides):
     assert len(losses) == result["rounds"]
     status = store.get_json(keys.status)
     assert status["state"] == "SUCCEEDED" and status["round"] == result["rounds"]
-    trained = TrainedModel.from_documents(
-        store.get_bytes(keys.model_npz), store.get_json(keys.model_json)
-    )
+    npz_bytes, model_json = store.get_bytes(keys.model_npz), store.get_json(keys.model_json)
+    assert model_json["npz_sha256"] == hashlib.sha256(npz_bytes).hexdigest()
+    trained = TrainedModel.from_documents(npz_bytes, model_json)
     np.testing.assert_array_equal(trained.params, expected)
     history = store.get_bytes(keys.history).decode().splitlines()
     assert history[0] == "round,train_loss,validation_loss,seconds"

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lambdagrad.artifact import ArtifactError, TrainedModel
+from lambdagrad.artifact import ArtifactError, NonFiniteError, TrainedModel
 from lambdagrad.registry import RegistryError, lookup, validate_name
 from lambdagrad.store import Store, StoreError
 
@@ -221,11 +221,15 @@ class ModelCache:
 
     @staticmethod
     def _load(store: Store, pointer: dict[str, Any]) -> TrainedModel:
+        """The pointer's model; a damaged or mismatched pair is logged and a 500."""
         try:
-            return TrainedModel.from_documents(
-                store.get_bytes(pointer["npz_key"]), store.get_json(pointer["model_key"])
+            model_key = pointer["model_key"]
+            return TrainedModel.from_bytes(
+                store.get_bytes(pointer["npz_key"]),
+                store.get_bytes(model_key),
+                source=f"s3://{store.bucket}/{model_key.rpartition('/')[0]}",
             )
-        except (StoreError, ArtifactError, KeyError, ValueError) as exc:
+        except (StoreError, ArtifactError, KeyError) as exc:
             _log.exception("cannot load model %s (job %s)", pointer["name"], pointer["job_id"])
             raise PredictError(
                 f"model {pointer['name']!r} (job {pointer['job_id']!r}) could not be loaded",
@@ -243,9 +247,11 @@ def predict(store: Store, cache: ModelCache, body: Any, max_rows: int) -> dict[s
     entry = cache.get(store, _model_name(body))
     trained = entry.trained
     X = parse_request(body, trained, max_rows)
-    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+    try:  # the model refuses predictions that are not finite numbers
         predictions = trained.predict(X)
         proba = trained.predict_proba(X) if trained.is_classifier else None
+    except NonFiniteError as exc:
+        raise PredictError(f"instances[{exc.row}]: {exc.reason}") from None
     result: dict[str, Any] = {
         "predictions": predictions,
         "model": {
@@ -259,13 +265,4 @@ def predict(store: Store, cache: ModelCache, body: Any, max_rows: int) -> dict[s
         classes = trained.classes or list(range(trained.model.n_classes))
         result["classes"] = list(classes)
         result["probabilities"] = proba.tolist()
-        values = proba
-    else:
-        values = np.asarray(result["predictions"], dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values).reshape(len(X), -1).all(axis=1))
-    if bad.size:
-        raise PredictError(
-            f"instances[{bad[0]}]: the prediction is not a finite number "
-            "(are the features far outside the training range?)"
-        )
     return result

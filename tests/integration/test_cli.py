@@ -274,3 +274,26 @@ def test_deep_model_bad_flags(tmp_path, capsys):
         )
     )
     assert rc == 1 and "needs a validation split" in capsys.readouterr().err
+
+
+SECTION_NOT_AN_OBJECT = {
+    "string": ({"dataset": "houses.csv", "training": {"rounds": 1}}, [], "'dataset'", "a string"),
+    "array": ({"training": ["rounds", 1]}, [], "'training'", "an array"),
+    "null-with-flag": ({"model": None}, ["--model", "linear"], "'model'", "null"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SECTION_NOT_AN_OBJECT))
+def test_config_section_that_is_not_an_object_is_named(tmp_path, capsys, case):
+    doc, flags, section, found = SECTION_NOT_AN_OBJECT[case]
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    for argv in (
+        train_args(HOUSES, out, "--label", "price", "--config", str(config), *flags),
+        ["estimate", str(HOUSES), "--label", "price", "--config", str(config), *flags],
+    ):
+        assert main(argv) == 1, argv[0]
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {config}: {section} must be an object, not {found}", argv[0]
+    assert not out.exists()

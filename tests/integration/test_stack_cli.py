@@ -140,3 +140,21 @@ def test_submit_and_status(engine, tmp_path, capsys):
     assert main(["models", "list"]) == 1
     assert "pass --stack NAME" in capsys.readouterr().err
     engine.reset()
+
+
+def test_submit_checks_the_spec_before_uploading_the_data(engine, stack, tmp_path, capsys):
+    data = tmp_path / "never-uploaded.csv"
+    data.write_text(HOUSES.read_text())
+    spec = tmp_path / "job.json"
+    cases = {
+        "error: {spec}: 'dataset' must be an object, not a string": {"dataset": "houses.csv"},
+        "training.rounds": {"dataset": {"label": "price"}, "training": {"rounds": 0}},
+    }
+    for expected, doc in cases.items():
+        spec.write_text(json.dumps(doc))
+        argv = ["submit", str(spec), "--data", str(data), "--quiet", *stack_flags(engine)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        assert expected.format(spec=spec) in err
+    assert not [k for k in stack.store.list_keys("datasets/") if k.endswith(data.name)]

@@ -412,10 +412,14 @@ def _follow_with_progress(stack: StackClient, job_id: str, quiet: bool) -> dict[
 def cmd_submit(args: argparse.Namespace) -> int:
     doc = read_config(args.spec)
     doc.pop("job_id", None)  # the upload's key and ETag name the job
+    if args.data:
+        if not Path(args.data).is_file():
+            raise CliError(f"{args.data}: no such file")
+        doc.setdefault("dataset", {})["uri"] = "s3://placeholder-bucket/" + Path(args.data).name
+    parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
     with open_stack(args) as stack:
         if args.data:
-            doc.setdefault("dataset", {})["uri"] = stack.upload_dataset(Path(args.data))
-        parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
+            doc["dataset"]["uri"] = stack.upload_dataset(Path(args.data))
         stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(args.spec).stem)
         name = f"{stem[:24]}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
         job_id = stack.submit(doc, name)

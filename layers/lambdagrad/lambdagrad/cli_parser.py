@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from lambdagrad import __version__
 from lambdagrad.cost import RUNNING_ORCHESTRATION
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, parse_spec
@@ -19,6 +21,13 @@ __all__ = ["STATE_DIRNAME", "CliError", "build_parser", "read_config", "spec_fro
 
 #: Where the embedded engine keeps a job's bucket on disk, inside the run directory.
 STATE_DIRNAME = "state"
+
+#: The spec's groups of fields (dataset, model, ...): each a JSON object in a spec file.
+SPEC_SECTIONS = tuple(
+    name
+    for name, field in JobSpec.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+)
 
 
 class CliError(RuntimeError):
@@ -105,7 +114,10 @@ def _sizes(text: str) -> list[int]:
 
 
 def read_config(path: str) -> dict[str, Any]:
-    """A job spec JSON file as a dict; too big, not UTF-8, not JSON or not an object: CliError."""
+    """A job spec JSON file as a dict; too big, not UTF-8, not JSON or not an object: CliError.
+
+    Each section present (dataset, model, ...) is checked to be an object too, so that the
+    flags and the dataset URI can be merged into it and nothing is uploaded for a bad spec."""
     size = Path(path).stat().st_size
     if size > MAX_SPEC_BYTES:
         raise CliError(
@@ -124,7 +136,21 @@ def read_config(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise CliError(f"{path}: a job spec must be a JSON object")
+    for section in SPEC_SECTIONS:
+        if section in doc and not isinstance(doc[section], dict):
+            raise CliError(f"{path}: '{section}' must be an object, not {_json_type(doc[section])}")
     return doc
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def spec_from_args(args: argparse.Namespace, dataset_uri: str | None) -> JobSpec:
@@ -135,9 +161,7 @@ def spec_from_args(args: argparse.Namespace, dataset_uri: str | None) -> JobSpec
         value = getattr(args, dest, None)
         if value is None:
             continue
-        section = doc.setdefault(group, {})
-        if not isinstance(section, dict):
-            raise CliError(f"--config: '{group}' must be an object")
+        section = doc.setdefault(group, {})  # an object: read_config checked
         section[field] = value
         # A length given on the command line replaces the config's other length.
         if field in ("epochs", "rounds"):

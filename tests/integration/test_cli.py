@@ -297,3 +297,30 @@ def test_config_section_that_is_not_an_object_is_named(tmp_path, capsys, case):
         err = capsys.readouterr().err.strip()
         assert err == f"error: {config}: {section} must be an object, not {found}", argv[0]
     assert not out.exists()
+
+
+def test_out_that_cannot_be_written_is_one_clear_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n")
+    assert main(train_args(HOUSES, afile, "--label", "price", "--rounds", "3")) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {afile} is a file, not a directory; choose another --out"
+    )
+    assert main(train_args(HOUSES, afile / "run", "--label", "price", "--rounds", "3")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {afile / 'run'}: {afile} is a file, not a directory"
+
+    model = tmp_path / "m"
+    assert main(train_args(HOUSES, model, "--label", "price", "--rounds", "3")) == 0
+    capsys.readouterr()
+    under_a_file = afile / "x.csv"
+    assert main(["predict", str(model), str(HOUSES), "--out", str(under_a_file)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {under_a_file}: {afile} is a file, not a directory"
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    assert main(["predict", str(model), str(HOUSES), "--out", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder} is a directory; --out names the file to write"
+    assert afile.read_text() == "keep me\n" and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m", "preds"]  # no temp files

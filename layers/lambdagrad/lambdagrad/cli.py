@@ -161,6 +161,36 @@ def _stderr_console() -> Any:
     return Console(stderr=True)
 
 
+# ---- output paths ---------------------------------------------------------------------
+def _check_out(out: Path, *, directory: bool) -> None:
+    """Refuse an --out that cannot be written, before any work: a file where a directory
+    must be (the run directory itself, or any folder above it), or a directory where the
+    file goes. Found late, each would fail with a traceback or the name of a temp file."""
+    if directory and out.exists() and not out.is_dir():
+        raise CliError(f"{out} is a file, not a directory; choose another --out")
+    if not directory and out.is_dir():
+        raise CliError(f"{out} is a directory; --out names the file to write")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{out}: {parent} is a file, not a directory")
+            break
+
+
+def _write_file_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file beside it: a reader never sees half a
+    file, and a failure leaves the old file (or none) and no temp file behind."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("x") as f:
+            f.write(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+
+
 # ---- commands -------------------------------------------------------------------------
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
     """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
@@ -203,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     local_data, spec = _spec_and_data(args)
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
+    _check_out(out, directory=True)
     if (out / "model.json").exists() and not args.overwrite:
         raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
 
@@ -339,10 +370,7 @@ def _predictions_csv(predictions: list[Any], out: str | None) -> None:
     writer.writerows([p] for p in predictions)
     if out:
         path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buf.getvalue())
-        tmp.replace(path)
+        _write_file_atomically(path, buf.getvalue())
         print(f"{len(predictions)} predictions written to {path}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
@@ -352,6 +380,8 @@ PREDICT_CHUNK_ROWS = 1000
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_out(Path(args.out), directory=False)
     if args.stack:
         if not args.model_name or len(args.paths) != 1:
             raise CliError("with --stack: lambdagrad predict --stack NAME --model-name MODEL DATA")

@@ -142,6 +142,68 @@ def test_submit_and_status(engine, tmp_path, capsys):
     engine.reset()
 
 
+def sweep_args(engine, out, *extra: str) -> list[str]:
+    return [
+        "sweep",
+        str(HOUSES),
+        "--label",
+        "price",
+        "--lr",
+        "0.01,0.05",
+        "--rounds",
+        "5",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+        *stack_flags(engine),
+    ]
+
+
+def test_sweep_replaces_a_full_out_only_when_asked_and_fails_when_no_point_succeeds(
+    engine, tmp_path, capsys
+):
+    out = tmp_path / "sweep"
+    (out / "best").mkdir(parents=True)
+    (out / "result.json").write_text('{"best": {"job_id": "older"}}')
+    (out / "best" / "model.json").write_text('{"job_id": "older"}')
+
+    rc = main(sweep_args(engine, out, "--batch-size", "32"))
+    assert rc == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out} already holds files; pass --overwrite to replace them all "
+        "or choose another --out"
+    )
+    assert (out / "best" / "model.json").read_text() == '{"job_id": "older"}'
+    notes = tmp_path / "notes"  # not a sweep's output: --overwrite does not empty it
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep")
+    rc = main(sweep_args(engine, notes, "--batch-size", "32", "--overwrite"))
+    assert rc == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {notes} holds files but no sweep's result.json; --overwrite replaces only "
+        "a sweep's output: choose another --out"
+    )
+    assert (notes / "todo.txt").read_text() == "keep"
+
+    # every point asks for a batch larger than the data: each one fails
+    rc = main(sweep_args(engine, out, "--batch-size", "5000", "--overwrite", "--sweep-id", "nogo"))
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: no point of sweep nogo succeeded (2 failed); "
+        f"each point's error is in {out / 'result.json'}"
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["sweep_id"] == "nogo" and result["best"] is None
+    assert all("larger than" in r["message"] for r in result["results"])
+    assert not (out / "best").exists()  # no older model beside a result without one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "sweep"]  # no temp dirs
+    engine.reset()
+
+
 def test_submit_checks_the_spec_before_uploading_the_data(engine, stack, tmp_path, capsys):
     data = tmp_path / "never-uploaded.csv"
     data.write_text(HOUSES.read_text())

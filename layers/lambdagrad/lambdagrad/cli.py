@@ -14,7 +14,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +191,38 @@ def _write_file_atomically(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CliError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+
+
+def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
+    """Make ``directory`` hold exactly ``files`` (paths relative to it, such as best/model.json).
+
+    They are written into a sibling temp directory that then takes its place: a failure
+    leaves the old contents whole, and nothing of them (an older best/) stays beside the new.
+    """
+    directory = Path(os.path.abspath(directory))  # "." has no name to put a sibling beside
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    new = directory.with_name(f".{directory.name}.{token}.new")
+    old = directory.with_name(f".{directory.name}.{token}.old")
+    new.mkdir()
+    try:
+        for name, body in files.items():
+            (new / name).parent.mkdir(parents=True, exist_ok=True)
+            (new / name).write_bytes(body)
+        moved_aside = False
+        try:
+            if directory.exists():
+                directory.rename(old)
+                moved_aside = True
+            new.rename(directory)
+        except BaseException:
+            if moved_aside and not directory.exists():
+                old.rename(directory)
+            raise
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        if directory.exists():  # else the old contents are all there is: keep them
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- commands -------------------------------------------------------------------------
@@ -488,6 +522,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.get("state") != "FAILED" else 1
 
 
+def _check_sweep_out(out: Path, *, overwrite: bool) -> None:
+    """A sweep replaces its whole --out (no older best/ may stay beside a new result.json):
+    an --out with files in it needs --overwrite, and holds an earlier sweep's result.json."""
+    _check_out(out, directory=True)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise CliError(
+            f"{out} already holds files; pass --overwrite to replace them all "
+            "or choose another --out"
+        )
+    if not (out / "result.json").is_file():
+        raise CliError(
+            f"{out} holds files but no sweep's result.json; --overwrite replaces only "
+            "a sweep's output: choose another --out"
+        )
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lambdagrad import sweep_report
     from lambdagrad.plot import loss_curve_png
@@ -506,6 +558,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     local_data, spec = _spec_and_data(args)
     sweep_id = args.sweep_id or _default_job_id(args.data or spec.dataset.uri)[:50]
     out = Path(args.out) if args.out else Path("runs") / sweep_id
+    _check_sweep_out(out, overwrite=args.overwrite)
     with open_stack(args) as stack:
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
         base = json.loads(spec.model_dump_json())
@@ -532,17 +585,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     }
     if len(grid) == 2:
         files["heatmap.png"] = sweep_report.heatmap_png(result)
-    write_directory_atomically(out, files)
     if best_files:
         best_files["loss.png"] = loss_curve_png(best_files["history.csv"], title=best["job_id"])
-        write_directory_atomically(out / "best", best_files)
+        files.update({f"best/{name}": body for name, body in best_files.items()})
+    # one swap for all: a best/ in `out` is always the one result.json names
+    _replace_directory(out, files)
     if args.json:
         print(json.dumps(sweep_report.summary_json(result)))
     else:
         print(sweep_report.table(result))
+    if not best_files:
+        raise SweepError(
+            f"no point of sweep {sweep_id} succeeded ({sweep_report.tally(result)}); "
+            f"each point's error is in {out / 'result.json'}"
+        )
+    if not args.json:
         print(
             f"results in {out}/ (result.json, curves.png{', heatmap.png' if len(grid) == 2 else ''}"
-            f"{', best/' if best_files else ''})"
+            ", best/)"
         )
     return 0
 

@@ -433,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sout = sw.add_argument_group("output")
     sout.add_argument("--out", help="output directory (default runs/SWEEP_ID)")
+    sout.add_argument(
+        "--overwrite", action="store_true", help="replace everything already in --out"
+    )
     sout.add_argument("--quiet", action="store_true", help="no progress messages")
     sout.add_argument("--json", action="store_true", help="print one JSON object: best and results")
     _add_stack_flags(sw)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["curves_png", "heatmap_png", "summary_json", "table"]
+__all__ = ["curves_png", "heatmap_png", "summary_json", "table", "tally"]
 
 _LR, _BATCH = "optimizer.learning_rate", "training.batch_size"
 _NOT_SWEPT = "(base)"
@@ -81,13 +81,18 @@ def table(result: Mapping[str, Any]) -> str:
         return "  ".join(out).rstrip()
 
     lines = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-    counts = result.get("counts") or {}
-    tally = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    counts = tally(result)
     if best is None:
-        lines.append(f"no point succeeded ({tally})" if tally else "no point succeeded")
+        lines.append(f"no point succeeded ({counts})" if counts else "no point succeeded")
     else:
-        lines.append(f"* best by {result.get('ranked_by', 'validation_loss')} ({tally})")
+        lines.append(f"* best by {result.get('ranked_by', 'validation_loss')} ({counts})")
     return "\n".join(lines)
+
+
+def tally(result: Mapping[str, Any]) -> str:
+    """How many points ended in each status, e.g. ``"4 succeeded, 2 diverged"``."""
+    counts = result.get("counts") or {}
+    return ", ".join(f"{n} {status.lower()}" for status, n in counts.items() if n)
 
 
 def _pyplot() -> Any:

@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from lambdagrad.registry import RegistryError, validate_name
 from lambdagrad.serving import ModelCache, PredictError, parse_request, predict
 from lambdagrad.spec import MAX_SPEC_BYTES, SpecError, parse_spec
 from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError, parse_s3_uri
+from lambdagrad.tabular import read_features
+from lambdagrad.training import infer_task
 from lambdagrad.uploads import unsafe_upload_key
 
 from tests.unit.test_registry import BUCKET, tiny_model
@@ -109,6 +112,8 @@ def request(*instances: Any, model: str = "houses") -> dict:
 
 TRAINED = tiny_model()  # features sqft, bedrooms, age, distance_km
 ROW = [1200.0, 3.0, 12.5, 4.2]
+# as trained on a CSV whose label column was named: its position in other files is unknown
+TRAINED_ON_CSV = replace(TRAINED, info={**TRAINED.info, "spec": {"dataset": {"label": "price"}}})
 
 
 def parse(body: dict, max_rows: int = 10) -> np.ndarray:
@@ -203,6 +208,15 @@ DATASET: list[Row] = [
      DataError, ["data.npz array 'y'", "holds Python objects; refusing to unpickle"]),
     ("npz-features-missing-X", lambda: npz("features", x=np.ones((2, 2))), DataError,
      ["data.npz", "expected an array named 'X'"]),
+    ("label-beyond-int64-npy",
+     lambda: npy(np.array([[1, 2**63 + 5], [2, 1]], dtype=np.uint64), task="classification"),
+     DataError, ["data.npy: class label 9223372036854775813", "does not fit a 64-bit integer"]),
+    ("label-beyond-2-53-npy",
+     lambda: npy(np.array([[1.0, 1e20], [2.0, -1e20]]), task="classification"), DataError,
+     ["data.npy: class label 1e+20", "beyond 2**53"]),
+    ("auto-task-bad-cell-in-numeric-label",
+     lambda: infer_task(b"a,y\n1,0.25\n2,NA\n3,0.5\n", source="data.csv", fmt=None, label="y"),
+     DataError, ["data.csv line 3, column 'y': 'NA' is not a number"]),
 ]
 
 SPEC: list[Row] = [
@@ -235,6 +249,8 @@ SPEC: list[Row] = [
     ("spec-oversized-object",
      lambda: parse_spec(spec(model={"type": "mlp", "hidden": [1] * 40_000})), SpecError,
      ["spec is", f"the limit is {MAX_SPEC_BYTES}"]),
+    ("spec-boolean-for-number", lambda: parse_spec(spec(training={"batch_size": True})),
+     SpecError, ["training.batch_size: expected a number, got true"]),
 ]
 
 KEYS: list[Row] = [
@@ -296,6 +312,22 @@ PREPARE: list[Row] = [
      ["jobs/incoming/huge.json", "a job spec is at most 65536"]),
     ("upload-invalid-spec", _invalid_upload, SpecError,
      ["jobs/incoming/typo.json", "training.wokers: unknown field"]),
+    ("prepare-standardize-overflow",
+     lambda: prepare(memory_store(b"a,b,price\n1,1e308,1\n2,1.5e308,2\n3,1e308,3\n"),
+                     spec(training={"workers": 1, "batch_size": "full"},
+                          dataset={"validation": 0})), DataError,
+     ["feature column 'b': values up to 1.5e+308 are too large to standardize"]),
+]
+
+SCORED: list[Row] = [
+    ("scored-csv-missing-feature",
+     lambda: read_features(b"sqft,bedrooms,id\n1,2,x\n", source="new.csv", fmt=None,
+                           trained=TRAINED), DataError,
+     ["new.csv: missing feature column(s) 'age', 'distance_km'"]),
+    ("scored-npy-extra-column-named-label",
+     lambda: read_features(npy_bytes(np.ones((2, 5))), source="new.npy", fmt=None,
+                           trained=TRAINED_ON_CSV), DataError,
+     ["new.npy: 5 columns, one more than the model's 4 features", "label 'price'"]),
 ]
 
 PREDICT: list[Row] = [
@@ -332,7 +364,7 @@ PREDICT: list[Row] = [
      PredictError, ["nobody"]),
 ]
 
-CATALOGUE = DATASET + SPEC + KEYS + PREPARE + PREDICT
+CATALOGUE = DATASET + SPEC + KEYS + PREPARE + SCORED + PREDICT
 # fmt: on
 
 

@@ -215,8 +215,11 @@ def test_cli_batch_larger_than_data_fails_the_job_and_keeps_the_good_model(
 def test_cli_predict_refuses_bad_rows(good, files, tmp_path, capsys):
     wrong_width = tmp_path / "wide.npy"
     np.save(wrong_width, np.ones((2, 7)))
+    bad_cell = tmp_path / "rows.csv"  # the model's columns (only those are read), one bad cell
+    bad_cell.write_text("id,sqft,bedrooms,age,distance_km\na,1,2,3,4\nb,big,2,3,4\n")
     cases = [
-        (files["strings.csv"], ["strings.csv line 3, column 'sqft'", "'big' is not a number"]),
+        (bad_cell, ["rows.csv line 3, column 'sqft'", "'big' is not a number"]),
+        (files["strings.csv"], ["strings.csv: missing feature column(s) 'bedrooms', 'age'"]),
         (wrong_width, ["wide.npy: 7 feature columns, the model needs 4"]),
         (files["objects.npy"], ["objects.npy holds Python objects"]),
     ]

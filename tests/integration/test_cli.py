@@ -324,3 +324,23 @@ def test_out_that_cannot_be_written_is_one_clear_line(tmp_path, capsys):
     assert err == f"error: {folder} is a directory; --out names the file to write"
     assert afile.read_text() == "keep me\n" and not any(folder.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m", "preds"]  # no temp files
+
+
+def test_status_of_a_local_job_reads_its_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = train_args(HOUSES, out, "--label", "price", "--rounds", "2", "--job-id", "st1")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["status", "st1", "--out", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "SUCCEEDED" and status["cost"]["rounds"] == 2
+    assert main(["status", "st1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("st1: SUCCEEDED, round 2/2") and "AWS cost of what ran" in printed
+    assert main(["status", "st1", "--out", str(tmp_path / "elsewhere")]) == 1
+    assert "no local records of job st1 in" in capsys.readouterr().err
+    assert main(["status", "st1", "--out", str(out), "--follow"]) == 1
+    assert "--follow needs --stack" in capsys.readouterr().err
+    (out / "state" / "DataBucket" / "jobs" / "st1" / "status.json").write_text("{")
+    assert main(["status", "st1", "--out", str(out)]) == 1
+    assert "status.json is not valid JSON" in capsys.readouterr().err

@@ -350,7 +350,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 "it was trained with, or --stack NAME for a job on a deployed stack"
             )
     if (out / "model.json").is_file():
-        owner = json.loads((out / "model.json").read_text()).get("job_id")
+        owner = _read_json(out / "model.json").get("job_id")
         if owner == args.job_id:
             raise ResumeError(f"job {args.job_id!r} already finished: its model is in {out}/")
         raise CliError(f"{out} holds the model of job {owner!r}; choose another --out")
@@ -422,9 +422,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         path = Path(args.paths[0])
         with open_stack(args) as stack:
             pointer = lookup(stack.store, args.model_name)
-            trained = TrainedModel.from_documents(
+            trained = TrainedModel.from_bytes(
                 stack.store.get_bytes(pointer["npz_key"]),
-                stack.store.get_json(pointer["model_key"]),
+                stack.store.get_bytes(pointer["model_key"]),
+                source=f"s3://{stack.store.bucket}/{pointer['model_key'].rpartition('/')[0]}",
             )
             X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
             predictions: list[Any] = []
@@ -494,15 +495,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    _require_stack(args, "a job's status")
-    with open_stack(args) as stack:
-        status = (
-            _follow_with_progress(stack, args.job_id, args.quiet)
-            if args.follow
-            else stack.status(args.job_id)
+#: template.yaml's bucket: the folder of ``state/`` that mirrors it for a local run
+DATA_BUCKET_ID = "DataBucket"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or a CliError naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CliError(f"{path} is not a JSON object")
+    return doc
+
+
+def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A local job's status and cost, from the records its run directory mirrors (``state/``):
+    the embedded engine lives only as long as the command that ran the job."""
+    if args.follow:
+        raise CliError("--follow needs --stack: a local job shows its progress where it runs")
+    out = Path(args.out) if args.out else Path("runs") / args.job_id
+    records = out / STATE_DIRNAME / DATA_BUCKET_ID / "jobs" / args.job_id
+    if not (records / "status.json").is_file():
+        raise CliError(
+            f"no local records of job {args.job_id} in {records}/: give the --out it was "
+            "trained with, or --stack NAME for a job on a deployed stack"
         )
-        cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
+    status = _read_json(records / "status.json")
+    done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
+    return status, _read_json(records / "cost.json") if done else None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if not args.stack:
+        status, cost = _local_status(args)
+    else:
+        with open_stack(args) as stack:
+            status = (
+                _follow_with_progress(stack, args.job_id, args.quiet)
+                if args.follow
+                else stack.status(args.job_id)
+            )
+            cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
     if args.json:
         print(json.dumps({**status, "cost": cost} if cost else status))
     else:

@@ -176,9 +176,9 @@ def spec_from_args(args: argparse.Namespace, dataset_uri: str | None) -> JobSpec
 
 
 # ---- parser ---------------------------------------------------------------------------
-def _add_stack_flags(p: argparse.ArgumentParser) -> None:
+def _add_stack_flags(p: argparse.ArgumentParser, without: str = "default: embedded engine") -> None:
     g = p.add_argument_group("where to run")
-    g.add_argument("--stack", help="name of a deployed lambdagrad stack (default: embedded engine)")
+    g.add_argument("--stack", help=f"name of a deployed lambdagrad stack ({without})")
     g.add_argument("--region", help="AWS region of --stack (default: your AWS config)")
     g.add_argument(
         "--template", help="template.yaml for the embedded engine (default: this checkout's)"
@@ -446,11 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     msub = mo.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="registered models and the jobs they serve")
     ml.add_argument("--json", action="store_true")
-    _add_stack_flags(ml)
+    registry = "required: the registry lives in the stack's bucket"
+    _add_stack_flags(ml, registry)
     mp = msub.add_parser("promote", help="point a model name at a finished job")
     mp.add_argument("name")
     mp.add_argument("job_id")
-    _add_stack_flags(mp)
+    _add_stack_flags(mp, registry)
 
     su = sub.add_parser("submit", help="start a job by uploading its spec", formatter_class=fmt)
     su.add_argument("spec", help="job spec JSON (its job_id is ignored: the upload names the job)")
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--follow", action="store_true", help="stream progress until the job ends")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
-    _add_stack_flags(st)
+    st.add_argument(
+        "--out", help="without --stack: the local job's run directory (default: runs/<job_id>)"
+    )
+    _add_stack_flags(st, "default: a local job's records in --out")
     _add_estimate_parser(sub)
     return parser

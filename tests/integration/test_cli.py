@@ -322,6 +322,9 @@ def test_out_that_cannot_be_written_is_one_clear_line(tmp_path, capsys):
     assert main(["predict", str(model), str(HOUSES), "--out", str(folder)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: {folder} is a directory; --out names the file to write"
+    assert main(["resume", "some-job", "--out", str(afile)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {afile} is a file, not a directory; choose another --out"
     assert afile.read_text() == "keep me\n" and not any(folder.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m", "preds"]  # no temp files
 
@@ -344,3 +347,15 @@ def test_status_of_a_local_job_reads_its_run_directory(tmp_path, capsys):
     (out / "state" / "DataBucket" / "jobs" / "st1" / "status.json").write_text("{")
     assert main(["status", "st1", "--out", str(out)]) == 1
     assert "status.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_file_system_errors_name_the_path(monkeypatch, capsys):
+    # as root the tests cannot provoke a permission error: raise the one a write would
+    import lambdagrad.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "runs/x/model.npz")
+
+    monkeypatch.setitem(cli.COMMANDS, "status", denied)
+    assert main(["status", "x"]) == 1
+    assert capsys.readouterr().err.strip() == "error: runs/x/model.npz: permission denied"

@@ -48,6 +48,8 @@ USER_ERRORS = (
     StackError,
     FileNotFoundError,
     IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
     TimeoutError,
     RegistryError,
     SweepError,
@@ -341,6 +343,7 @@ def _write_run(
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a killed, failed or stopped job from its last complete checkpoint."""
     out = Path(args.out) if args.out else Path("runs") / args.job_id
+    _check_out(out, directory=True)
     state_dir = None
     if not args.stack:
         state_dir = out / STATE_DIRNAME
@@ -752,7 +755,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except (CliError, *USER_ERRORS) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, FileNotFoundError | IsADirectoryError) and exc.filename:
+        if (
+            isinstance(
+                exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError
+            )
+            and exc.filename
+        ):
             message = f"{exc.filename}: {exc.strerror.lower() if exc.strerror else 'not found'}"
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -175,11 +175,13 @@ def test_cli_bad_flag_value_is_a_usage_error(capsys):
     assert "--batch-size" in capsys.readouterr().err
 
 
-def test_cli_batch_larger_than_data_fails_the_job_and_keeps_the_good_model(
+def test_cli_batch_larger_than_data_is_refused_before_a_job_starts(
     engine, client, good, files, capsys
 ):
-    """Checked where the split is known (Prepare): the job fails with SpecError, the CLI
-    exits 1 naming the field, and the same --out and model name keep the good model."""
+    """The CLI splits a local file as Prepare will and refuses a batch larger than the
+    training rows before it starts anything (Prepare still refuses it for a job started any
+    other way: test_execution_same_model_name_failing_keeps_the_registered_model); the same
+    --out and model name keep the good model."""
     before, pointer = digest(good), lookup(client.store, MODEL_NAME)
     job_id = unique("batch")
     rc = main(
@@ -204,11 +206,13 @@ def test_cli_batch_larger_than_data_fails_the_job_and_keeps_the_good_model(
         ]
     )
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and "\n" not in err
-    assert f"job {job_id} failed: SpecError: training.batch_size: 64 is larger than" in err
+    assert rc == 1 and err == (
+        "error: training.batch_size: 64 is larger than the 4 training rows "
+        "(use a smaller batch or 'full')"
+    )
     assert digest(good) == before
     assert lookup(client.store, MODEL_NAME) == pointer
-    assert_failed_without_model(client, job_id, "SpecError")
+    assert not client.store.list_keys(JobKeys(job_id).prefix)  # no job was started
     engine.reset()
 
 

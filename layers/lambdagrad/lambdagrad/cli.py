@@ -28,10 +28,11 @@ from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_ato
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, load_dataset
+from lambdagrad.data import DataError, load_dataset, train_validation_split
 from lambdagrad.registry import RegistryError, list_models, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
+from lambdagrad.steps import check_sizes
 from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
@@ -229,13 +230,14 @@ def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
 
 # ---- commands -------------------------------------------------------------------------
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
-    """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
+    """Check a local dataset before anything starts: bad data, or a batch or worker count
+    larger than its training rows, fails in a second, not after a deploy."""
     path = Path(args.data)
     data, fmt, label = path.read_bytes(), spec.dataset.format, spec.dataset.label
     task = spec.model.task
     if task == "auto":
         task = infer_task(data, source=path.name, fmt=fmt, label=label)
-    return load_dataset(
+    dataset = load_dataset(
         data,
         source=path.name,
         fmt=fmt,
@@ -243,6 +245,9 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
         task=task,
         max_features=spec.dataset.max_features,
     )
+    train, _ = train_validation_split(len(dataset.y), spec.dataset.validation, spec.training.seed)
+    check_sizes(spec, len(train))
+    return dataset
 
 
 def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:

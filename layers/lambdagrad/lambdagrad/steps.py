@@ -233,7 +233,8 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     )
 
 
-def _check_sizes(spec: JobSpec, n_train: int) -> None:
+def check_sizes(spec: JobSpec, n_train: int) -> None:
+    """The batch and the workers fit the training rows (the CLI checks a local file early)."""
     bs = spec.training.batch_size
     if bs != "full" and int(bs) > n_train:
         raise SpecError(
@@ -264,7 +265,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     train_idx, val_idx = train_validation_split(
         len(data.y), spec.dataset.validation, spec.training.seed
     )
-    _check_sizes(spec, len(train_idx))
+    check_sizes(spec, len(train_idx))
     # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
     y_train = data.y[train_idx]
     scaler = (

@@ -165,18 +165,20 @@ void CAT(lg_exp_, SUFFIX)(const REAL *x, int64_t n, REAL *out) {
 /* Features are the vector lanes, so no lane is spent on padding classes (10 classes as
  * vectors of classes would fill 12 float64 / 16 float32 lanes of multiply-adds). A row's
  * score for class c is its dot product with column c of W, taken a vector of features at a
- * time against Wt (W transposed: C rows of nk vectors); the gradient is summed as
+ * time against Wt (W transposed, in chunks of classes; within a chunk of nc classes, the nc
+ * vectors of feature vector k are adjacent: one pointer walks them); the gradient is summed as
  * Gt[c] += D[i][c] x_i, again a vector of features at a time. When d is not a multiple of
  * LANES, a row's last vector is the one ending at column d: it overlaps the one before, and
  * the lanes they share are zero in Wt and skipped when Gt is added to the caller's sums. */
 
-/* Scores of the m rows of Xb for the NC classes of Wt from wt on (row stride ws): the NC dot
- * products in registers, reduced lane-wise and stored as whole vectors at S (row stride cp);
- * lanes past class NC hold zeros, which a later chunk or the padding overwrites. Each row
- * also asks for the row PF_BYTES ahead (rows_left rows remain from Xb on). */
+/* Scores of the m rows of Xb for the chunk of NC classes of Wt at wt (nk groups of NC
+ * vectors, feature vector by feature vector): the NC dot products in registers, reduced
+ * lane-wise and stored as whole vectors at S (row stride cp); lanes past class NC hold
+ * zeros, which a later chunk or the padding overwrites. Each row also asks for the row
+ * PF_BYTES ahead (rows_left rows remain from Xb on). */
 static inline __attribute__((always_inline)) void CAT(sm_scores_, SUFFIX)(
-    const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *wt, int64_t ws, const int NC,
-    REAL *S, int64_t cp, int prefetch, int64_t rows_left) {
+    const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *wt, const int NC, REAL *S,
+    int64_t cp, int prefetch, int64_t rows_left) {
     const int64_t row_bytes = d * (int64_t)sizeof(REAL);
     const int64_t ahead = (PF_BYTES + row_bytes - 1) / row_bytes;
     for (int64_t i = 0; i < m; i++) {
@@ -186,14 +188,14 @@ static inline __attribute__((always_inline)) void CAT(sm_scores_, SUFFIX)(
                 __builtin_prefetch((const char *)(x + ahead * d) + off, 0, 3);
         VEC_T acc[SM_NC];
         for (int c = 0; c < NC; c++) acc[c] = CAT(splat_, SUFFIX)(0);
+        const REAL *w = wt; /* the NC vectors of feature vector k, then of k + 1 */
 #pragma GCC unroll 2
-        for (int64_t k = 0; k < nk - 1; k++) {
+        for (int64_t k = 0; k < nk - 1; k++, w += NC * LANES) {
             VEC_T xv = CAT(load_, SUFFIX)(x + k * LANES);
-            for (int c = 0; c < NC; c++) acc[c] += xv * CAT(load_, SUFFIX)(wt + c * ws + k * LANES);
+            for (int c = 0; c < NC; c++) acc[c] += xv * CAT(load_, SUFFIX)(w + c * LANES);
         }
         VEC_T xv = CAT(load_, SUFFIX)(x + d - LANES);
-        for (int c = 0; c < NC; c++)
-            acc[c] += xv * CAT(load_, SUFFIX)(wt + c * ws + (nk - 1) * LANES);
+        for (int c = 0; c < NC; c++) acc[c] += xv * CAT(load_, SUFFIX)(w + c * LANES);
         for (int g = 0; g < NC; g += LANES) {
             VEC_T grp[LANES];
             for (int l = 0; l < LANES; l++)
@@ -205,11 +207,11 @@ static inline __attribute__((always_inline)) void CAT(sm_scores_, SUFFIX)(
 
 /* sm_scores_ for a chunk of nc <= SM_NC classes, each count with its own constant. */
 static void CAT(sm_scores_chunk_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
-                                          const REAL *wt, int64_t ws, int nc, REAL *S,
-                                          int64_t cp, int prefetch, int64_t rows_left) {
+                                          const REAL *wt, int nc, REAL *S, int64_t cp,
+                                          int prefetch, int64_t rows_left) {
 #define SM_CASE(N)                                                                             \
     case N:                                                                                    \
-        CAT(sm_scores_, SUFFIX)(Xb, m, d, nk, wt, ws, N, S, cp, prefetch, rows_left);         \
+        CAT(sm_scores_, SUFFIX)(Xb, m, d, nk, wt, N, S, cp, prefetch, rows_left);             \
         break;
     switch (nc) {
         SM_CASE(1) SM_CASE(2) SM_CASE(3) SM_CASE(4) SM_CASE(5) SM_CASE(6)
@@ -451,12 +453,16 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
     REAL *Wt = (REAL *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     REAL *Gt = Wt + wts, *S = Gt + wts, *bp = S + ss, *gb = bp + bs, *gbt = gb + bs;
     double *Gd = (double *)(gbt + bs * LANES); /* float32 only: Gt's running double sums */
+    const int64_t chunk = C <= SM_NC ? C : SM_NC - SM_NC % LANES;
     for (int64_t c = 0; c < C; c++)
         for (int64_t k = 0; k < nk; k++)
             for (int64_t l = 0; l < LANES; l++) {
                 const int last = k == nk - 1;
                 const int64_t f = last ? d - LANES + l : k * LANES + l;
-                Wt[c * ws + k * LANES + l] = last && l < ws - d ? 0 : W[f * C + c];
+                /* chunk by chunk, feature vector by feature vector within one (sm_scores_) */
+                const int64_t c0 = c / chunk * chunk, nc = C - c0 < chunk ? C - c0 : chunk;
+                const int64_t at = c0 * ws + (k * nc + c - c0) * LANES + l;
+                Wt[at] = last && l < ws - d ? 0 : W[f * C + c];
                 Gt[c * ws + k * LANES + l] = 0;
                 if (sizeof(REAL) < sizeof(double)) Gd[c * ws + k * LANES + l] = 0;
             }
@@ -465,8 +471,8 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
         gb[c] = 0;
         for (int64_t l = 0; l < LANES; l++) gbt[c * LANES + l] = 0;
     }
-    /* score chunks: one for up to SM_NC classes, else whole vectors and a remainder */
-    const int64_t chunk = C <= SM_NC ? C : SM_NC - SM_NC % LANES;
+    /* score chunks (chunk, above): one for up to SM_NC classes, else whole vectors and a
+     * remainder */
     const int64_t block = CAT(softmax_block_rows_, SUFFIX)(d);
     double loss = 0.0, sprod = 1.0;
     for (int64_t lo = 0; lo < n; lo += block) {
@@ -474,7 +480,7 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
         const REAL *Xb = X + lo * d;
         for (int64_t c0 = 0; c0 < C; c0 += chunk) {
             const int nc = (int)(C - c0 < chunk ? C - c0 : chunk);
-            CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, ws, nc, S + c0, cp, c0 == 0,
+            CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, nc, S + c0, cp, c0 == 0,
                                           n - lo);
         }
         loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, C, y + lo, bp, gb, gbt, &sprod);

@@ -317,16 +317,21 @@ def test_a_model_npz_from_another_model_is_refused(tmp_path):
     assert message == f"{first}: {MISMATCH}"
 
 
-def test_an_interrupted_save_leaves_a_pair_that_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("digest_before", [True, False], ids=["new-model", "older-model"])
+def test_an_interrupted_save_leaves_a_pair_that_is_refused(tmp_path, monkeypatch, digest_before):
+    # model.json goes first, so the pair left holds the new model.json and its digest, even
+    # when the model overwritten was written before model.json had one
     directory = save(tmp_path / "m", tiny_model(seed=1))
+    if not digest_before:
+        edit_json(directory, older)
     replace = os.replace
 
-    def crash_before_model_json(src: Any, dst: Any) -> None:
-        if Path(dst).name == "model.json":
+    def crash_after_model_json(src: Any, dst: Any) -> None:
+        if Path(dst).name != "model.json":
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(artifact.os, "replace", crash_before_model_json)
+    monkeypatch.setattr(artifact.os, "replace", crash_after_model_json)
     with pytest.raises(KeyboardInterrupt):
         tiny_model(seed=2).save(directory)
     monkeypatch.undo()
@@ -381,6 +386,18 @@ def test_the_cli_refuses_a_non_finite_prediction(tmp_path, capsys):
     data.write_text("sqft,bedrooms,age,distance_km,y\n1,2,3,4,cat\n1e308,1e308,1e308,1e308,dog\n")
     assert main(["predict", str(directory), str(data)]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "error: data row 2: the prediction is not a finite number" in err
+    assert out == "" and "error: data.csv: data row 2: the prediction is not a finite" in err
     assert main(["evaluate", str(directory), str(data), "--label", "y"]) == 1
-    assert "error: data row 2: the prediction is not a finite number" in capsys.readouterr().err
+    assert "error: data.csv: data row 2: the prediction is not a finite" in capsys.readouterr().err
+
+
+def test_an_integer_too_large_for_a_float_is_named(tmp_path):
+    directory = save(tmp_path / "m", tiny_model())
+
+    def huge_mean(doc: dict) -> None:
+        doc["standardizer"]["mean"][0] = 10**400
+
+    edit_json(directory, huge_mean)
+    assert "'standardizer.mean' holds a value that is not a finite number" in str(
+        refused(directory)
+    )

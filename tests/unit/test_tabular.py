@@ -106,3 +106,25 @@ def test_class_labels_that_would_wrap_are_refused(labels):
     data = _npy(np.column_stack([np.arange(3).astype(labels.dtype), labels]))
     with pytest.raises(DataError, match=r"x.npy: class label .* (beyond 2\*\*53|64-bit)"):
         load_dataset(data, source="x.npy", fmt=None, label=None, task="classification")
+
+
+def test_csv_with_a_pandas_index_column_predicts():
+    # pandas' to_csv writes its index as a first column with no name
+    data = b",b,a,note,note\n0,2,1,x,y\n1,3,5,z,w\n"
+    X = read_features(data, source="new.csv", fmt=None, trained=_linear(None))
+    np.testing.assert_array_equal(X, [[1, 2], [5, 3]])
+    with pytest.raises(DataError, match=r"new.csv line 1: duplicate column names 'a'"):
+        read_features(b"a,b,a\n1,2,3\n", source="new.csv", fmt=None, trained=_linear(None))
+
+
+def test_infer_task_reports_a_bad_feature_cell_as_such():
+    data = b"x,species\n1,cat\noops,dog\n"
+    with pytest.raises(DataError, match=r"d.csv line 3, column 'x': 'oops' is not a number"):
+        infer_task(data, source="d.csv", fmt=None, label="species")
+
+
+def test_infer_task_honours_max_features():
+    data = b"a,b,c,y\n1,2,3,cat\n4,5,6,dog\n"
+    assert infer_task(data, source="d.csv", fmt=None, label="y", max_features=3)
+    with pytest.raises(DataError, match="the limit is 2"):
+        infer_task(data, source="d.csv", fmt=None, label="y", max_features=2)

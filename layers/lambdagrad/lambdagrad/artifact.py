@@ -120,9 +120,13 @@ def _vector(value: Any, name: str, length: int, place: _Place) -> np.ndarray:
         raise ArtifactError(
             f"{place.json}: {name!r} has {len(value)} values, the model has {length} features"
         )
-    if not all(math.isfinite(item) for item in value):
+    try:
+        floats = [float(item) for item in value]  # an integer past float64 overflows here
+    except OverflowError:
+        floats = [math.inf]
+    if not all(math.isfinite(item) for item in floats):
         raise ArtifactError(f"{place.json}: {name!r} holds a value that is not a finite number")
-    return np.asarray(value, dtype=np.float64)
+    return np.asarray(floats, dtype=np.float64)
 
 
 def _build(spec: dict[str, Any], place: _Place) -> Model:
@@ -409,9 +413,10 @@ def write_directory_atomically(directory: Path, files: dict[str, bytes]) -> None
     """Write files into ``directory`` via a sibling temp dir, replacing the named files only.
 
     Nothing is visible until every file is written, so a failure while writing leaves the
-    old model (or nothing) in place. The files are then renamed one by one: an interruption
-    between two renames can leave the new model.npz beside the old model.json, a pair that
-    loading refuses because model.json records the digest of its model.npz.
+    old model (or nothing) in place. The files are then renamed one by one, model.json
+    first: an interruption between two renames leaves the new model.json beside the old
+    model.npz (or none), a pair that loading refuses, because a new model.json records the
+    digest of its model.npz — an old model.json may not, so it must not be the one left.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -420,8 +425,8 @@ def write_directory_atomically(directory: Path, files: dict[str, bytes]) -> None
         for name, body in files.items():
             (tmp / name).write_bytes(body)
         directory.mkdir(exist_ok=True)
-        # model.json last: it is what marks a directory as holding a model.
-        for name in sorted(files, key=lambda n: n == "model.json"):
+        # model.json first: see above
+        for name in sorted(files, key=lambda n: n != "model.json"):
             os.replace(tmp / name, directory / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lambdagrad.artifact import ArtifactError, TrainedModel, write_directory_atomically
+from lambdagrad.artifact import (
+    ArtifactError,
+    NonFiniteError,
+    TrainedModel,
+    write_directory_atomically,
+)
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
@@ -230,14 +235,14 @@ def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
 
 # ---- commands -------------------------------------------------------------------------
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
-    """Check a local dataset before anything starts: bad data, or a batch or worker count
-    larger than its training rows, fails in a second, not after a deploy."""
+    """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
     path = Path(args.data)
     data, fmt, label = path.read_bytes(), spec.dataset.format, spec.dataset.label
     task = spec.model.task
     if task == "auto":
-        task = infer_task(data, source=path.name, fmt=fmt, label=label)
-    dataset = load_dataset(
+        limit = spec.dataset.max_features
+        task = infer_task(data, source=path.name, fmt=fmt, label=label, max_features=limit)
+    return load_dataset(
         data,
         source=path.name,
         fmt=fmt,
@@ -245,21 +250,25 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
         task=task,
         max_features=spec.dataset.max_features,
     )
-    train, _ = train_validation_split(len(dataset.y), spec.dataset.validation, spec.training.seed)
-    check_sizes(spec, len(train))
-    return dataset
 
 
-def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
+def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:
     """The spec from flags and --config, and whether DATA is a local file (checked here;
-    its dataset URI is a placeholder until the file is uploaded to the stack)."""
+    its dataset URI is a placeholder until the file is uploaded to the stack). ``sizes``:
+    also refuse a batch or worker count larger than the file's training rows, split as
+    Prepare will split them (train; a sweep's grid has batch sizes of its own)."""
     local_data = args.data is not None and not args.data.startswith("s3://")
     if local_data and not Path(args.data).is_file():
         raise CliError(f"{args.data}: no such file")
     placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
     spec = spec_from_args(args, placeholder)
     if local_data:
-        _prepare_data(args, spec)
+        dataset = _prepare_data(args, spec)
+        if sizes:
+            train, _ = train_validation_split(
+                len(dataset.y), spec.dataset.validation, spec.training.seed
+            )
+            check_sizes(spec, len(train))
     return local_data, spec
 
 
@@ -271,7 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_cli_fraction(args.chaos, args.stack)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    local_data, spec = _spec_and_data(args)
+    local_data, spec = _spec_and_data(args, sizes=True)
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
     _check_out(out, directory=True)
@@ -387,6 +396,16 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
     )
 
 
+@contextlib.contextmanager
+def _scoring(path: Path) -> Iterator[None]:
+    """A row the model cannot score is named with its file (the row is 1-based, after the
+    header)."""
+    try:
+        yield
+    except NonFiniteError as exc:
+        raise CliError(f"{path.name}: {exc}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = TrainedModel.load(args.run)
     label = args.label or trained.info.get("spec", {}).get("dataset", {}).get("label")
@@ -394,7 +413,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     X, y = read_labelled(
         path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained
     )
-    metrics = trained.evaluate(X, y)
+    with _scoring(path):
+        metrics = trained.evaluate(X, y)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -448,7 +468,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     trained = TrainedModel.load(run)
     path = Path(data)
     X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
-    _predictions_csv(trained.predict(X), args.out)
+    with _scoring(path):
+        predictions = trained.predict(X)
+    _predictions_csv(predictions, args.out)
     return 0
 
 

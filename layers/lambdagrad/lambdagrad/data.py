@@ -206,7 +206,7 @@ def _read_csv(
     header = next(rows, None)
     if header is None:
         raise DataError(f"{source} is empty")
-    names = _check_header([c.strip() for c in header[1]], source, header[0])
+    names = _check_header([c.strip() for c in header[1]], source, header[0], wanted)
     if task == "features":
         # every column is a feature, except the label column when the file still has it
         li = names.index(label) if label in names else len(names)
@@ -277,12 +277,20 @@ def _nonblank_rows(reader, source: str) -> Iterator[tuple[int, list[str]]]:
         yield reader.line_num, row
 
 
-def _check_header(names: list[str], source: str, line: int) -> list[str]:
+def _check_header(
+    names: list[str], source: str, line: int, read: Sequence[str] | None = None
+) -> list[str]:
+    """Every column named, no name twice; with ``read`` (the columns a trained model reads),
+    only those must be: a pandas index column (no name) or a repeated note is then fine."""
     for j, name in enumerate(names):
-        if not name:
+        if not name and read is None:
             raise DataError(f"{source} line {line}: column {j + 1} of the header has no name")
     seen: set[str] = set()
-    dups = list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+    dups = list(
+        dict.fromkeys(
+            n for n in names if (n in seen or seen.add(n)) and (read is None or n in read)
+        )
+    )
     if dups:
         listed = ", ".join(map(repr, dups))
         raise DataError(f"{source} line {line}: duplicate column names {listed}")
@@ -618,11 +626,12 @@ class Standardizer:
         rows: np.ndarray,
         chunk: int = 65_536,
         names: Sequence[str] | None = None,
+        source: str = "",
     ) -> Standardizer:
         """:meth:`fit` on ``X[rows]`` without materialising it (nor a float64 copy): two
         passes over chunks of rows, mean then the mean squared deviation, in float64.
-        Values whose sum or spread overflows float64 are an error naming the column (from
-        ``names`` if given).
+        Values whose sum or spread overflows float64 are an error naming the file (``source``)
+        and the column (from ``names`` if given).
 
         >>> X = np.array([[1.0, 5.0], [9.0, 5.0], [3.0, 5.0]])
         >>> s = Standardizer.fit_rows(X, np.array([0, 2]))
@@ -652,7 +661,8 @@ class Standardizer:
             column = repr(names[j]) if names is not None else f"{j} (0-based)"
             largest = max(abs(float(hi[j])), abs(float(lo_[j])))
             raise DataError(
-                f"feature column {column}: values up to {largest:g} are too large to "
+                f"{source + ': ' if source else ''}feature column {column}: values up to "
+                f"{largest:g} are too large to "
                 "standardize (their sum or spread overflows float64); rescale the column"
             )
         constant = (hi == lo_) | (std == 0)

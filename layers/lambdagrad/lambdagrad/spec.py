@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -57,6 +58,13 @@ class SpecError(ValueError):
     """A job spec failed validation; the message names every bad field."""
 
 
+def _is_numeric(kind: Any) -> bool:
+    """Whether a field's type is a number, or a union with one (``int | Literal["full"]``)."""
+    options = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+    bare = [get_args(o)[0] if get_origin(o) is Annotated else o for o in options]
+    return any(t in (int, float) for t in bare)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,10 +72,9 @@ class _Strict(BaseModel):
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads ``true`` as 1 for a number: ``"batch_size": true`` would be SGD."""
-        if isinstance(value, bool) and info.field_name is not None:
-            kind = cls.model_fields[info.field_name].annotation
-            if kind is not bool and bool not in get_args(kind):
-                raise ValueError(f"expected a number, got {str(value).lower()}")
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_numeric(field.annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
         return value
 
 

@@ -221,7 +221,13 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     source = key.rsplit("/", 1)[-1]
     task = spec.model.task
     if task == "auto":
-        task = infer_task(data, source=source, fmt=spec.dataset.format, label=spec.dataset.label)
+        task = infer_task(
+            data,
+            source=source,
+            fmt=spec.dataset.format,
+            label=spec.dataset.label,
+            max_features=spec.dataset.max_features,
+        )
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
     return spec, load_dataset(
         data,
@@ -269,7 +275,12 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
     y_train = data.y[train_idx]
     scaler = (
-        Standardizer.fit_rows(data.X, train_idx, names=data.feature_names)
+        Standardizer.fit_rows(
+            data.X,
+            train_idx,
+            names=data.feature_names,
+            source=spec.dataset.uri.rsplit("/", 1)[-1],
+        )
         if spec.dataset.standardize
         else Standardizer.identity(data.X.shape[1])
     )

@@ -185,7 +185,14 @@ def model_for(spec: JobSpec, n_features: int, n_classes: int) -> Model:
 MAX_AUTO_CLASSES = 20
 
 
-def infer_task(data: bytes, *, source: str, fmt: str | None, label: str | None) -> str:
+def infer_task(
+    data: bytes,
+    *,
+    source: str,
+    fmt: str | None,
+    label: str | None,
+    max_features: int = 10_000,
+) -> str:
     """Regression or classification for an mlp with ``task: auto``, from the labels.
 
     Labels that are not numbers, or whole numbers with at most 20 distinct values, make a
@@ -193,14 +200,20 @@ def infer_task(data: bytes, *, source: str, fmt: str | None, label: str | None) 
     not numbers are a regression label with bad cells: the error names the first.
     """
     try:
-        ds = load_dataset(data, source=source, fmt=fmt, label=label, task="regression")
+        ds = load_dataset(
+            data, source=source, fmt=fmt, label=label, task="regression", max_features=max_features
+        )
     except DataError as not_numeric:
-        try:
-            labels = load_dataset(
-                data, source=source, fmt=fmt, label=label, task="classification", min_classes=1
-            )
-        except DataError:  # the file's own problem (a ragged row, no such column, NaN)
-            raise not_numeric from None
+        # read as classes, a DataError is the file's own (a bad feature cell, a ragged row)
+        labels = load_dataset(
+            data,
+            source=source,
+            fmt=fmt,
+            label=label,
+            task="classification",
+            min_classes=1,
+            max_features=max_features,
+        )
         if any(_is_fraction(c) for c in labels.classes or []):
             raise not_numeric from None
         return "classification"

@@ -282,3 +282,11 @@ def test_gradients_inline_or_via_s3_as_the_workers_decide():
         for s in (small, wide)
     ]
     assert puts[1] - puts[0] == SHAPE.rounds * 4  # one gradient PUT per worker and round
+
+
+def test_estimate_prices_a_job_larger_than_its_sample_file(capsys):
+    # houses.csv has 1,800 training rows; --rows prices the full-size job from it
+    houses = str(EVENTS / "data" / "houses.csv")
+    argv = ["estimate", houses, "--label", "price", "--rows", "1000000", "--batch-size", "4096"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dollars"] > 0

@@ -20,19 +20,18 @@ def _is_csv(source: str, fmt: str | None) -> bool:
     return (fmt or source.rsplit(".", 1)[-1]).lower() == "csv"
 
 
-def _in_model_order(ds: Dataset, trained: TrainedModel, source: str, by_name: bool) -> np.ndarray:
-    wanted = trained.feature_names
-    if not by_name:
-        if ds.X.shape[1] != len(wanted):
-            raise DataError(
-                f"{source}: {ds.X.shape[1]} feature columns, the model needs {len(wanted)}"
-            )
-        return ds.X
-    missing = [name for name in wanted if name not in ds.feature_names]
-    if missing:
-        raise DataError(f"{source}: missing feature column(s) {', '.join(map(repr, missing))}")
-    position = {name: j for j, name in enumerate(ds.feature_names)}
-    return ds.X[:, [position[name] for name in wanted]]
+def _model_columns(trained: TrainedModel, source: str, fmt: str | None) -> list[str] | None:
+    """The columns to read from a CSV, by name and in the model's order (load_dataset picks
+    them and names any missing); None for arrays, which are matched by position."""
+    return trained.feature_names if _is_csv(source, fmt) else None
+
+
+def _of_model_width(ds: Dataset, trained: TrainedModel, source: str) -> np.ndarray:
+    """An array's features, which must be as many as the model's."""
+    width = len(trained.feature_names)
+    if ds.X.shape[1] != width:
+        raise DataError(f"{source}: {ds.X.shape[1]} feature columns, the model needs {width}")
+    return ds.X
 
 
 def read_features(
@@ -45,13 +44,14 @@ def read_features(
     ``.npz``: the ``X`` array.
     """
     label = (trained.info.get("spec") or {}).get("dataset", {}).get("label")
-    by_name = _is_csv(source, fmt)
-    features = trained.feature_names if by_name else None
-    ds = load_dataset(data, source=source, fmt=fmt, label=None, task="features", features=features)
+    columns = _model_columns(trained, source, fmt)
+    ds = load_dataset(data, source=source, fmt=fmt, label=None, task="features", features=columns)
+    if columns is not None:
+        return ds.X
     width = len(trained.feature_names)
-    if not by_name and ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
+    if ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
         ds.X = np.delete(ds.X, _label_column(label, source, width), axis=1)
-    return _in_model_order(ds, trained, source, by_name)
+    return _of_model_width(ds, trained, source)
 
 
 def _label_column(label: str | None, source: str, width: int) -> int:
@@ -72,11 +72,11 @@ def read_labelled(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels; classifier labels become the model's class indices."""
     task = trained.model.task
-    features = trained.feature_names if _is_csv(source, fmt) else None
+    columns = _model_columns(trained, source, fmt)
     ds = load_dataset(
-        data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=features
+        data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=columns
     )
-    X = _in_model_order(ds, trained, source, _is_csv(source, fmt))
+    X = ds.X if columns is not None else _of_model_width(ds, trained, source)
     if task != "classification":
         return X, ds.y
     # matched as text: a file holding only the classes "1" and "2" reads them as integers,

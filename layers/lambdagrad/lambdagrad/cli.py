@@ -34,7 +34,7 @@ from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_co
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
 from lambdagrad.data import DataError, load_dataset, train_validation_split
-from lambdagrad.registry import RegistryError, list_models, lookup, promote
+from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
 from lambdagrad.steps import check_sizes
@@ -450,11 +450,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         path = Path(args.paths[0])
         with open_stack(args) as stack:
             pointer = lookup(stack.store, args.model_name)
-            trained = TrainedModel.from_bytes(
-                stack.store.get_bytes(pointer["npz_key"]),
-                stack.store.get_bytes(pointer["model_key"]),
-                source=f"s3://{stack.store.bucket}/{pointer['model_key'].rpartition('/')[0]}",
-            )
+            trained = load_registered(stack.store, pointer)
             X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
             predictions: list[Any] = []
             for start in range(0, len(X), PREDICT_CHUNK_ROWS):

@@ -29,12 +29,14 @@ import re
 import time
 from typing import Any
 
+from lambdagrad.artifact import TrainedModel
 from lambdagrad.store import JobKeys, Store, StoreError
 
 __all__ = [
     "MODELS_PREFIX",
     "RegistryError",
     "list_models",
+    "load_registered",
     "lookup",
     "pointer_key",
     "promote",
@@ -147,6 +149,17 @@ def lookup(store: Store, name: str) -> dict[str, Any]:
     if pointer is None:
         raise RegistryError(f"no model named {name!r}")
     return pointer
+
+
+def load_registered(store: Store, pointer: dict[str, Any]) -> TrainedModel:
+    """The model a pointer (:func:`lookup`) serves, read from the bucket; a damaged or
+    mismatched pair is an ArtifactError naming its S3 prefix."""
+    model_key = pointer["model_key"]
+    return TrainedModel.from_bytes(
+        store.get_bytes(pointer["npz_key"]),
+        store.get_bytes(model_key),
+        source=f"s3://{store.bucket}/{model_key.rpartition('/')[0]}",
+    )
 
 
 def list_models(store: Store) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lambdagrad.artifact import ArtifactError, NonFiniteError, TrainedModel
-from lambdagrad.registry import RegistryError, lookup, validate_name
+from lambdagrad.registry import RegistryError, load_registered, lookup, validate_name
 from lambdagrad.store import Store, StoreError
 
 __all__ = ["CachedModel", "ModelCache", "PredictError", "parse_request", "predict"]
@@ -223,12 +223,7 @@ class ModelCache:
     def _load(store: Store, pointer: dict[str, Any]) -> TrainedModel:
         """The pointer's model; a damaged or mismatched pair is logged and a 500."""
         try:
-            model_key = pointer["model_key"]
-            return TrainedModel.from_bytes(
-                store.get_bytes(pointer["npz_key"]),
-                store.get_bytes(model_key),
-                source=f"s3://{store.bucket}/{model_key.rpartition('/')[0]}",
-            )
+            return load_registered(store, pointer)
         except (StoreError, ArtifactError, KeyError) as exc:
             _log.exception("cannot load model %s (job %s)", pointer["name"], pointer["job_id"])
             raise PredictError(

@@ -33,7 +33,7 @@ from lambdagrad.artifact import (
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, load_dataset, train_validation_split
+from lambdagrad.data import DataError, train_validation_split
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
@@ -41,7 +41,7 @@ from lambdagrad.steps import check_sizes
 from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
-from lambdagrad.training import infer_task
+from lambdagrad.training import read_training_data
 
 __all__ = ["main"]
 
@@ -237,19 +237,7 @@ def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
     """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
     path = Path(args.data)
-    data, fmt, label = path.read_bytes(), spec.dataset.format, spec.dataset.label
-    task = spec.model.task
-    if task == "auto":
-        limit = spec.dataset.max_features
-        task = infer_task(data, source=path.name, fmt=fmt, label=label, max_features=limit)
-    return load_dataset(
-        data,
-        source=path.name,
-        fmt=fmt,
-        label=label,
-        task=task,
-        max_features=spec.dataset.max_features,
-    )
+    return read_training_data(path.read_bytes(), source=path.name, spec=spec)[1]
 
 
 def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:

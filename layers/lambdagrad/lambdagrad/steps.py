@@ -30,7 +30,6 @@ from lambdagrad.cost import actual_cost_of_job, handler_seconds, write_cost
 from lambdagrad.data import (
     Dataset,
     Standardizer,
-    load_dataset,
     shard_bounds,
     train_validation_split,
 )
@@ -45,11 +44,11 @@ from lambdagrad.training import (
     combine_gradients,
     final_round,
     global_batch,
-    infer_task,
     initial_params,
     initial_progress,
     model_for,
     optimizer_for,
+    read_training_data,
     reduce_round,
     scaled_rows,
     schedule_for,
@@ -218,25 +217,7 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
     bucket, key = parse_s3_uri(spec.dataset.uri)
     data = store.get_bytes(key, bucket=bucket)
-    source = key.rsplit("/", 1)[-1]
-    task = spec.model.task
-    if task == "auto":
-        task = infer_task(
-            data,
-            source=source,
-            fmt=spec.dataset.format,
-            label=spec.dataset.label,
-            max_features=spec.dataset.max_features,
-        )
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
-    return spec, load_dataset(
-        data,
-        source=source,
-        fmt=spec.dataset.format,
-        label=spec.dataset.label,
-        task=task,
-        max_features=spec.dataset.max_features,
-    )
+    return read_training_data(data, source=key.rsplit("/", 1)[-1], spec=spec)
 
 
 def check_sizes(spec: JobSpec, n_train: int) -> None:

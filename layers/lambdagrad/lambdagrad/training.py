@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from lambdagrad.data import DataError, load_dataset
+from lambdagrad.data import DataError, Dataset, load_dataset
 from lambdagrad.models import Model, build_model, l1_prox, l2_penalty
 from lambdagrad.optim import (
     GradientTransformation,
@@ -57,6 +57,7 @@ __all__ = [
     "local_sgd",
     "model_for",
     "optimizer_for",
+    "read_training_data",
     "reduce_round",
     "scaled_rows",
     "schedule_for",
@@ -220,6 +221,26 @@ def infer_task(
     y = ds.y
     whole = bool(np.all(y == np.round(y)))
     return "classification" if whole and len(np.unique(y)) <= MAX_AUTO_CLASSES else "regression"
+
+
+def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobSpec, Dataset]:
+    """The dataset ``spec`` asks for, and the spec with an mlp's ``auto`` task decided from
+    the labels: what Prepare reads, and what the CLI checks a local file with beforehand."""
+    task = spec.model.task
+    ds = spec.dataset
+    if task == "auto":
+        task = infer_task(
+            data, source=source, fmt=ds.format, label=ds.label, max_features=ds.max_features
+        )
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
+    return spec, load_dataset(
+        data,
+        source=source,
+        fmt=ds.format,
+        label=ds.label,
+        task=task,
+        max_features=ds.max_features,
+    )
 
 
 def _is_fraction(label: object) -> bool:

@@ -392,10 +392,16 @@ class TrainedModel:
 
     def predict(self, X: np.ndarray) -> list[Any]:
         """Predictions in the user's terms: values, or the original class labels."""
-        out = self.predict_indices(X)
-        if self.is_classifier:
-            return [self.classes[i] for i in out] if self.classes else out.tolist()
-        return [float(v) for v in out]
+        return self.predict_with_proba(X)[0]
+
+    def predict_with_proba(self, X: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+        """:meth:`predict`, and for a classifier the probabilities the classes were picked
+        from (None for regression): both from one evaluation of the model."""
+        out = self._outputs(X)
+        if not self.is_classifier:
+            return [float(v) for v in out], None
+        picked = np.argmax(out, axis=1)
+        return [self.classes[i] for i in picked] if self.classes else picked.tolist(), out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if not self.is_classifier:

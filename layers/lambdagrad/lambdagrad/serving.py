@@ -243,8 +243,7 @@ def predict(store: Store, cache: ModelCache, body: Any, max_rows: int) -> dict[s
     trained = entry.trained
     X = parse_request(body, trained, max_rows)
     try:  # the model refuses predictions that are not finite numbers
-        predictions = trained.predict(X)
-        proba = trained.predict_proba(X) if trained.is_classifier else None
+        predictions, proba = trained.predict_with_proba(X)
     except NonFiniteError as exc:
         raise PredictError(f"instances[{exc.row}]: {exc.reason}") from None
     result: dict[str, Any] = {

@@ -240,16 +240,27 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
     return read_training_data(path.read_bytes(), source=path.name, spec=spec)[1]
 
 
-def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:
-    """The spec from flags and --config, and whether DATA is a local file (checked here;
-    its dataset URI is a placeholder until the file is uploaded to the stack). ``sizes``:
-    also refuse a batch or worker count larger than the file's training rows, split as
-    Prepare will split them (train; a sweep's grid has batch sizes of its own)."""
+def _placeholder_uri(data: str) -> str:
+    """A local file's dataset URI until it is uploaded to the stack."""
+    return "s3://placeholder-bucket/" + Path(data).name
+
+
+def _spec_for(args: argparse.Namespace) -> tuple[bool, JobSpec]:
+    """The spec from flags and --config, and whether DATA is a local file (which must exist;
+    its dataset URI is a placeholder until the file is uploaded to the stack)."""
     local_data = args.data is not None and not args.data.startswith("s3://")
     if local_data and not Path(args.data).is_file():
         raise CliError(f"{args.data}: no such file")
-    placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
-    spec = spec_from_args(args, placeholder)
+    return local_data, spec_from_args(
+        args, _placeholder_uri(args.data) if local_data else args.data
+    )
+
+
+def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:
+    """:func:`_spec_for`, with a local file checked (:func:`_prepare_data`). ``sizes``: also
+    refuse a batch or worker count larger than the file's training rows, split as Prepare
+    will split them (train; a sweep's grid has batch sizes of its own)."""
+    local_data, spec = _spec_for(args)
     if local_data:
         dataset = _prepare_data(args, spec)
         if sizes:
@@ -494,7 +505,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.data:
         if not Path(args.data).is_file():
             raise CliError(f"{args.data}: no such file")
-        doc.setdefault("dataset", {})["uri"] = "s3://placeholder-bucket/" + Path(args.data).name
+        doc.setdefault("dataset", {})["uri"] = _placeholder_uri(args.data)
     parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
     with open_stack(args) as stack:
         if args.data:
@@ -695,11 +706,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from lambdagrad.pricing import DEFAULT_PRICES
 
     prices = price_overrides(DEFAULT_PRICES, args.price or [])
-    local_data = args.data is not None and not args.data.startswith("s3://")
-    if local_data and not Path(args.data).is_file():
-        raise CliError(f"{args.data}: no such file")
-    placeholder = "s3://placeholder-bucket/" + Path(args.data).name if local_data else args.data
-    spec = spec_from_args(args, placeholder)
+    local_data, spec = _spec_for(args)
     rows, features, classes = args.rows, args.features, args.classes
     if local_data:
         data = _prepare_data(args, spec)

@@ -415,15 +415,20 @@ static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t 
     }
 }
 
-/* G64 (d x C) += G (C rows of nk vectors; the lanes a row's last vector shares with the one
- * before are skipped): once per call, it is a scatter. */
+/* G64 (d x C) += G (C - 1 rows of nk vectors; the lanes a row's last vector shares with the
+ * one before are skipped), and the last class's column -= their sum (lg_softmax_): once per
+ * call, it is a scatter. */
 static void CAT(sm_scatter_grad_, SUFFIX)(const double *G, int64_t ws, int64_t nk, int64_t d,
                                           int64_t C, double *G64) {
-    for (int64_t c = 0; c < C; c++)
+    for (int64_t c = 0; c < C - 1; c++)
         for (int64_t k = 0; k < nk; k++) {
             const int last = k == nk - 1;
             const int64_t off = last ? d - LANES : k * LANES, l0 = last ? ws - d : 0;
-            for (int64_t l = l0; l < LANES; l++) G64[(off + l) * C + c] += G[c * ws + k * LANES + l];
+            for (int64_t l = l0; l < LANES; l++) {
+                const double g = G[c * ws + k * LANES + l];
+                G64[(off + l) * C + c] += g;
+                G64[(off + l) * C + C - 1] -= g;
+            }
         }
 }
 
@@ -440,7 +445,13 @@ static int64_t CAT(softmax_block_rows_, SUFFIX)(int64_t d) {
  * onehot(y_i)) and of p_i - onehot(y_i). work holds lg_softmax_work(d, C) REALs. Returns
  * the loss sum, or -1 if d < LANES (fewer features than one vector). Block by block: the
  * scores and D of the block's rows, then its gradient, read again from L2 and summed in Gt
- * (float64: over all rows; float32: over a block, then added to double sums Gd). */
+ * (float64: over all rows; float32: over a block, then added to double sums Gd).
+ *
+ * The last class is the reference: softmax is unchanged when a row's scores all move by
+ * the same amount, so the scores are taken against W's columns minus its last (x . (w_c -
+ * w_last) + b_c, and b_last for the last class), and a row's D sums to 0 over the classes,
+ * so the last class's gradient is minus the sum of the others'. Both products cost C - 1
+ * classes of multiply-adds instead of C (10 classes: 10 % fewer). */
 double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64_t *y,
                                 const REAL *W, const REAL *b, int64_t C, double *G64,
                                 double *gb64, REAL *work) {
@@ -453,16 +464,17 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
     REAL *Wt = (REAL *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     REAL *Gt = Wt + wts, *S = Gt + wts, *bp = S + ss, *gb = bp + bs, *gbt = gb + bs;
     double *Gd = (double *)(gbt + bs * LANES); /* float32 only: Gt's running double sums */
-    const int64_t chunk = C <= SM_NC ? C : SM_NC - SM_NC % LANES;
-    for (int64_t c = 0; c < C; c++)
+    const int64_t Cs = C - 1; /* classes with scores and gradient sums (see above) */
+    const int64_t chunk = Cs <= SM_NC ? Cs : SM_NC - SM_NC % LANES;
+    for (int64_t c = 0; c < Cs; c++)
         for (int64_t k = 0; k < nk; k++)
             for (int64_t l = 0; l < LANES; l++) {
                 const int last = k == nk - 1;
                 const int64_t f = last ? d - LANES + l : k * LANES + l;
                 /* chunk by chunk, feature vector by feature vector within one (sm_scores_) */
-                const int64_t c0 = c / chunk * chunk, nc = C - c0 < chunk ? C - c0 : chunk;
+                const int64_t c0 = c / chunk * chunk, nc = Cs - c0 < chunk ? Cs - c0 : chunk;
                 const int64_t at = c0 * ws + (k * nc + c - c0) * LANES + l;
-                Wt[at] = last && l < ws - d ? 0 : W[f * C + c];
+                Wt[at] = last && l < ws - d ? 0 : (REAL)((double)W[f * C + c] - (double)W[f * C + Cs]);
                 Gt[c * ws + k * LANES + l] = 0;
                 if (sizeof(REAL) < sizeof(double)) Gd[c * ws + k * LANES + l] = 0;
             }
@@ -478,14 +490,18 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t m = lo + block < n ? block : n - lo;
         const REAL *Xb = X + lo * d;
-        for (int64_t c0 = 0; c0 < C; c0 += chunk) {
-            const int nc = (int)(C - c0 < chunk ? C - c0 : chunk);
+        for (int64_t c0 = 0; c0 < Cs; c0 += chunk) {
+            const int nc = (int)(Cs - c0 < chunk ? Cs - c0 : chunk);
             CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, nc, S + c0, cp, c0 == 0,
                                           n - lo);
         }
+        /* the last class's score is 0 (plus its bias): a chunk's last vector zeroes the lanes
+         * past its classes, so only a last class that starts a vector needs it written */
+        if (Cs % LANES == 0)
+            for (int64_t i = 0; i < m; i++) CAT(store_, SUFFIX)(S + i * cp + Cs, CAT(splat_, SUFFIX)(0));
         loss += CAT(sm_softmax_, SUFFIX)(S, m, cp, C, y + lo, bp, gb, gbt, &sprod);
-        CAT(sm_grad_, SUFFIX)(Xb, m, d, nk, S, cp, C, Gt, ws);
-        if (sizeof(REAL) < sizeof(double)) CAT(flush_, SUFFIX)(Gt, Gd, C * ws); /* float sums */
+        CAT(sm_grad_, SUFFIX)(Xb, m, d, nk, S, cp, Cs, Gt, ws);
+        if (sizeof(REAL) < sizeof(double)) CAT(flush_, SUFFIX)(Gt, Gd, Cs * ws); /* float sums */
         CAT(flush_, SUFFIX)(gb, gb64, C); /* past C, gb stays 0 */
     }
     CAT(sm_scatter_grad_, SUFFIX)(sizeof(REAL) < sizeof(double) ? Gd : (const double *)Gt, ws,

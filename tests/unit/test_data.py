@@ -86,6 +86,10 @@ def test_csv_line_numbers_count_blank_lines_as_an_editor_does():
         ("a,,y\n1,2,3\n", r"data\.csv line 1: column 2 of the header has no name"),
         ("y\n1\n2\n", r"data\.csv: no feature columns"),
         ('a,y\n1,"2\n', r"data\.csv line 2: .*end of data"),
+        # Python's float() reads these; a CSV number does not hold them
+        ("a,y\n1,2\n1_000,3\n", r"data\.csv line 3, column 'a': '1_000' is not a number"),
+        ("a,y\n1,2\n3,4_5\n", r"data\.csv line 3, column 'y': '4_5' is not a number"),
+        ("a,y\n\uff11\uff12,2\n", r"data\.csv line 2, column 'a': '\uff11\uff12' is not a number"),
     ],
 )
 def test_csv_errors_point_at_the_problem(text, pattern):
@@ -146,6 +150,18 @@ def test_int_classes_sorted_numerically():
     assert ds.y.tolist() == [3, 2, 0, 3, 1]
     assert labels_from_indices(np.array([0, 3]), ds.classes) == [-1, 10]
     json.dumps(ds.classes)
+
+
+def test_plain_numbers_still_read_when_the_text_has_an_underscore_or_non_ascii():
+    ds = _csv("size_m2,y\n1,2\n3.5,4\n", label="y")  # the underscore is in the header only
+    np.testing.assert_array_equal(ds.X, [[1.0], [3.5]])
+    ds = _csv("f,name\n1,caf\u00e9\n2,x_1\n", label="name", task="classification")
+    assert ds.classes == ["caf\u00e9", "x_1"]
+
+
+def test_labels_with_underscores_are_text_not_numbers():
+    ds = _csv("a,y\n1,1_0\n2,10\n", task="classification")
+    assert ds.classes == ["10", "1_0"]  # int("1_0") would have made both class 10
 
 
 def test_mixed_labels_are_strings():

@@ -202,6 +202,9 @@ def _read_csv(
         raise DataError(f"{source} line {line}: not valid UTF-8 ({exc.reason})") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows = _nonblank_rows(reader, source)
+    # Python's float() also reads "1_000" and non-ASCII digits; a CSV number is plain ASCII,
+    # so cells are checked one by one only when the text has either (one scan of it here)
+    plain = text.isascii() and "_" not in text
 
     header = next(rows, None)
     if header is None:
@@ -248,15 +251,15 @@ def _read_csv(
         cells.append(row[:li] + row[li + 1 :] if picked is None else [row[j] for j in picked])
         lines.append(line)
         if len(cells) >= _CHUNK_ROWS:
-            x_chunks.append(_to_float(cells, lines, feature_names, source))
+            x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
             if regression:
-                y_chunks.append(_column_to_float(labels, lines, label_name, source))
+                y_chunks.append(_column_to_float(labels, lines, label_name, source, plain))
                 labels = []
             cells, lines = [], []
     if cells:
-        x_chunks.append(_to_float(cells, lines, feature_names, source))
+        x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
         if regression:
-            y_chunks.append(_column_to_float(labels, lines, label_name, source))
+            y_chunks.append(_column_to_float(labels, lines, label_name, source, plain))
     if not x_chunks:
         raise DataError(f"{source} has a header but no data rows")
     X = np.concatenate(x_chunks) if len(x_chunks) > 1 else x_chunks[0]
@@ -298,10 +301,13 @@ def _check_header(
 
 
 def _to_float(
-    cells: list[list[str]], lines: list[int], names: list[str], source: str
+    cells: list[list[str]], lines: list[int], names: list[str], source: str, plain: bool = True
 ) -> np.ndarray:
-    """Convert rows of string cells with numpy; on any problem, report the first bad cell."""
-    arr = _try_float(cells)
+    """Convert rows of string cells with numpy; on any problem, report the first bad cell.
+
+    ``plain``: the text has no underscore or non-ASCII character, so no cell needs
+    checking for one before numpy (which accepts both) reads it."""
+    arr = _try_float(cells) if plain or not any(map(_odd_number, cells)) else None
     if arr is not None:
         return arr
     for line, row in zip(lines, cells, strict=True):
@@ -310,9 +316,11 @@ def _to_float(
     raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
 
 
-def _column_to_float(cells: list[str], lines: list[int], name: str, source: str) -> np.ndarray:
+def _column_to_float(
+    cells: list[str], lines: list[int], name: str, source: str, plain: bool = True
+) -> np.ndarray:
     """One column of string cells to float64, with the same error reporting."""
-    arr = _try_float(cells)
+    arr = _try_float(cells) if plain or not _odd_number(cells) else None
     if arr is not None:
         return arr
     for line, cell in zip(lines, cells, strict=True):
@@ -329,12 +337,20 @@ def _try_float(cells: list) -> np.ndarray | None:
     return arr if np.isfinite(arr).all() else None
 
 
+def _odd_number(cells: Sequence[str]) -> bool:
+    """Whether a cell has what Python's float() reads but a CSV number never holds: an
+    underscore ("1_000") or a non-ASCII character (full-width digits)."""
+    return any("_" in c or not c.isascii() for c in cells)
+
+
 def _check_cell(cell: str, source: str, line: int, name: str) -> float:
     where = f"{source} line {line}, column {name!r}"
     s = cell.strip()
     if not s:
         raise DataError(f"{where}: empty cell")
     try:
+        if _odd_number([s]):
+            raise ValueError(s)
         value = float(s)
     except ValueError:
         raise DataError(f"{where}: {s!r} is not a number") from None
@@ -552,7 +568,10 @@ def _encode_classes(
 
 
 def _parse_int(s: str) -> int | None:
-    """``"3"``, ``"-1"`` and ``"3.0"`` are integers; ``"3.5"`` and ``"cat"`` are not."""
+    """``"3"``, ``"-1"`` and ``"3.0"`` are integers; ``"3.5"``, ``"cat"`` and ``"1_0"``
+    are not."""
+    if _odd_number([s]):
+        return None
     try:
         return int(s)
     except ValueError:

@@ -359,3 +359,20 @@ def test_file_system_errors_name_the_path(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "status", denied)
     assert main(["status", "x"]) == 1
     assert capsys.readouterr().err.strip() == "error: runs/x/model.npz: permission denied"
+
+
+def test_a_label_flag_an_npz_would_ignore_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    data = tmp_path / "d.npz"
+    np.savez(data, X=X, y=X @ [1.0, 2.0, 3.0])
+    out = tmp_path / "m"
+    assert main(train_args(data, out, "--label", "price")) == 1
+    err = capsys.readouterr().err
+    assert "dataset.label: 'price' does not apply to an .npz dataset" in err
+    assert not out.exists()
+    assert main(train_args(data, out, "--rounds", "2")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(data), "--label", "price"]) == 1
+    assert "--label 'price' does not apply to d.npz" in capsys.readouterr().err
+    assert main(["evaluate", str(out), str(data), "--json"]) == 0

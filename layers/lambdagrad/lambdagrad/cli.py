@@ -409,6 +409,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = TrainedModel.load(args.run)
     label = args.label or trained.info.get("spec", {}).get("dataset", {}).get("label")
     path = Path(args.data)
+    if args.label not in (None, "y") and (args.format or path.suffix[1:]).lower() == "npz":
+        raise CliError(
+            f"--label {args.label!r} does not apply to {path.name}: an .npz's labels are its "
+            "array 'y'"
+        )
     X, y = read_labelled(
         path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained
     )

@@ -86,7 +86,7 @@ class DatasetSpec(_Strict):
         None, description="file format; inferred from the extension when omitted"
     )
     label: str | None = Field(
-        None, description="label column (CSV) or column index (npy); npz uses array y"
+        None, description="label column (CSV) or column index (npy); an npz's labels are array y"
     )
     validation: float = Field(0.1, ge=0.0, le=0.9, description="held-out fraction")
     standardize: bool = Field(True, description="scale features to zero mean, unit variance")
@@ -102,6 +102,18 @@ class DatasetSpec(_Strict):
         key = value.split("/", 3)[3]
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"key {key!r} must be relative and contain no '..'")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label_applies(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """An .npz's labels are its array ``y``: any other label would be ignored unsaid."""
+        fmt = info.data.get("format") or info.data.get("uri", "").rsplit(".", 1)[-1].lower()
+        if fmt == "npz" and value not in (None, "y"):
+            raise ValueError(
+                f"{value!r} does not apply to an .npz dataset, whose labels are its array 'y'; "
+                "leave label out"
+            )
         return value
 
 

@@ -260,6 +260,24 @@ def test_a_valid_model_round_trips(tmp_path):
         assert loaded.predict(X) == trained.predict(X)
 
 
+def test_a_model_saved_without_info_loads(tmp_path):
+    # model.json's "model" comes from the model itself when no spec was recorded
+    for kind, classes, extra in [
+        ("linear", None, {}),
+        ("softmax", ["a", "b", "c"], {}),
+        ("mlp", ["a", "b"], {"hidden": [5, 3], "activation": "tanh"}),
+    ]:
+        model = build_model(kind, len(HOUSE_FEATURES), len(classes or [0]), **extra)
+        params = np.random.default_rng(0).normal(size=model.n_params)
+        d = len(HOUSE_FEATURES)
+        trained = TrainedModel(
+            model, params, Standardizer(np.zeros(d), np.ones(d)), HOUSE_FEATURES, classes
+        )
+        loaded = TrainedModel.load(save(tmp_path / kind, trained))
+        assert loaded.model.describe() == model.describe()
+        assert loaded.predict(np.array([ROW])) == trained.predict(np.array([ROW]))
+
+
 # ---- predictions must be finite numbers -----------------------------------------------
 def test_a_non_finite_regression_prediction_names_the_data_row():
     trained = exploding(tiny_model())

@@ -266,11 +266,13 @@ class TrainedModel:
             offset += size
         np.savez(buf, **arrays)
         npz_bytes = buf.getvalue()
+        rebuild = self.model.describe()  # kind, sizes, and an mlp's hidden and activation
         doc = {
             **self.info,
             "format": MODEL_FORMAT,
             "model": {
-                "type": type(self.model).__name__.lower(),
+                "type": rebuild.pop("kind"),
+                **rebuild,
                 **self.info.get("model", {}),
                 "task": self.model.task,
                 "n_features": self.model.n_features,

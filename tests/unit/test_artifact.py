@@ -149,8 +149,9 @@ def _json_text(text: bytes) -> Callable[[Path], None]:
 
 
 def _truncated_json(directory: Path) -> None:
+    """Six whole lines, then a key cut off in the seventh."""
     path = directory / "model.json"
-    path.write_bytes(path.read_bytes()[:100])
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:6]) + b'  "mod')
 
 
 FILE_CASES = [
@@ -174,7 +175,7 @@ FILE_CASES = [
         _npz_case(lambda b: npz_of(params=np.array(["1"] * 5))),
         ["model.npz", "'params'", "numbers"],
     ),
-    ("json-truncated", _truncated_json, ["model.json", "not valid JSON", "line 6"]),
+    ("json-truncated", _truncated_json, ["model.json", "not valid JSON", "line 7"]),
     ("json-empty", _json_text(b""), ["model.json", "not valid JSON"]),
     ("json-list", _json_text(b"[]"), ["model.json", "a JSON object", "list"]),
     ("json-not-utf8", _json_text(b'{"a": "\xff"}'), ["model.json", "UTF-8"]),

@@ -13,6 +13,9 @@ A Lambda worker at <= 1,769 MB has one vCPU, so BLAS runs single-threaded here (
 numpy loads). The machine is shared and its speed drifts (seen: matmul 20-38 GFLOP/s, reads
 9-13 GB/s) from minute to minute, so each kernel run is paired with a bandwidth reading and
 a matmul taken just before it: ``% roof`` is the median over N pairs, with their range.
+Each pair also times numpy's ``exp`` on a block in cache (``exp ns``): the core's own speed,
+which drops by up to half when the other thread of its physical core is busy, while the
+memory bandwidth (and so the roofline) does not.
 
 For softmax the script also prints numpy's *floor*: the time numpy needs for the ``rows x C``
 exponentials alone (on a cache-sized block) plus the products at the matmul peak, which no
@@ -71,17 +74,20 @@ def paired(
     square: np.ndarray,
     roof: Callable[[float, float], float],
     repeat: int,
-) -> tuple[float, list[float]]:
-    """Best kernel seconds, and roofline / kernel time for ``repeat`` pairs, each roofline
-    ``roof(bandwidth, flops per second)`` from a streaming ``sum`` of ``stream`` and a
-    ``square @ square`` timed just before the kernel run."""
-    times, fractions = [], []
+    core: Callable[[], float],
+) -> tuple[float, list[float], list[float]]:
+    """Best kernel seconds, roofline / kernel time for ``repeat`` pairs, and a reading of the
+    core's speed in each: every roofline is ``roof(bandwidth, flops per second)`` from a
+    streaming ``sum`` of ``stream`` and a ``square @ square``, and ``core()`` (ns a value
+    of an in-cache ``exp``) is taken, all just before the kernel run."""
+    times, fractions, cores = [], [], []
     for _ in range(repeat):
         bandwidth = stream.nbytes / best_of(stream.sum, 1)
         flop_rate = 2 * square.shape[0] ** 3 / best_of(lambda: square @ square, 1)
+        cores.append(core())
         times.append(best_of(kernel, 1))
         fractions.append(roof(bandwidth, flop_rate) / times[-1])
-    return min(times), fractions
+    return min(times), fractions, cores
 
 
 def read_bandwidth(stream: np.ndarray, repeat: int) -> float:
@@ -103,12 +109,11 @@ def peak_gflops(dtype: type, repeat: int) -> float:
     return 2 * a.shape[0] ** 3 / best_of(lambda: a @ a, repeat) / 1e9
 
 
-def exp_ns_per_value(dtype: type, repeat: int) -> float:
+def exp_ns_per_value(dtype: type, repeat: int, calls: int = 200) -> float:
     """numpy ``exp`` on a 64 KiB block in cache (no memory traffic), ns per value."""
     z = np.random.default_rng(4).standard_normal(65536 // np.dtype(dtype).itemsize)
     z = z.astype(dtype)
     out = np.empty_like(z)
-    calls = 200
     t = best_of(lambda: [np.exp(z, out=out) for _ in range(calls)], repeat)
     return t / calls / z.size * 1e9
 
@@ -143,6 +148,7 @@ def main() -> None:
     bandwidth = read_bandwidth(stream, args.repeat)
     peak = {np.float64: peak_gflops(np.float64, 3), np.float32: peak_gflops(np.float32, 3)}
     exp_ns = {dt: exp_ns_per_value(dt, 5) for dt in (np.float64, np.float32)}
+    core = {dt: partial(exp_ns_per_value, dt, 3, 20) for dt in (np.float64, np.float32)}
     paths = ("native", "numpy") if native.KERNELS is not None else ("numpy",)
     print(
         f"streaming read {bandwidth / 1e9:.2f} GB/s; matmul peak float64 "
@@ -154,6 +160,7 @@ def main() -> None:
         f"{p + ' ms':>11}{'% roof':>8}{'(range)':>11}" for p in paths
     )
     header += f"{'speedup':>9}" if len(paths) == 2 else ""
+    header += f"{'exp ns':>8}"
     print(header)
     print("-" * len(header))
     worst = float("inf")
@@ -171,10 +178,14 @@ def main() -> None:
                     return max(2 * nbytes / bw, flops / flop_rate)
 
                 line = f"{kind:<9}{rows:>9} {np.dtype(dtype).name:<8}"
-                best = {}
+                best, core_ns = {}, []
                 for path in paths:
                     with kernels(path):
-                        best[path], fractions = paired(kernel, stream, square, roof, args.repeat)
+                        best[path], fractions, cores = paired(
+                            kernel, stream, square, roof, args.repeat, core[dtype]
+                        )
+                    if path == paths[0]:
+                        core_ns = cores
                     median = float(np.median(fractions))
                     if path == paths[0]:
                         worst = min(worst, median)
@@ -183,7 +194,7 @@ def main() -> None:
                 first.setdefault((kind, rows), {})[dtype] = best[paths[0]]
                 if len(paths) == 2:
                     line += f"{best['numpy'] / best['native']:>8.2f}x"
-                print(line)
+                print(line + f"{np.median(core_ns):>8.2f}")
                 if kind == "softmax":
                     floor_s = rows * n_classes * exp_ns[dtype] * 1e-9 + compute_s
                     floors.append(
@@ -192,7 +203,9 @@ def main() -> None:
     print(
         "% roof = median over the pairs of max(two streaming passes over the batch at the "
         "bandwidth, the products at the matmul rate, both read just before) / kernel time; "
-        "speedup = best numpy time / best native time"
+        "speedup = best numpy time / best native time; exp ns = numpy's exp in cache, median "
+        f"over the {paths[0]} pairs (read just before each): how fast the core ran, against "
+        "the first line's reading (a shared core slows by up to 2x when its other thread is busy)"
     )
     for rows, dtype, floor_s, reach in floors:
         print(

@@ -7,10 +7,11 @@ Three parts, each replaceable on its own:
   a function of the number of workers. These are read off the code (``steps.py``) and the
   state machine (``statemachine/train.asl.json``); ``tests/integration/test_cost.py`` runs
   jobs on the embedded engine and compares every count with the execution history, the
-  invocation counters and the S3 calls the handlers really made. Two switches follow work
-  in progress elsewhere: ``orchestration="express"`` (rounds of a segment in an Express
-  child workflow) and ``inline_gradients=True`` (small gradients travel in the worker's
-  result instead of S3).
+  invocation counters and the S3 calls the handlers really made. Two switches:
+  ``orchestration`` (``"express"``, what ``train.asl.json`` runs: the rounds of a segment in
+  an Express child workflow; ``"standard"``: the plain loop, kept for comparison as
+  ``benchmarks/standard_loop.asl.json``) and ``inline_gradients`` (small gradients travel
+  in the worker's result instead of S3).
 - :class:`DurationModel` -- *seconds*: billed Lambda duration per invocation, a fixed
   overhead plus a per-row x parameter term (for a linear model: per row x feature),
   measured on the development machine with the real step functions
@@ -162,7 +163,8 @@ def round_structure(
     ----------
     workers : number of shards (one worker invocation each per round).
     orchestration : ``"standard"`` -- the Map/Reduce/Choice loop runs in the Standard
-        execution (today's ``train.asl.json``); ``"express"`` -- each segment's rounds run
+        execution (``benchmarks/standard_loop.asl.json``); ``"express"`` -- what
+        ``train.asl.json`` does: each segment's rounds run
         in one Express child execution started by the Standard parent, so the parent makes
         :data:`EXPRESS_PARENT_TRANSITIONS_PER_SEGMENT` transitions per segment and the
         child is billed per request and GB-s instead of per transition.

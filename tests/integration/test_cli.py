@@ -369,10 +369,10 @@ def test_a_label_flag_an_npz_would_ignore_is_refused(tmp_path, capsys):
     out = tmp_path / "m"
     assert main(train_args(data, out, "--label", "price")) == 1
     err = capsys.readouterr().err
-    assert "dataset.label: 'price' does not apply to an .npz dataset" in err
+    assert "d.npz: dataset.label 'price' does not apply to an .npz" in err
     assert not out.exists()
     assert main(train_args(data, out, "--rounds", "2")) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out), str(data), "--label", "price"]) == 1
-    assert "--label 'price' does not apply to d.npz" in capsys.readouterr().err
+    assert "d.npz: --label 'price' does not apply to an .npz" in capsys.readouterr().err
     assert main(["evaluate", str(out), str(data), "--json"]) == 0

@@ -3,12 +3,14 @@
 import io
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
 from lambdagrad.data import (
     DataError,
     Standardizer,
+    check_label_applies,
     labels_from_indices,
     load_dataset,
     shard_bounds,
@@ -157,6 +159,17 @@ def test_plain_numbers_still_read_when_the_text_has_an_underscore_or_non_ascii()
     np.testing.assert_array_equal(ds.X, [[1.0], [3.5]])
     ds = _csv("f,name\n1,caf\u00e9\n2,x_1\n", label="name", task="classification")
     assert ds.classes == ["caf\u00e9", "x_1"]
+    # spaces around a number are stripped, non-breaking ones too (spreadsheet exports)
+    ds = _csv("a,y\n1\u00a0,2\u00a0\n\u20093,4\n")
+    np.testing.assert_array_equal(ds.X, [[1.0], [3.0]])
+    np.testing.assert_array_equal(ds.y, [2.0, 4.0])
+
+
+def test_an_odd_number_is_found_among_text_labels_with_underscores(monkeypatch):
+    monkeypatch.setattr("lambdagrad.data._CHUNK_ROWS", 2)
+    text = "f,name\n1,x_1\n2,x_2\n3,x_1\n4_0,x_2\n"
+    with pytest.raises(DataError, match=r"line 5, column 'f': '4_0' is not a number"):
+        _csv(text, label="name", task="classification")
 
 
 def test_labels_with_underscores_are_text_not_numbers():
@@ -332,3 +345,25 @@ def test_standardizer_names_a_column_too_large_to_standardize():
         Standardizer.fit_rows(X, np.arange(3), names=["a", "b"])
     with pytest.raises(DataError, match=r"feature column 1 \(0-based\)"):
         Standardizer.fit_rows(X, np.arange(3))
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "label"),
+    [
+        ("d.npz", None, "price"),
+        ("D.NPZ", None, "-1"),
+        ("d.bin", "npz", "0"),
+        ("d/x.npz/", None, "a"),
+    ],
+)
+def test_a_label_an_npz_would_ignore_is_refused(source, fmt, label):
+    with pytest.raises(DataError, match=rf"^{re.escape(source)}: --label '{label}' does not apply"):
+        check_label_applies(source, fmt, label, "--label")
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "label"),
+    [("d.npz", None, None), ("d.npz", None, "y"), ("d.npz", "csv", "price"), ("d.npy", None, "-1")],
+)
+def test_labels_that_apply_pass(source, fmt, label):
+    check_label_applies(source, fmt, label, "dataset.label")

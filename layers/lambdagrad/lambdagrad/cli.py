@@ -33,7 +33,7 @@ from lambdagrad.artifact import (
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, train_validation_split
+from lambdagrad.data import DataError, check_label_applies, train_validation_split
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
@@ -409,11 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = TrainedModel.load(args.run)
     label = args.label or trained.info.get("spec", {}).get("dataset", {}).get("label")
     path = Path(args.data)
-    if args.label not in (None, "y") and (args.format or path.suffix[1:]).lower() == "npz":
-        raise CliError(
-            f"--label {args.label!r} does not apply to {path.name}: an .npz's labels are its "
-            "array 'y'"
-        )
+    check_label_applies(path.name, args.format, args.label, "--label")
     X, y = read_labelled(
         path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained
     )

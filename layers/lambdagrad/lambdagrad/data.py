@@ -173,6 +173,16 @@ def _resolve_format(source: str, fmt: str | None) -> str:
     return fmt.lower()
 
 
+def check_label_applies(source: str, fmt: str | None, label: str | None, what: str) -> None:
+    """An .npz's labels are its array ``y``: a label named otherwise (``what``: the spec
+    field or flag it came from) would be ignored without a word, so it is refused."""
+    if label not in (None, "y") and _resolve_format(source, fmt) == "npz":
+        raise DataError(
+            f"{source}: {what} {label!r} does not apply to an .npz, whose labels are its "
+            "array 'y'; leave it out"
+        )
+
+
 def _check_feature_count(d: int, source: str, max_features: int) -> None:
     if d == 0:
         raise DataError(f"{source}: no feature columns (only the label)")
@@ -200,15 +210,14 @@ def _read_csv(
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{source} line {line}: not valid UTF-8 ({exc.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    stream = io.StringIO(text, newline="")
+    reader = csv.reader(stream, strict=True)
     rows = _nonblank_rows(reader, source)
-    # Python's float() also reads "1_000" and non-ASCII digits; a CSV number is plain ASCII,
-    # so cells are checked one by one only when the text has either (one scan of it here)
-    plain = text.isascii() and "_" not in text
 
     header = next(rows, None)
     if header is None:
         raise DataError(f"{source} is empty")
+    plain = _plain_after(text, stream.tell())
     names = _check_header([c.strip() for c in header[1]], source, header[0], wanted)
     if task == "features":
         # every column is a feature, except the label column when the file still has it
@@ -300,14 +309,27 @@ def _check_header(
     return names
 
 
+def _plain_after(text: str, start: int) -> bool:
+    """Whether the rows (from ``start``, past the header) hold no underscore and no
+    non-ASCII character: Python's float(), and so numpy, reads "1_000" and full-width
+    digits, which a CSV number never holds. Plain rows (most files) need no cell-by-cell
+    check; one C-speed scan of the text decides, without copying it when it is ASCII."""
+    return text.find("_", start) == -1 and (text.isascii() or text[start:].isascii())
+
+
 def _to_float(
     cells: list[list[str]], lines: list[int], names: list[str], source: str, plain: bool = True
 ) -> np.ndarray:
     """Convert rows of string cells with numpy; on any problem, report the first bad cell.
 
-    ``plain``: the text has no underscore or non-ASCII character, so no cell needs
-    checking for one before numpy (which accepts both) reads it."""
-    arr = _try_float(cells) if plain or not any(map(_odd_number, cells)) else None
+    ``plain``: see :func:`_plain_after`; otherwise a chunk whose cells hold an underscore or
+    a non-ASCII character is checked cell by cell first (a number with a non-breaking space
+    around it is fine, "1_000" is not)."""
+    if not plain and _odd_text("".join(map("".join, cells))):
+        for line, row in zip(lines, cells, strict=True):
+            for name, cell in zip(names, row, strict=True):
+                _check_cell(cell, source, line, name)
+    arr = _try_float(cells)
     if arr is not None:
         return arr
     for line, row in zip(lines, cells, strict=True):
@@ -320,7 +342,10 @@ def _column_to_float(
     cells: list[str], lines: list[int], name: str, source: str, plain: bool = True
 ) -> np.ndarray:
     """One column of string cells to float64, with the same error reporting."""
-    arr = _try_float(cells) if plain or not _odd_number(cells) else None
+    if not plain and _odd_text("".join(cells)):
+        for line, cell in zip(lines, cells, strict=True):
+            _check_cell(cell, source, line, name)
+    arr = _try_float(cells)
     if arr is not None:
         return arr
     for line, cell in zip(lines, cells, strict=True):
@@ -337,10 +362,10 @@ def _try_float(cells: list) -> np.ndarray | None:
     return arr if np.isfinite(arr).all() else None
 
 
-def _odd_number(cells: Sequence[str]) -> bool:
-    """Whether a cell has what Python's float() reads but a CSV number never holds: an
+def _odd_text(s: str) -> bool:
+    """Whether ``s`` has what Python's float() reads but a CSV number never holds: an
     underscore ("1_000") or a non-ASCII character (full-width digits)."""
-    return any("_" in c or not c.isascii() for c in cells)
+    return "_" in s or not s.isascii()
 
 
 def _check_cell(cell: str, source: str, line: int, name: str) -> float:
@@ -349,7 +374,7 @@ def _check_cell(cell: str, source: str, line: int, name: str) -> float:
     if not s:
         raise DataError(f"{where}: empty cell")
     try:
-        if _odd_number([s]):
+        if _odd_text(s):  # stripped: spaces around a number, even non-ASCII ones, are fine
             raise ValueError(s)
         value = float(s)
     except ValueError:
@@ -570,7 +595,7 @@ def _encode_classes(
 def _parse_int(s: str) -> int | None:
     """``"3"``, ``"-1"`` and ``"3.0"`` are integers; ``"3.5"``, ``"cat"`` and ``"1_0"``
     are not."""
-    if _odd_number([s]):
+    if _odd_text(s):
         return None
     try:
         return int(s)

@@ -104,18 +104,6 @@ class DatasetSpec(_Strict):
             raise ValueError(f"key {key!r} must be relative and contain no '..'")
         return value
 
-    @field_validator("label")
-    @classmethod
-    def _label_applies(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """An .npz's labels are its array ``y``: any other label would be ignored unsaid."""
-        fmt = info.data.get("format") or info.data.get("uri", "").rsplit(".", 1)[-1].lower()
-        if fmt == "npz" and value not in (None, "y"):
-            raise ValueError(
-                f"{value!r} does not apply to an .npz dataset, whose labels are its array 'y'; "
-                "leave label out"
-            )
-        return value
-
 
 TYPE_TASKS = {"linear": "regression", "logistic": "classification", "softmax": "classification"}
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from lambdagrad.data import DataError, Dataset, load_dataset
+from lambdagrad.data import DataError, Dataset, check_label_applies, load_dataset
 from lambdagrad.models import Model, build_model, l1_prox, l2_penalty
 from lambdagrad.optim import (
     GradientTransformation,
@@ -228,6 +228,7 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
     the labels: what Prepare reads, and what the CLI checks a local file with beforehand."""
     task = spec.model.task
     ds = spec.dataset
+    check_label_applies(source, ds.format, ds.label, "dataset.label")
     if task == "auto":
         task = infer_task(
             data, source=source, fmt=ds.format, label=ds.label, max_features=ds.max_features

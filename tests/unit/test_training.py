@@ -1,11 +1,13 @@
 """Round arithmetic: batch splitting, sampling without replacement, lengths, segments."""
 
+import io
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lambdagrad.data import DataError
 from lambdagrad.spec import parse_spec
 from lambdagrad.training import (
     EVENTS_PER_ROUND_FIXED,
@@ -16,6 +18,7 @@ from lambdagrad.training import (
     batch_indices,
     combine_gradients,
     local_batch_sizes,
+    read_training_data,
     segment_rounds_for,
     segment_time_up,
     shard_arrays,
@@ -164,3 +167,15 @@ def test_float32_shards_and_gradients_combine_in_float64():
     grad, _, _ = combine_gradients([sent, sent.copy()], [1.0, 1.0], [1, 1])
     assert grad.dtype == np.float64
     assert parse_spec({**doc, "training": {}}).training.dtype == "float64"
+
+
+def test_prepare_refuses_a_label_an_npz_would_ignore():
+    # what Prepare reads for a job however it was started (the spec itself accepts it)
+    buf = io.BytesIO()
+    X = np.arange(12.0).reshape(6, 2)
+    np.savez(buf, X=X, y=X.sum(axis=1))
+    spec = parse_spec({"dataset": {"uri": "s3://bucket/in/d.npz", "label": "price"}})
+    with pytest.raises(DataError, match=r"^d\.npz: dataset\.label 'price' does not apply"):
+        read_training_data(buf.getvalue(), source="d.npz", spec=spec)
+    spec = parse_spec({"dataset": {"uri": "s3://bucket/in/d.npz"}})
+    assert read_training_data(buf.getvalue(), source="d.npz", spec=spec)[1].X.shape == (6, 2)

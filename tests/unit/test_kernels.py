@@ -58,7 +58,7 @@ CASES = [
     ("softmax", 16), ("softmax", 17),  # 16, 17: scores in two chunks (float64: 3-5 vectors)
     ("softmax", 40),  # a row of 5 (float32) / 10 (float64) vectors: the softmax's wide path
     # the last class is the reference (no scores of its own): 5, 9, 13, 17 put it at the
-    # start of a vector, float64 / float32 / float64 / both
+    # start of a vector (5 and 13: float64; 9 and 17: both dtypes)
     ("softmax", 5), ("softmax", 9), ("softmax", 13),
 ]  # fmt: skip
 

@@ -103,7 +103,8 @@ static const float exp_coef_f32[] = {1.0f, 1.00000003771621384254f, 0.5000000047
 #include "kernels_impl.h"
 
 /* REALs of work buffer lg_softmax_f64/f32 need for d features and C classes (at most, for
- * either dtype): W transposed and the block's gradient (C rows of whole vectors each), the
+ * either dtype): W transposed and the block's gradient (C rows of whole vectors each, of
+ * which the kernel uses C - 1: the last class is the reference), the
  * scores and d loss / d score rows of one block, the padded bias and its block gradient. */
 int64_t lg_softmax_work(int64_t d, int64_t C) {
     const int64_t lanes = VEC_BYTES / sizeof(float), line = 64 / sizeof(float);

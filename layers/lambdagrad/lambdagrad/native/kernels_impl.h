@@ -174,7 +174,8 @@ void CAT(lg_exp_, SUFFIX)(const REAL *x, int64_t n, REAL *out) {
 /* Scores of the m rows of Xb for the chunk of NC classes of Wt at wt (nk groups of NC
  * vectors, feature vector by feature vector): the NC dot products in registers, reduced
  * lane-wise and stored as whole vectors at S (row stride cp); lanes past class NC hold
- * zeros, which a later chunk or the padding overwrites. Each row also asks for the row
+ * zeros, which a later chunk overwrites, or which are the reference class's score (0) and
+ * the padding's (lg_softmax_ relies on them). Each row also asks for the row
  * PF_BYTES ahead (rows_left rows remain from Xb on). */
 static inline __attribute__((always_inline)) void CAT(sm_scores_, SUFFIX)(
     const REAL *Xb, int64_t m, int64_t d, int64_t nk, const REAL *wt, const int NC, REAL *S,

@@ -320,37 +320,44 @@ def _plain_after(text: str, start: int) -> bool:
 def _to_float(
     cells: list[list[str]], lines: list[int], names: list[str], source: str, plain: bool = True
 ) -> np.ndarray:
-    """Convert rows of string cells with numpy; on any problem, report the first bad cell.
+    """Rows of string cells as float64; on any problem, the first bad cell is named.
 
     ``plain``: see :func:`_plain_after`; otherwise a chunk whose cells hold an underscore or
     a non-ASCII character is checked cell by cell first (a number with a non-breaking space
     around it is fine, "1_000" is not)."""
-    if not plain and _odd_text("".join(map("".join, cells))):
-        for line, row in zip(lines, cells, strict=True):
-            for name, cell in zip(names, row, strict=True):
-                _check_cell(cell, source, line, name)
-    arr = _try_float(cells)
-    if arr is not None:
-        return arr
-    for line, row in zip(lines, cells, strict=True):
-        for name, cell in zip(names, row, strict=True):
-            _check_cell(cell, source, line, name)
-    raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
+    places = (
+        (line, name, cell)
+        for line, row in zip(lines, cells, strict=True)
+        for name, cell in zip(names, row, strict=True)
+    )
+    odd = not plain and _odd_text("".join(map("".join, cells)))
+    return _numbers(cells, places, odd, source, lines)
 
 
 def _column_to_float(
     cells: list[str], lines: list[int], name: str, source: str, plain: bool = True
 ) -> np.ndarray:
     """One column of string cells to float64, with the same error reporting."""
-    if not plain and _odd_text("".join(cells)):
-        for line, cell in zip(lines, cells, strict=True):
+    places = ((line, name, cell) for line, cell in zip(lines, cells, strict=True))
+    odd = not plain and _odd_text("".join(cells))
+    return _numbers(cells, places, odd, source, lines)
+
+
+def _numbers(
+    cells: list, places: Iterator[tuple[int, str, str]], odd: bool, source: str, lines: list[int]
+) -> np.ndarray:
+    """numpy's reading of ``cells`` when every one is a finite number, else a DataError
+    naming the first bad one (``places``: each cell with its line and column). ``odd``
+    cells (an underscore or a non-ASCII character somewhere) are checked before numpy,
+    which would read "1_000" as a number."""
+    arr = None if odd else _try_float(cells)
+    if arr is None:
+        for line, name, cell in places:
             _check_cell(cell, source, line, name)
-    arr = _try_float(cells)
-    if arr is not None:
-        return arr
-    for line, cell in zip(lines, cells, strict=True):
-        _check_cell(cell, source, line, name)
-    raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
+        arr = _try_float(cells)  # every cell passed the check
+    if arr is None:
+        raise DataError(f"{source} lines {lines[0]}-{lines[-1]}: cannot read as numbers")
+    return arr
 
 
 def _try_float(cells: list) -> np.ndarray | None:

@@ -241,7 +241,9 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
 
 
 def _placeholder_uri(data: str) -> str:
-    """A local file's dataset URI until it is uploaded to the stack."""
+    """A local file's dataset URI until it is uploaded to the stack; the file must exist."""
+    if not Path(data).is_file():
+        raise CliError(f"{data}: no such file")
     return "s3://placeholder-bucket/" + Path(data).name
 
 
@@ -249,8 +251,6 @@ def _spec_for(args: argparse.Namespace) -> tuple[bool, JobSpec]:
     """The spec from flags and --config, and whether DATA is a local file (which must exist;
     its dataset URI is a placeholder until the file is uploaded to the stack)."""
     local_data = args.data is not None and not args.data.startswith("s3://")
-    if local_data and not Path(args.data).is_file():
-        raise CliError(f"{args.data}: no such file")
     return local_data, spec_from_args(
         args, _placeholder_uri(args.data) if local_data else args.data
     )
@@ -504,8 +504,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     doc = read_config(args.spec)
     doc.pop("job_id", None)  # the upload's key and ETag name the job
     if args.data:
-        if not Path(args.data).is_file():
-            raise CliError(f"{args.data}: no such file")
         doc.setdefault("dataset", {})["uri"] = _placeholder_uri(args.data)
     parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
     with open_stack(args) as stack:

@@ -184,10 +184,9 @@ def main() -> None:
                         best[path], fractions, cores = paired(
                             kernel, stream, square, roof, args.repeat, core[dtype]
                         )
-                    if path == paths[0]:
-                        core_ns = cores
                     median = float(np.median(fractions))
                     if path == paths[0]:
+                        core_ns = cores
                         worst = min(worst, median)
                     span = f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%"
                     line += f"{best[path] * 1e3:>11.1f}{100 * median:>7.0f}%{span:>11}"

@@ -66,7 +66,7 @@ CASES = [
 @pytest.mark.parametrize("kind,C", CASES)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("rows", [1, 3, 1003])
-@pytest.mark.parametrize("features", [7, 13])
+@pytest.mark.parametrize("features", [7, 13, 100])
 def test_kernels_match_plain_formulas(
     kind, C, dtype, rtol, rows, features, kernel_path, monkeypatch
 ):
@@ -74,10 +74,14 @@ def test_kernels_match_plain_formulas(
     # native: 4-row tiles and two 512-row blocks (the second 491 rows, its last tile 3).
     # Neither 7 nor 13 features is a whole number of vectors: linear and logistic end on a
     # scalar tail, softmax on a vector overlapping the one before; 7 features are fewer
-    # than a float32 vector (8), so float32 softmax takes the numpy kernel there.
+    # than a float32 vector (8), so float32 softmax takes the numpy kernel there. With 100
+    # features the softmax blocks are 160 (float64) / 320 (float32) rows and its gradient
+    # takes them 40 / 81 rows at a time (32 KiB): whole and partial steps.
     monkeypatch.setattr(models, "BLOCK_BYTES", 64 * features * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(5)
-    X = rng.standard_normal((rows, features))
+    # scores of order 1 at any width: with 100 features they would reach +-30, where the
+    # plain formulas' sigmoid - y cancels to fewer digits than the kernels keep
+    X = rng.standard_normal((rows, features)) / np.sqrt(features)
     y = rng.integers(0, C, rows) if C > 1 else rng.standard_normal(rows)
     model = build_model(kind, features, C)
     params = rng.standard_normal(model.n_params)

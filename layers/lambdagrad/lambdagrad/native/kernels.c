@@ -32,6 +32,7 @@
 #define SM_GC1 12                 /* a single vector of features: up to 12 classes at once */
 #define SM_BLOCK_BYTES (128 << 10) /* a block of X and the next both fit L2 (512 KiB+) */
 #define PF_BYTES (8 << 10)        /* the scores ask for the row this far ahead */
+#define SM_GRAD_BYTES (32 << 10)  /* the gradient's rows at a time: they stay in L1 (32 KiB+) */
 
 /* Asks for the TILE rows from row `from` on (contiguous) to be brought into cache. */
 static inline void prefetch_rows(const void *X, int64_t from, int64_t n, int64_t row_bytes) {

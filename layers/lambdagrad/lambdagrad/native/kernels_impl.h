@@ -401,18 +401,26 @@ static void CAT(sm_grad_dispatch_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d,
 
 /* Gt += Xb^T D over the m rows of a block still in L2: the features SM_GK vectors at a time,
  * the classes in balanced chunks of at most SM_GC (SM_GC1 for a lone last vector, whose
- * chunks of SM_GC would each wait on fewer sums than a multiply-add's latency covers). */
+ * chunks of SM_GC would each wait on fewer sums than a multiply-add's latency covers). The
+ * rows are taken SM_GRAD_BYTES at a time, so each chunk of classes after the first finds
+ * them in L1. */
 static void CAT(sm_grad_, SUFFIX)(const REAL *Xb, int64_t m, int64_t d, int64_t nk,
                                   const REAL *D, int64_t cp, int64_t C, REAL *Gt, int64_t ws) {
-    for (int64_t k0 = 0; k0 < nk;) {
-        const int kt = nk - k0 >= SM_GK ? SM_GK : 1;
-        const int64_t most = kt == SM_GK ? SM_GC : SM_GC1, chunks = (C + most - 1) / most;
-        for (int64_t g = 0, c0 = 0; g < chunks; g++) {
-            const int cc = (int)(C / chunks + (g < C % chunks));
-            CAT(sm_grad_dispatch_, SUFFIX)(Xb, m, d, nk, D, cp, c0, cc, k0, kt, Gt, ws);
-            c0 += cc;
+    int64_t step = SM_GRAD_BYTES / (d * (int64_t)sizeof(REAL));
+    step = step < LANES ? LANES : step;
+    for (int64_t r0 = 0; r0 < m; r0 += step) {
+        const int64_t mr = m - r0 < step ? m - r0 : step;
+        const REAL *Xr = Xb + r0 * d, *Dr = D + r0 * cp;
+        for (int64_t k0 = 0; k0 < nk;) {
+            const int kt = nk - k0 >= SM_GK ? SM_GK : 1;
+            const int64_t most = kt == SM_GK ? SM_GC : SM_GC1, chunks = (C + most - 1) / most;
+            for (int64_t g = 0, c0 = 0; g < chunks; g++) {
+                const int cc = (int)(C / chunks + (g < C % chunks));
+                CAT(sm_grad_dispatch_, SUFFIX)(Xr, mr, d, nk, Dr, cp, c0, cc, k0, kt, Gt, ws);
+                c0 += cc;
+            }
+            k0 += kt;
         }
-        k0 += kt;
     }
 }
 

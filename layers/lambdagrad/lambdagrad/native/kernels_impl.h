@@ -80,9 +80,9 @@ static inline VEC_T CAT(transpose_sum_, SUFFIX)(const VEC_T *v) {
     return SHUF(a, b, 0, 1, 4, 5) + SHUF(a, b, 2, 3, 6, 7);
 #else
     VEC_T p[4], q[2];
-    for (int i = 0; i < 4; i++)
-        p[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
-               SHUF(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int i = 0; i < 4; i++) /* unpcklps + unpckhps: lanes 0, 2 of each half hold v[2i]'s */
+        p[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13) +
+               SHUF(v[2 * i], v[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     for (int i = 0; i < 2; i++)
         q[i] = SHUF(p[2 * i], p[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
                SHUF(p[2 * i], p[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
@@ -100,21 +100,21 @@ static inline void CAT(transpose_, SUFFIX)(VEC_T *v) {
     v[2] = SHUF(t0, t2, 2, 3, 6, 7);
     v[3] = SHUF(t1, t3, 2, 3, 6, 7);
 #else
+    /* one instruction each on AVX: unpcklps / unpckhps, shufps, vperm2f128 */
     VEC_T a[4], b[4], p[8];
-    for (int k = 0; k < 4; k++) { /* even / odd columns of rows 2k and 2k+1, interleaved */
-        a[k] = SHUF(v[2 * k], v[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14);
-        b[k] = SHUF(v[2 * k], v[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int k = 0; k < 4; k++) { /* columns (0,1|4,5) and (2,3|6,7) of rows 2k, 2k+1 */
+        a[k] = SHUF(v[2 * k], v[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        b[k] = SHUF(v[2 * k], v[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
-    for (int h = 0; h < 2; h++) { /* columns (0|4), (2|6), (1|5), (3|7) of rows 4h..4h+3 */
+    for (int h = 0; h < 2; h++) { /* columns (0|4), (1|5), (2|6), (3|7) of rows 4h..4h+3 */
         p[4 * h] = SHUF(a[2 * h], a[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
         p[4 * h + 1] = SHUF(a[2 * h], a[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
         p[4 * h + 2] = SHUF(b[2 * h], b[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
         p[4 * h + 3] = SHUF(b[2 * h], b[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
     }
-    const int col[4] = {0, 2, 1, 3};
     for (int q = 0; q < 4; q++) {
-        v[col[q]] = SHUF(p[q], p[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        v[col[q] + 4] = SHUF(p[q], p[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        v[q] = SHUF(p[q], p[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        v[q + 4] = SHUF(p[q], p[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
 #endif
 }

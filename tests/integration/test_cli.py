@@ -147,6 +147,18 @@ BAD_INPUTS = {
         ["--label", "y", "--model", "logistic"],
         "only one class",
     ),
+    # caught before the job starts (Prepare would fail it only once started)
+    "three-classes-logistic": (
+        "a,y\n1,cat\n2,dog\n3,fox\n",
+        ["--label", "y", "--model", "logistic"],
+        "data.csv: logistic regression needs exactly 2 classes, got 3",
+    ),
+    "class-label-regression": (
+        "a,y\n1,cat\n2,dog\n",
+        ["--label", "y"],
+        "line 2, column 'y': 'cat' is not a number: a regression model's labels are numbers; "
+        "class labels need model type logistic, softmax or mlp",
+    ),
 }
 
 
@@ -376,3 +388,58 @@ def test_a_label_flag_an_npz_would_ignore_is_refused(tmp_path, capsys):
     assert main(["evaluate", str(out), str(data), "--label", "price"]) == 1
     assert "d.npz: --label 'price' does not apply to an .npz" in capsys.readouterr().err
     assert main(["evaluate", str(out), str(data), "--json"]) == 0
+
+
+def test_a_directory_given_as_data_is_named_as_one(tmp_path, capsys):
+    assert main(train_args(tmp_path, tmp_path / "out", "--label", "price")) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a directory: give a data file (.csv, .npy or .npz)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_names_the_resume_command_and_the_unfinished_run_says_so(
+    tmp_path, capsys, monkeypatch
+):
+    from lambdagrad import cli
+
+    def follow_then_interrupt(args, stack, job_id):
+        def on_status(status):
+            if (status.get("round") or 0) >= 3:
+                raise KeyboardInterrupt
+
+        stack.follow(job_id, on_status=on_status)
+        raise AssertionError("the job ended before the interrupt")
+
+    monkeypatch.setattr(cli, "_follow_and_fetch", follow_then_interrupt)
+    out = tmp_path / "run"
+    flags = ["--label", "price", "--job-id", "ctrl-c", "--batch-size", "64", "--epochs", "3"]
+    assert main(train_args(HOUSES, out, *flags)) == 130
+    resume = f"lambdagrad resume ctrl-c --out {out}"
+    assert f"interrupted: job ctrl-c stopped; continue it with: {resume}" in capsys.readouterr().err
+    for argv in (["predict", str(out), str(HOUSES)], ["evaluate", str(out), str(HOUSES)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert (
+            f"{out} has no model yet: its job (ctrl-c) did not finish; continue it with: {resume}"
+            in err
+        )
+    monkeypatch.undo()
+    # the command it names does continue the job
+    assert main(["resume", "ctrl-c", "--out", str(out), "--quiet"]) == 0
+    assert (out / "model.json").is_file()
+
+
+def test_submit_without_a_stack_says_its_model_is_not_kept(tmp_path, capsys):
+    spec = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    spec["training"] = {"batch_size": "full", "workers": 1, "rounds": 2}
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(spec))
+    assert main(["submit", str(path), "--data", str(HOUSES)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith(": SUCCEEDED")
+    assert (
+        "note: without --stack the job runs on an embedded engine that ends with this "
+        "command, and its model is not kept; `lambdagrad train --config SPEC DATA` keeps it"
+    ) in captured.err
+    assert main(["submit", str(path), "--data", str(HOUSES), "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -34,6 +34,7 @@ from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_co
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
 from lambdagrad.data import DataError, check_label_applies, train_validation_split
+from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
@@ -41,7 +42,7 @@ from lambdagrad.steps import check_sizes
 from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
-from lambdagrad.training import read_training_data
+from lambdagrad.training import model_for, read_training_data
 
 __all__ = ["main"]
 
@@ -235,13 +236,22 @@ def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
 
 # ---- commands -------------------------------------------------------------------------
 def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
-    """Check a local dataset before anything starts: bad data fails in a second, not a deploy."""
+    """Check a local dataset before anything starts: bad data fails in a second, not a deploy
+    — and so does a model its labels do not fit (logistic regression on three classes)."""
     path = Path(args.data)
-    return read_training_data(path.read_bytes(), source=path.name, spec=spec)[1]
+    spec, dataset = read_training_data(path.read_bytes(), source=path.name, spec=spec)
+    n_classes = 1 if spec.model.task == "regression" else len(dataset.classes or [])
+    try:
+        model_for(spec, dataset.X.shape[1], n_classes)
+    except ModelError as exc:
+        raise CliError(f"{path.name}: {exc}") from None
+    return dataset
 
 
 def _placeholder_uri(data: str) -> str:
     """A local file's dataset URI until it is uploaded to the stack; the file must exist."""
+    if Path(data).is_dir():
+        raise CliError(f"{data} is a directory: give a data file (.csv, .npy or .npz)")
     if not Path(data).is_file():
         raise CliError(f"{data}: no such file")
     return "s3://placeholder-bucket/" + Path(data).name
@@ -296,6 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         spec = parse_spec(json.loads(spec.model_dump_json()))
         stack.start(spec)
+        args.on_interrupt = _interrupt_hint(args, job_id, out)
         if not args.quiet:
             _stderr_console().print(
                 f"job [bold]{job_id}[/]: {spec.model.type} / {spec.optimizer.name} "
@@ -304,6 +315,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         status, files, cost = _follow_and_fetch(args, stack, job_id)
     return _write_run(args, out, job_id, status, files, cost, started)
+
+
+def _interrupt_hint(args: argparse.Namespace, job_id: str, out: Path) -> str:
+    """What to do after Ctrl-C while following a job: a local job stops with this process and
+    resumes from its run directory; a job on a stack goes on without us."""
+    if args.stack:
+        return (
+            f"job {job_id} goes on in stack {args.stack}: "
+            f"lambdagrad status {job_id} --stack {args.stack} --follow"
+        )
+    return f"job {job_id} stopped; continue it with: lambdagrad resume {job_id} --out {out}"
 
 
 def _follow_and_fetch(
@@ -373,6 +395,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with open_stack(args, state_dir=state_dir) as stack:
         start = stack.resume(args.job_id)
+        args.on_interrupt = _interrupt_hint(args, args.job_id, out)
         if not args.quiet:
             _stderr_console().print(
                 f"job [bold]{args.job_id}[/]: resumed from round {start['round']}"
@@ -405,8 +428,22 @@ def _scoring(path: Path) -> Iterator[None]:
         raise CliError(f"{path.name}: {exc}") from None
 
 
+def _load_run(run: str) -> TrainedModel:
+    """A run directory's model; one whose job has not finished says how to finish it."""
+    directory = Path(run)
+    jobs = directory / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
+    if not (directory / "model.json").exists() and jobs.is_dir():
+        ids = sorted(p.name for p in jobs.iterdir() if p.is_dir())
+        job = ids[-1] if len(ids) == 1 else "JOB_ID"
+        raise CliError(
+            f"{directory} has no model yet: its job ({', '.join(ids) or 'unknown'}) did not "
+            f"finish; continue it with: lambdagrad resume {job} --out {directory}"
+        )
+    return TrainedModel.load(directory)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    trained = TrainedModel.load(args.run)
+    trained = _load_run(args.run)
     label = args.label or trained.info.get("spec", {}).get("dataset", {}).get("label")
     path = Path(args.data)
     check_label_applies(path.name, args.format, args.label, "--label")
@@ -461,7 +498,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if len(args.paths) != 2:
         raise CliError("lambdagrad predict RUN_DIR DATA (or --stack NAME --model-name MODEL DATA)")
     run, data = args.paths
-    trained = TrainedModel.load(run)
+    trained = _load_run(run)
     path = Path(data)
     X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
     with _scoring(path):
@@ -506,6 +543,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.data:
         doc.setdefault("dataset", {})["uri"] = _placeholder_uri(args.data)
     parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
+    if not args.stack and not args.quiet:
+        print(
+            "note: without --stack the job runs on an embedded engine that ends with this "
+            "command, and its model is not kept; `lambdagrad train --config SPEC DATA` keeps it",
+            file=sys.stderr,
+        )
     with open_stack(args) as stack:
         if args.data:
             doc["dataset"]["uri"] = stack.upload_dataset(Path(args.data))
@@ -782,7 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -262,13 +262,13 @@ def _read_csv(
         if len(cells) >= _CHUNK_ROWS:
             x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
             if regression:
-                y_chunks.append(_column_to_float(labels, lines, label_name, source, plain))
+                y_chunks.append(_regression_labels_of(labels, lines, label_name, source, plain))
                 labels = []
             cells, lines = [], []
     if cells:
         x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
         if regression:
-            y_chunks.append(_column_to_float(labels, lines, label_name, source, plain))
+            y_chunks.append(_regression_labels_of(labels, lines, label_name, source, plain))
     if not x_chunks:
         raise DataError(f"{source} has a header but no data rows")
     X = np.concatenate(x_chunks) if len(x_chunks) > 1 else x_chunks[0]
@@ -341,6 +341,22 @@ def _column_to_float(
     places = ((line, name, cell) for line, cell in zip(lines, cells, strict=True))
     odd = not plain and _odd_text("".join(cells))
     return _numbers(cells, places, odd, source, lines)
+
+
+def _regression_labels_of(
+    cells: list[str], lines: list[int], name: str, source: str, plain: bool
+) -> np.ndarray:
+    """A regression model's label column as numbers; a text label (a class) says which
+    models take classes."""
+    try:
+        return _column_to_float(cells, lines, name, source, plain)
+    except DataError as exc:
+        if not str(exc).endswith("is not a number"):
+            raise
+        raise DataError(
+            f"{exc}: a regression model's labels are numbers; class labels need model type "
+            "logistic, softmax or mlp"
+        ) from None
 
 
 def _numbers(

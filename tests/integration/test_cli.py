@@ -181,7 +181,17 @@ def test_bad_flag_values_are_usage_errors(tmp_path, capsys):
         main(["train", str(HOUSES), "--batch-size", "zero"])
     assert exit_.value.code == 2
     rc = main(train_args(HOUSES, tmp_path / "o", "--label", "price", "--lr", "-1"))
-    assert rc == 1 and "optimizer.learning_rate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "optimizer.learning_rate (--lr): Input should be greater than 0" in err
+    # a field the --config set is named as the file names it
+    config = tmp_path / "c.json"
+    config.write_text('{"optimizer": {"learning_rate": -1}}')
+    rc = main(train_args(HOUSES, tmp_path / "o", "--label", "price", "--config", str(config)))
+    err = capsys.readouterr().err
+    assert rc == 1 and "optimizer.learning_rate: Input should be greater than 0" in err
+    rc = main(train_args(HOUSES, tmp_path / "o", "--label", "price", "--no-standardize",
+                         "--workers", "0"))  # fmt: skip
+    assert "training.workers (--workers): Input should be" in capsys.readouterr().err
 
 
 def test_predict_checks_features(tmp_path, capsys):

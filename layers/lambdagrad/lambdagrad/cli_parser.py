@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 from lambdagrad import __version__
 from lambdagrad.cost import RUNNING_ORCHESTRATION
-from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, parse_spec
+from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 
 __all__ = ["STATE_DIRNAME", "CliError", "build_parser", "read_config", "spec_from_args"]
 
@@ -172,7 +173,24 @@ def spec_from_args(args: argparse.Namespace, dataset_uri: str | None) -> JobSpec
         doc["job_id"] = args.job_id
     if "uri" not in doc.get("dataset", {}):
         raise CliError("no dataset: give DATA or a --config with dataset.uri")
-    return parse_spec(doc)
+    try:
+        return parse_spec(doc)
+    except SpecError as exc:
+        raise SpecError(_with_flags(str(exc), args)) from None
+
+
+def _flag(dest: str) -> str:
+    return "--no-standardize" if dest == "standardize" else "--" + dest.replace("_", "-")
+
+
+def _with_flags(message: str, args: argparse.Namespace) -> str:
+    """A spec error names the flag beside each field a flag set: ``optimizer.learning_rate
+    (--lr): Input should be greater than 0`` (the field, for a --config, stays as it is)."""
+    for dest, (group, field) in SPEC_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            path = re.escape(f"{group}.{field}")
+            message = re.sub(rf"(?<![\w.]){path}(?![\w.])", rf"\g<0> ({_flag(dest)})", message)
+    return message
 
 
 # ---- parser ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ deployment), evaluate, predict, and clear one-line errors for bad input."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 from pathlib import Path
 
@@ -433,6 +434,18 @@ def test_ctrl_c_names_the_resume_command_and_the_unfinished_run_says_so(
             f"{out} has no model yet: its job (ctrl-c) did not finish; continue it with: {resume}"
             in err
         )
+    # status: no process holds the run directory, so the job is not "RUNNING" but stopped
+    assert main(["status", "ctrl-c", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("ctrl-c: STOPPED, round ")
+    assert (
+        "Stopped: the process running it ended before the job did (killed or interrupted); "
+        f"continue it with: {resume}" in printed
+    )
+    with (out / "state" / ".lock").open("a+") as lock:  # as a live train process holds it
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["status", "ctrl-c", "--out", str(out)]) == 0
+        assert capsys.readouterr().out.startswith("ctrl-c: RUNNING, round ")
     monkeypatch.undo()
     # the command it names does continue the job
     assert main(["resume", "ctrl-c", "--out", str(out), "--quiet"]) == 0

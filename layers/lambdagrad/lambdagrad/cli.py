@@ -34,6 +34,7 @@ from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_co
 from lambdagrad.client import JobFailedError, StackClient, StackError
 from lambdagrad.cost import CostError
 from lambdagrad.data import DataError, check_label_applies, train_validation_split
+from lambdagrad.local.mirror import is_held
 from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
@@ -590,6 +591,14 @@ def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
             "trained with, or --stack NAME for a job on a deployed stack"
         )
     status = _read_json(records / "status.json")
+    if status.get("state") == "RUNNING" and is_held(out / STATE_DIRNAME) is False:
+        status = {
+            **status,
+            "state": "STOPPED",
+            "error": "Stopped",
+            "message": "the process running it ended before the job did (killed or "
+            f"interrupted); continue it with: lambdagrad resume {args.job_id} --out {out}",
+        }
     done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
     return status, _read_json(records / "cost.json") if done else None
 
@@ -621,7 +630,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
             print_cost(cost, notes=False)
             print(_cost_line(cost))
-    return 0 if status.get("state") != "FAILED" else 1
+    return 0 if status.get("state") not in ("FAILED", "STOPPED") else 1
 
 
 def _check_sweep_out(out: Path, *, overwrite: bool) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from lambdagrad.client import StackError
 
-__all__ = ["BucketMirror", "StateLockedError", "install_put_hook", "mirrored"]
+__all__ = ["BucketMirror", "StateLockedError", "install_put_hook", "is_held", "mirrored"]
 
 #: Keys never mirrored: per-round gradient scratch, and specs whose upload starts a job.
 SKIPPED = re.compile(r"^jobs/(incoming/|[^/]+/grads/)")
@@ -201,3 +201,22 @@ def mirroring(directory: str | Path, buckets: dict[str, str], s3: Any) -> Iterat
         yield mirror
     finally:
         mirror.close()
+
+
+def is_held(directory: Path) -> bool | None:
+    """Whether a process holds ``directory``'s lock, i.e. its engine is running a job there;
+    None where that cannot be told (no lock file, or no ``flock`` on this platform)."""
+    path = Path(directory) / ".lock"
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False

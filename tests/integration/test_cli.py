@@ -466,3 +466,12 @@ def test_submit_without_a_stack_says_its_model_is_not_kept(tmp_path, capsys):
     ) in captured.err
     assert main(["submit", str(path), "--data", str(HOUSES), "--quiet"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_model_name_without_a_stack_says_where_the_registry_stays(tmp_path, capsys):
+    flags = ["--label", "price", "--rounds", "2", "--model-name", "houses"]
+    argv = [a for a in train_args(HOUSES, tmp_path / "run", *flags) if a != "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: --model-name registers 'houses' in a stack's model registry, which the " in err
+    assert (tmp_path / "run" / "model.json").is_file()

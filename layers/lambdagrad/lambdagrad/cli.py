@@ -291,6 +291,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     local_data, spec = _spec_and_data(args, sizes=True)
+    if spec.output.model_name and not args.stack and not args.quiet:
+        print(
+            f"note: --model-name registers {spec.output.model_name!r} in a stack's model "
+            "registry, which the embedded engine keeps only in the run's state/; the model "
+            "itself is in --out (pass --stack NAME to register it where it is served)",
+            file=sys.stderr,
+        )
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
     _check_out(out, directory=True)

@@ -4,7 +4,6 @@ deployment), evaluate, predict, and clear one-line errors for bad input."""
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 from pathlib import Path
 
@@ -157,8 +156,8 @@ BAD_INPUTS = {
     "class-label-regression": (
         "a,y\n1,cat\n2,dog\n",
         ["--label", "y"],
-        "line 2, column 'y': 'cat' is not a number: a regression model's labels are numbers; "
-        "class labels need model type logistic, softmax or mlp",
+        "line 2, column 'y': 'cat' is not a number; if the column holds classes, use model type "
+        "logistic, softmax or mlp (--model)",
     ),
 }
 
@@ -442,6 +441,7 @@ def test_ctrl_c_names_the_resume_command_and_the_unfinished_run_says_so(
         "Stopped: the process running it ended before the job did (killed or interrupted); "
         f"continue it with: {resume}" in printed
     )
+    fcntl = pytest.importorskip("fcntl")
     with (out / "state" / ".lock").open("a+") as lock:  # as a live train process holds it
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["status", "ctrl-c", "--out", str(out)]) == 0
@@ -475,3 +475,68 @@ def test_model_name_without_a_stack_says_where_the_registry_stays(tmp_path, caps
     err = capsys.readouterr().err
     assert "note: --model-name registers 'houses' in a stack's model registry, which the " in err
     assert (tmp_path / "run" / "model.json").is_file()
+
+
+THREE_CLASSES = "a,y\n1,cat\n2,dog\n3,fox\n4,cat\n5,dog\n6,fox\n"
+
+
+def test_sweep_and_estimate_refuse_a_model_the_labels_do_not_fit(tmp_path, capsys):
+    data = tmp_path / "three.csv"
+    data.write_text(THREE_CLASSES)
+    sweep = ["sweep", str(data), "--label", "y", "--model", "logistic", "--lr", "0.1,0.01"]
+    assert main([*sweep, "--out", str(tmp_path / "sw"), "--quiet"]) == 1
+    assert (
+        "three.csv: logistic regression needs exactly 2 classes, got 3" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "sw").exists()
+    assert main(["estimate", str(data), "--label", "y", "--model", "logistic"]) == 1
+    assert "three.csv: logistic regression needs exactly 2 classes" in capsys.readouterr().err
+    # a class count the cost model is given builds its model too: one line, no traceback
+    two = tmp_path / "two.csv"
+    two.write_text("a,y\n1,cat\n2,dog\n3,cat\n4,dog\n5,cat\n6,dog\n")
+    argv = ["estimate", str(two), "--label", "y", "--model", "logistic", "--classes", "3"]
+    argv += ["--workers", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "exactly 2 classes, got 3" in err and err.count("\n") == 1
+
+
+def test_a_run_directory_whose_job_failed_says_so(tmp_path, capsys):
+    records = tmp_path / "run" / "state" / "DataBucket" / "jobs" / "bad-job"
+    records.mkdir(parents=True)
+    (records / "status.json").write_text(
+        json.dumps({"state": "FAILED", "error": "ModelDiverged", "message": "round 4: loss inf"})
+    )
+    assert main(["predict", str(tmp_path / "run"), str(HOUSES)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{tmp_path / 'run'} has no model: its job (bad-job) failed: ModelDiverged: round 4" in err
+    )
+
+
+def test_an_interrupted_overwrite_resumes_with_overwrite(tmp_path, capsys, monkeypatch):
+    from lambdagrad import cli
+
+    out = tmp_path / "run"
+    flags = ["--label", "price", "--batch-size", "64", "--epochs", "2"]
+    assert main(train_args(HOUSES, out, *flags, "--job-id", "first")) == 0
+    real = cli._follow_and_fetch
+
+    def follow_then_interrupt(args, stack, job_id):
+        def on_status(status):
+            if (status.get("round") or 0) >= 3:
+                raise KeyboardInterrupt
+
+        stack.follow(job_id, on_status=on_status)
+        raise AssertionError("the job ended before the interrupt")
+
+    monkeypatch.setattr(cli, "_follow_and_fetch", follow_then_interrupt)
+    assert main(train_args(HOUSES, out, *flags, "--job-id", "second", "--overwrite")) == 130
+    resume = f"lambdagrad resume second --out {out} --overwrite"
+    assert f"continue it with: {resume}" in capsys.readouterr().err
+    assert json.loads((out / "model.json").read_text())["job_id"] == "first"  # untouched
+    monkeypatch.setattr(cli, "_follow_and_fetch", real)
+    assert main(["resume", "second", "--out", str(out), "--quiet"]) == 1
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    assert main(["resume", "second", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert json.loads((out / "model.json").read_text())["job_id"] == "second"

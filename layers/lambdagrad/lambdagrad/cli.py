@@ -50,6 +50,7 @@ __all__ = ["main"]
 USER_ERRORS = (
     SpecError,
     DataError,
+    ModelError,
     StoreError,
     ArtifactError,
     JobFailedError,
@@ -322,6 +323,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"workers={spec.training.workers}"
             )
         status, files, cost = _follow_and_fetch(args, stack, job_id)
+    args.on_interrupt = None  # the job has ended: nothing to resume
     return _write_run(args, out, job_id, status, files, cost, started)
 
 
@@ -329,11 +331,25 @@ def _interrupt_hint(args: argparse.Namespace, job_id: str, out: Path) -> str:
     """What to do after Ctrl-C while following a job: a local job stops with this process and
     resumes from its run directory; a job on a stack goes on without us."""
     if args.stack:
+        region = f" --region {args.region}" if getattr(args, "region", None) else ""
         return (
             f"job {job_id} goes on in stack {args.stack}: "
-            f"lambdagrad status {job_id} --stack {args.stack} --follow"
+            f"lambdagrad status {job_id} --stack {args.stack}{region} --follow"
         )
-    return f"job {job_id} stopped; continue it with: lambdagrad resume {job_id} --out {out}"
+    template = f" --template {args.template}" if getattr(args, "template", None) else ""
+    return f"job {job_id} stopped; continue it with: {_resume_command(job_id, out)}{template}"
+
+
+def _resume_command(job_id: str, out: Path) -> str:
+    """``lambdagrad resume`` for a local job, with ``--overwrite`` when ``out`` holds another
+    job's model (a ``train --overwrite`` that did not finish)."""
+    command = f"lambdagrad resume {job_id} --out {out}"
+    model = out / "model.json"
+    if model.is_file():
+        with contextlib.suppress(CliError):
+            if _read_json(model).get("job_id") != job_id:
+                command += " --overwrite"
+    return command
 
 
 def _follow_and_fetch(
@@ -399,7 +415,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
         owner = _read_json(out / "model.json").get("job_id")
         if owner == args.job_id:
             raise ResumeError(f"job {args.job_id!r} already finished: its model is in {out}/")
-        raise CliError(f"{out} holds the model of job {owner!r}; choose another --out")
+        if not args.overwrite:
+            raise CliError(
+                f"{out} holds the model of job {owner!r}; pass --overwrite to replace it "
+                "(as the train that started this job asked) or choose another --out"
+            )
     started = time.monotonic()
     with open_stack(args, state_dir=state_dir) as stack:
         start = stack.resume(args.job_id)
@@ -409,6 +429,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 f"job [bold]{args.job_id}[/]: resumed from round {start['round']}"
             )
         status, files, cost = _follow_and_fetch(args, stack, args.job_id)
+    args.on_interrupt = None  # the job has ended: nothing to resume
     return _write_run(args, out, args.job_id, status, files, cost, started)
 
 
@@ -437,15 +458,29 @@ def _scoring(path: Path) -> Iterator[None]:
 
 
 def _load_run(run: str) -> TrainedModel:
-    """A run directory's model; one whose job has not finished says how to finish it."""
+    """A run directory's model; one whose job has not finished says what became of it."""
     directory = Path(run)
     jobs = directory / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
     if not (directory / "model.json").exists() and jobs.is_dir():
-        ids = sorted(p.name for p in jobs.iterdir() if p.is_dir())
-        job = ids[-1] if len(ids) == 1 else "JOB_ID"
+        ids = sorted(p.name for p in jobs.iterdir() if (p / "status.json").is_file())
+        if len(ids) != 1:
+            raise CliError(
+                f"{directory} has no model yet: its jobs ({', '.join(ids) or 'none'}) did "
+                f"not finish; `lambdagrad status JOB_ID --out {directory}` tells each one's state"
+            )
+        job, status = ids[0], {}
+        with contextlib.suppress(CliError):
+            status = _read_json(jobs / job / "status.json")
+        if status.get("state") == "FAILED":
+            raise CliError(
+                f"{directory} has no model: its job ({job}) failed: "
+                f"{status.get('error')}: {status.get('message', '')}".splitlines()[0]
+            )
+        if is_held(directory / STATE_DIRNAME):
+            raise CliError(f"{directory} has no model yet: its job ({job}) is still running")
         raise CliError(
-            f"{directory} has no model yet: its job ({', '.join(ids) or 'unknown'}) did not "
-            f"finish; continue it with: lambdagrad resume {job} --out {directory}"
+            f"{directory} has no model yet: its job ({job}) did not finish; continue it "
+            f"with: {_resume_command(job, directory)}"
         )
     return TrainedModel.load(directory)
 
@@ -604,7 +639,7 @@ def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
             "state": "STOPPED",
             "error": "Stopped",
             "message": "the process running it ended before the job did (killed or "
-            f"interrupted); continue it with: lambdagrad resume {args.job_id} --out {out}",
+            f"interrupted); continue it with: {_resume_command(args.job_id, out)}",
         }
     done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
     return status, _read_json(records / "cost.json") if done else None

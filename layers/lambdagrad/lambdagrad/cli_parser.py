@@ -411,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rout.add_argument("--quiet", action="store_true", help="no progress bar")
     rout.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    rout.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace another job's model in --out (a train --overwrite that did not finish)",
+    )
     _add_stack_flags(re_)
 
     ev = sub.add_parser(

@@ -343,20 +343,22 @@ def _column_to_float(
     return _numbers(cells, places, odd, source, lines)
 
 
+class LabelNotNumberError(DataError):
+    """A regression label cell that is not a number: perhaps the column holds classes, which
+    the caller, knowing the model, can say what to do about."""
+
+
 def _regression_labels_of(
     cells: list[str], lines: list[int], name: str, source: str, plain: bool
 ) -> np.ndarray:
-    """A regression model's label column as numbers; a text label (a class) says which
-    models take classes."""
+    """A regression label column as numbers (:class:`LabelNotNumberError` for a cell that
+    is not one)."""
     try:
         return _column_to_float(cells, lines, name, source, plain)
     except DataError as exc:
         if not str(exc).endswith("is not a number"):
             raise
-        raise DataError(
-            f"{exc}: a regression model's labels are numbers; class labels need model type "
-            "logistic, softmax or mlp"
-        ) from None
+        raise LabelNotNumberError(str(exc)) from None
 
 
 def _numbers(

@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from lambdagrad.data import DataError, Dataset, check_label_applies, load_dataset
+from lambdagrad.data import (
+    DataError,
+    Dataset,
+    LabelNotNumberError,
+    check_label_applies,
+    load_dataset,
+)
 from lambdagrad.models import Model, build_model, l1_prox, l2_penalty
 from lambdagrad.optim import (
     GradientTransformation,
@@ -234,14 +240,23 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
             data, source=source, fmt=ds.format, label=ds.label, max_features=ds.max_features
         )
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
-    return spec, load_dataset(
-        data,
-        source=source,
-        fmt=ds.format,
-        label=ds.label,
-        task=task,
-        max_features=ds.max_features,
-    )
+    try:
+        dataset = load_dataset(
+            data,
+            source=source,
+            fmt=ds.format,
+            label=ds.label,
+            task=task,
+            max_features=ds.max_features,
+        )
+    except LabelNotNumberError as exc:
+        fix = (
+            "model.task classification (--task classification)"
+            if spec.model.type == "mlp"
+            else "model type logistic, softmax or mlp (--model)"
+        )
+        raise DataError(f"{exc}; if the column holds classes, use {fix}") from None
+    return spec, dataset
 
 
 def _is_fraction(label: object) -> bool:

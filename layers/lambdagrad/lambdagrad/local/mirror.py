@@ -213,9 +213,9 @@ def is_held(directory: Path) -> bool | None:
         import fcntl
     except ImportError:
         return None
-    with open(path, "a+") as handle:
+    with open(path) as handle:  # read only: a run directory may be
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return True
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

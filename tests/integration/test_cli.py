@@ -407,20 +407,23 @@ def test_a_directory_given_as_data_is_named_as_one(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _follow_then_interrupt(args, stack, job_id):
+    """cli._follow_and_fetch as a user pressing Ctrl-C at round 3 sees it."""
+
+    def on_status(status):
+        if (status.get("round") or 0) >= 3:
+            raise KeyboardInterrupt
+
+    stack.follow(job_id, on_status=on_status)
+    raise AssertionError("the job ended before the interrupt")
+
+
 def test_ctrl_c_names_the_resume_command_and_the_unfinished_run_says_so(
     tmp_path, capsys, monkeypatch
 ):
     from lambdagrad import cli
 
-    def follow_then_interrupt(args, stack, job_id):
-        def on_status(status):
-            if (status.get("round") or 0) >= 3:
-                raise KeyboardInterrupt
-
-        stack.follow(job_id, on_status=on_status)
-        raise AssertionError("the job ended before the interrupt")
-
-    monkeypatch.setattr(cli, "_follow_and_fetch", follow_then_interrupt)
+    monkeypatch.setattr(cli, "_follow_and_fetch", _follow_then_interrupt)
     out = tmp_path / "run"
     flags = ["--label", "price", "--job-id", "ctrl-c", "--batch-size", "64", "--epochs", "3"]
     assert main(train_args(HOUSES, out, *flags)) == 130
@@ -522,15 +525,7 @@ def test_an_interrupted_overwrite_resumes_with_overwrite(tmp_path, capsys, monke
     assert main(train_args(HOUSES, out, *flags, "--job-id", "first")) == 0
     real = cli._follow_and_fetch
 
-    def follow_then_interrupt(args, stack, job_id):
-        def on_status(status):
-            if (status.get("round") or 0) >= 3:
-                raise KeyboardInterrupt
-
-        stack.follow(job_id, on_status=on_status)
-        raise AssertionError("the job ended before the interrupt")
-
-    monkeypatch.setattr(cli, "_follow_and_fetch", follow_then_interrupt)
+    monkeypatch.setattr(cli, "_follow_and_fetch", _follow_then_interrupt)
     assert main(train_args(HOUSES, out, *flags, "--job-id", "second", "--overwrite")) == 130
     resume = f"lambdagrad resume second --out {out} --overwrite"
     assert f"continue it with: {resume}" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from lambdagrad.steps import check_sizes
 from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
-from lambdagrad.training import model_for, read_training_data
+from lambdagrad.training import model_for_data, read_training_data
 
 __all__ = ["main"]
 
@@ -242,9 +242,8 @@ def _prepare_data(args: argparse.Namespace, spec: JobSpec) -> Any:
     — and so does a model its labels do not fit (logistic regression on three classes)."""
     path = Path(args.data)
     spec, dataset = read_training_data(path.read_bytes(), source=path.name, spec=spec)
-    n_classes = 1 if spec.model.task == "regression" else len(dataset.classes or [])
     try:
-        model_for(spec, dataset.X.shape[1], n_classes)
+        model_for_data(spec, dataset)
     except ModelError as exc:
         raise CliError(f"{path.name}: {exc}") from None
     return dataset
@@ -331,12 +330,12 @@ def _interrupt_hint(args: argparse.Namespace, job_id: str, out: Path) -> str:
     """What to do after Ctrl-C while following a job: a local job stops with this process and
     resumes from its run directory; a job on a stack goes on without us."""
     if args.stack:
-        region = f" --region {args.region}" if getattr(args, "region", None) else ""
+        region = f" --region {args.region}" if args.region else ""
         return (
             f"job {job_id} goes on in stack {args.stack}: "
             f"lambdagrad status {job_id} --stack {args.stack}{region} --follow"
         )
-    template = f" --template {args.template}" if getattr(args, "template", None) else ""
+    template = f" --template {args.template}" if args.template else ""
     return f"job {job_id} stopped; continue it with: {_resume_command(job_id, out)}{template}"
 
 
@@ -460,7 +459,7 @@ def _scoring(path: Path) -> Iterator[None]:
 def _load_run(run: str) -> TrainedModel:
     """A run directory's model; one whose job has not finished says what became of it."""
     directory = Path(run)
-    jobs = directory / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
+    jobs = _local_jobs(directory)
     if not (directory / "model.json").exists() and jobs.is_dir():
         ids = sorted(p.name for p in jobs.iterdir() if (p / "status.json").is_file())
         if len(ids) != 1:
@@ -468,15 +467,15 @@ def _load_run(run: str) -> TrainedModel:
                 f"{directory} has no model yet: its jobs ({', '.join(ids) or 'none'}) did "
                 f"not finish; `lambdagrad status JOB_ID --out {directory}` tells each one's state"
             )
-        job, status = ids[0], {}
+        job, status, held = ids[0], {}, None
         with contextlib.suppress(CliError):
-            status = _read_json(jobs / job / "status.json")
+            status, held = _recorded_status(directory, job)
         if status.get("state") == "FAILED":
             raise CliError(
                 f"{directory} has no model: its job ({job}) failed: "
                 f"{status.get('error')}: {status.get('message', '')}".splitlines()[0]
             )
-        if is_held(directory / STATE_DIRNAME):
+        if held:
             raise CliError(f"{directory} has no model yet: its job ({job}) is still running")
         raise CliError(
             f"{directory} has no model yet: its job ({job}) did not finish; continue it "
@@ -620,27 +619,43 @@ def _read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _local_jobs(out: Path) -> Path:
+    """The folder of a run directory's mirrored bucket that holds its jobs' records."""
+    return out / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
+
+
+def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | None]:
+    """A local job's ``status.json``, and whether a process holds the run directory (asked
+    only of a RUNNING job; None: cannot be told). The engine ends with the process that ran
+    it, so a RUNNING job that nobody holds is reported STOPPED, with the resume command."""
+    status = _read_json(_local_jobs(out) / job_id / "status.json")
+    if status.get("state") != "RUNNING":
+        return status, None
+    held = is_held(out / STATE_DIRNAME)
+    if held is False:
+        status = {
+            **status,
+            "state": "STOPPED",
+            "error": "Stopped",
+            "message": "the process running it ended before the job did (killed or "
+            f"interrupted); continue it with: {_resume_command(job_id, out)}",
+        }
+    return status, held
+
+
 def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A local job's status and cost, from the records its run directory mirrors (``state/``):
     the embedded engine lives only as long as the command that ran the job."""
     if args.follow:
         raise CliError("--follow needs --stack: a local job shows its progress where it runs")
     out = Path(args.out) if args.out else Path("runs") / args.job_id
-    records = out / STATE_DIRNAME / DATA_BUCKET_ID / "jobs" / args.job_id
+    records = _local_jobs(out) / args.job_id
     if not (records / "status.json").is_file():
         raise CliError(
             f"no local records of job {args.job_id} in {records}/: give the --out it was "
             "trained with, or --stack NAME for a job on a deployed stack"
         )
-    status = _read_json(records / "status.json")
-    if status.get("state") == "RUNNING" and is_held(out / STATE_DIRNAME) is False:
-        status = {
-            **status,
-            "state": "STOPPED",
-            "error": "Stopped",
-            "message": "the process running it ended before the job did (killed or "
-            f"interrupted); continue it with: {_resume_command(args.job_id, out)}",
-        }
+    status, _ = _recorded_status(out, args.job_id)
     done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
     return status, _read_json(records / "cost.json") if done else None
 

@@ -343,7 +343,11 @@ def _column_to_float(
     return _numbers(cells, places, odd, source, lines)
 
 
-class LabelNotNumberError(DataError):
+class NotANumberError(DataError):
+    """A cell that should hold a number holds text."""
+
+
+class LabelNotNumberError(NotANumberError):
     """A regression label cell that is not a number: perhaps the column holds classes, which
     the caller, knowing the model, can say what to do about."""
 
@@ -355,9 +359,7 @@ def _regression_labels_of(
     is not one)."""
     try:
         return _column_to_float(cells, lines, name, source, plain)
-    except DataError as exc:
-        if not str(exc).endswith("is not a number"):
-            raise
+    except NotANumberError as exc:
         raise LabelNotNumberError(str(exc)) from None
 
 
@@ -403,7 +405,7 @@ def _check_cell(cell: str, source: str, line: int, name: str) -> float:
             raise ValueError(s)
         value = float(s)
     except ValueError:
-        raise DataError(f"{where}: {s!r} is not a number") from None
+        raise NotANumberError(f"{where}: {s!r} is not a number") from None
     if not math.isfinite(value):
         raise DataError(f"{where}: {s!r} is not a finite number")
     return value

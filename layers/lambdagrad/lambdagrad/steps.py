@@ -47,6 +47,7 @@ from lambdagrad.training import (
     initial_params,
     initial_progress,
     model_for,
+    model_for_data,
     optimizer_for,
     read_training_data,
     reduce_round,
@@ -275,8 +276,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         del X_shard
     store.put_arrays(keys.validation, {"X": X_val, "y": y_val})
 
-    n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
-    model = model_for(spec, data.X.shape[1], n_classes)
+    model = model_for_data(spec, data)
     rounds = total_rounds(spec, len(y_train))
     params = initial_params(model, spec.training.seed)
     store.put_array(keys.params(0), params)
@@ -287,7 +287,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "n_train": len(y_train),
         "n_validation": len(y_val),
         "n_features": int(data.X.shape[1]),
-        "n_classes": n_classes,
+        "n_classes": model.n_classes,
         "feature_names": data.feature_names,
         "classes": data.classes,
         "standardizer": scaler.to_json(),

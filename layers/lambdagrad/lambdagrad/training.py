@@ -189,6 +189,13 @@ def model_for(spec: JobSpec, n_features: int, n_classes: int) -> Model:
     return build_model(spec.model.type, n_features, n_classes)
 
 
+def model_for_data(spec: JobSpec, data: Dataset) -> Model:
+    """The model a spec describes for a dataset it read (:func:`read_training_data`): a
+    ``ModelError`` when the labels do not fit it (logistic regression on three classes)."""
+    n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
+    return model_for(spec, data.X.shape[1], n_classes)
+
+
 MAX_AUTO_CLASSES = 20
 
 

@@ -343,11 +343,7 @@ def _column_to_float(
     return _numbers(cells, places, odd, source, lines)
 
 
-class NotANumberError(DataError):
-    """A cell that should hold a number holds text."""
-
-
-class LabelNotNumberError(NotANumberError):
+class LabelNotNumberError(DataError):
     """A regression label cell that is not a number: perhaps the column holds classes, which
     the caller, knowing the model, can say what to do about."""
 
@@ -359,7 +355,9 @@ def _regression_labels_of(
     is not one)."""
     try:
         return _column_to_float(cells, lines, name, source, plain)
-    except NotANumberError as exc:
+    except DataError as exc:
+        if not str(exc).endswith("is not a number"):
+            raise
         raise LabelNotNumberError(str(exc)) from None
 
 
@@ -405,7 +403,7 @@ def _check_cell(cell: str, source: str, line: int, name: str) -> float:
             raise ValueError(s)
         value = float(s)
     except ValueError:
-        raise NotANumberError(f"{where}: {s!r} is not a number") from None
+        raise DataError(f"{where}: {s!r} is not a number") from None
     if not math.isfinite(value):
         raise DataError(f"{where}: {s!r} is not a finite number")
     return value

@@ -123,6 +123,16 @@ static void check(int64_t n, int64_t d, int64_t C) {
             compare(what, &out, &want, 1, tol);
             compare("  gradient W", G, Gr, d * C, tol);
             compare("  gradient b", gb, gbr, C, tol);
+            const int64_t kept = y[n - 1];
+            for (int bad = 0; bad < 2; bad++) { /* a class outside [0, C) in the last row */
+                y[n - 1] = bad ? C : -1;
+                out = pass == 0 ? lg_softmax_f64(X, n, d, y, W, b, C, G, gb, wk)
+                                : lg_softmax_f32(Xf, n, d, y, Wf, bf, C, G, gb, wk);
+                printf("  class %-28ld %s\n", (long)y[n - 1],
+                       out == -2.0 ? "refused" : "  FAILED (not refused)");
+                failed |= out != -2.0;
+            }
+            y[n - 1] = kept;
         }
         for (int logistic = 0; logistic < 2; logistic++) {
             double gbs = 0, gbsr = 0;

@@ -142,6 +142,29 @@ def test_softmax_takes_the_native_kernel_from_one_vector_of_features(monkeypatch
     assert calls == [(50, 8)]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [-1, 5, 2**63 - 1])
+def test_softmax_kernel_checks_the_class_labels_itself(kernel_path, dtype, bad, monkeypatch):
+    # The C kernel checks the labels as it reads each block's, so the model skips its own
+    # pass over them; a bad one in a late block still fails the call with the model's error.
+    calls = []
+    if kernel_path == "native":
+        real = native.Kernels.softmax
+        monkeypatch.setattr(
+            native.Kernels, "softmax", lambda self, *a: calls.append(1) or real(self, *a)
+        )
+    rng = np.random.default_rng(5)
+    model = build_model("softmax", 8, 5)
+    X = rng.standard_normal((1200, 8)).astype(dtype)  # blocks of at most 512 rows
+    y = rng.integers(0, 5, 1200)
+    params = rng.standard_normal(model.n_params)
+    assert np.isfinite(model.loss_and_grad(params, X, y)[0])
+    y[1100] = bad
+    with pytest.raises(models.ModelError, match=r"y must hold class indices in \[0, 5\)"):
+        model.loss_and_grad(params, X, y)
+    assert len(calls) == (2 if kernel_path == "native" else 0)
+
+
 def test_aligned_arrays_load_like_np_load(tmp_path):
     for shape, dtype in [((1000, 7), np.float32), ((3,), np.int64), ((1, 4), np.float64)]:
         a = native.aligned_empty(shape, dtype)

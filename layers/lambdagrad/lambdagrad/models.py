@@ -76,21 +76,21 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return sum(int(np.prod(shape)) for _, shape, _ in self.blocks)
+        return sum(math.prod(shape) for _, shape, _ in self.blocks)
 
     def views(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Reshaped views (no copies) of ``params``, block by block, in order."""
         out: dict[str, np.ndarray] = {}
         start = 0
         for name, shape, _ in self.blocks:
-            stop = start + int(np.prod(shape))
+            stop = start + math.prod(shape)
             out[name] = params[start:stop].reshape(shape)
             start = stop
         return out
 
     def weight_mask(self) -> np.ndarray:
         return np.concatenate(
-            [np.full(int(np.prod(shape)), is_w, dtype=bool) for _, shape, is_w in self.blocks]
+            [np.full(math.prod(shape), is_w, dtype=bool) for _, shape, is_w in self.blocks]
         )
 
     def describe(self) -> list[dict]:
@@ -149,7 +149,7 @@ class Model(abc.ABC):
             raise ModelError(f"X has {X.shape[0]} rows but y has {len(y)}")
         if X.shape[0] == 0:
             return 0.0, np.zeros(self.n_params, dtype=np.float64)
-        y = self._check_y(np.asarray(y))
+        y = self._check_y(np.asarray(y), bounds=not self._kernel_checks_labels(X))
         loss, grad = self._loss_and_grad(self.layout.views(params), X, y)
         return float(loss), grad
 
@@ -182,17 +182,27 @@ class Model(abc.ABC):
             raise ModelError(f"expected X of shape (n, {self.n_features}), got {X.shape}")
         return params, X
 
-    def _check_y(self, y: np.ndarray) -> np.ndarray:
-        """float64 targets for regression; int64 indices in ``[0, n_classes)`` otherwise."""
+    def _check_y(self, y: np.ndarray, bounds: bool = True) -> np.ndarray:
+        """float64 targets for regression; int64 indices (in ``[0, n_classes)`` unless
+        ``bounds`` is False: the kernel checks them) otherwise."""
         if y.ndim != 1:
             raise ModelError(f"y must be 1-D, got shape {y.shape}")
         if self.task == "regression":
             return y if y.dtype in _COMPUTE_DTYPES else y.astype(np.float64)
         idx = y.astype(np.int64, copy=False)
-        # int64 labels (the shard cache's) are their own indices: no compare pass
-        if (idx is not y and np.any(idx != y)) or idx.min() < 0 or idx.max() >= self.n_classes:
+        # int64 labels (the shard cache's) are their own indices: no compare pass; as
+        # unsigned, a negative index is above every class, so one max checks both bounds
+        if (idx is not y and np.any(idx != y)) or (
+            bounds and idx.view(np.uint64).max() >= self.n_classes
+        ):
             raise ModelError(f"y must hold class indices in [0, {self.n_classes})")
         return idx
+
+    def _kernel_checks_labels(self, X: np.ndarray) -> bool:
+        """Whether the kernel that takes ``X`` checks the class labels as it reads them, so
+        :meth:`_check_y` need not read them too (a pass over ``y`` from memory)."""
+        del X
+        return False
 
     @abc.abstractmethod
     def _scores(self, p: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
@@ -313,14 +323,28 @@ class SoftmaxRegression(Model):
     def _scores(self, p, X):
         return X @ p["W"].astype(X.dtype, copy=False) + p["b"].astype(X.dtype, copy=False)
 
+    def _native_kernels(self, X: np.ndarray) -> native.Kernels | None:
+        """The C kernels when they take ``X`` (rows of at least a vector of features)."""
+        kernels = _native_for(X)
+        if kernels is None or not kernels.softmax_fits(X.shape[1], X.dtype):
+            return None
+        return kernels
+
+    def _kernel_checks_labels(self, X):
+        return self._native_kernels(X) is not None
+
     def _loss_and_grad(self, p, X, y):
         n, d = X.shape
         C = self.n_classes
         dt = X.dtype
-        kernels = _native_for(X)
-        if kernels is not None and kernels.softmax_fits(d, dt):
-            loss, gW, gb = kernels.softmax(X, np.ascontiguousarray(y, np.int64), p["W"], p["b"])
-            return loss / n, np.concatenate([gW.ravel(), gb]) / n
+        kernels = self._native_kernels(X)
+        if kernels is not None:
+            try:
+                loss, grad = kernels.softmax(X, np.ascontiguousarray(y), p["W"], p["b"])
+            except native.LabelError as exc:
+                raise ModelError(str(exc)) from None
+            grad /= n
+            return loss / n, grad
         # Scores are kept transposed, (C, rows): the per-row reductions of the softmax
         # then run across C contiguous rows of length ``rows`` (vectorised), not along
         # rows of length C.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KERNELS", "STATUS", "Kernels", "aligned_empty", "load"]
+__all__ = ["KERNELS", "STATUS", "Kernels", "LabelError", "aligned_empty", "load"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -28,6 +28,10 @@ _I = ctypes.c_int64
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
+
+
+class LabelError(ValueError):
+    """A class label outside ``[0, C)``, found by the softmax kernel."""
 
 
 @dataclass(frozen=True)
@@ -44,22 +48,29 @@ class Kernels:
 
     def softmax(
         self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray
-    ) -> tuple[float, np.ndarray, np.ndarray]:
-        """Sums over the rows of ``(X, y)`` (C-contiguous float32/float64, int64 classes) of
-        the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b`` (C), given
-        in any float dtype (cast to the dtype of ``X``)."""
+    ) -> tuple[float, np.ndarray]:
+        """Sums over the rows of ``(X, y)`` (C-contiguous float32/float64, C-contiguous int64
+        classes) of the softmax cross-entropy and of its gradient for ``W`` (d x C) and ``b``
+        (C), given in any float dtype (cast to the dtype of ``X``). The gradient comes flat,
+        ``W``'s row-major then ``b``'s: the softmax model's parameter layout.
+
+        The kernel checks the classes as it reads them (no pass of the caller's over ``y``):
+        :class:`LabelError` if one is outside ``[0, C)``."""
         dt = X.dtype
         n, d = X.shape
         C = W.shape[1]
         W = np.ascontiguousarray(W, dt)
         b = np.ascontiguousarray(b, dt)
-        G, gb = np.zeros((d, C)), np.zeros(C)
+        grad = np.zeros(d * C + C)
         work = np.empty(self.lib.lg_softmax_work(d, C), dt)
         fn = self.lib.lg_softmax_f64 if dt == np.float64 else self.lib.lg_softmax_f32
-        loss = fn(_ptr(X), n, d, _ptr(y), _ptr(W), _ptr(b), C, _ptr(G), _ptr(gb), _ptr(work))
+        G, gb = _ptr(grad), _ptr(grad) + d * C * grad.itemsize
+        loss = fn(_ptr(X), n, d, _ptr(y), _ptr(W), _ptr(b), C, G, gb, _ptr(work))
+        if loss == -2.0:
+            raise LabelError(f"y must hold class indices in [0, {C})")
         if loss < 0:  # kernels.c refuses rows narrower than a vector
             raise ValueError(f"{d} features are fewer than a vector of the native softmax")
-        return loss, G, gb
+        return loss, grad
 
     def affine(
         self, X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, logistic: bool

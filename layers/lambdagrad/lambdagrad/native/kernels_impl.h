@@ -449,10 +449,19 @@ static int64_t CAT(softmax_block_rows_, SUFFIX)(int64_t d) {
     return rows < LANES ? LANES : (rows > BLOCK ? BLOCK : rows);
 }
 
+/* Whether the m classes at y are all in [0, C): checked here, as a block's labels are read,
+ * rather than by the caller in a pass of its own over them. */
+static int CAT(sm_labels_ok_, SUFFIX)(const int64_t *y, int64_t m, int64_t C) {
+    uint64_t top = 0; /* as unsigned, a negative class is above every class */
+    for (int64_t i = 0; i < m; i++) top = (uint64_t)y[i] > top ? (uint64_t)y[i] : top;
+    return top < (uint64_t)C;
+}
+
 /* Sum over rows of the softmax cross-entropy of X (n x d, d >= LANES) with classes y, W
  * (d x C) and b (C), and, added into G64 (d x C) and gb64 (C), the sums of x_i (p_i -
  * onehot(y_i)) and of p_i - onehot(y_i). work holds lg_softmax_work(d, C) REALs. Returns
- * the loss sum, or -1 if d < LANES (fewer features than one vector). Block by block: the
+ * the loss sum, or -1 if d < LANES (fewer features than one vector), or -2 if a class in y
+ * is outside [0, C) (G64 and gb64 then hold partial sums). Block by block: the
  * scores and D of the block's rows, then its gradient, read again from L2 and summed in Gt
  * (float64: over all rows; float32: over a block, then added to double sums Gd).
  *
@@ -499,6 +508,7 @@ double CAT(lg_softmax_, SUFFIX)(const REAL *X, int64_t n, int64_t d, const int64
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t m = lo + block < n ? block : n - lo;
         const REAL *Xb = X + lo * d;
+        if (!CAT(sm_labels_ok_, SUFFIX)(y + lo, m, C)) return -2.0;
         for (int64_t c0 = 0; c0 < Cs; c0 += chunk) {
             const int nc = (int)(Cs - c0 < chunk ? Cs - c0 : chunk);
             CAT(sm_scores_chunk_, SUFFIX)(Xb, m, d, nk, Wt + c0 * ws, nc, S + c0, cp, c0 == 0,

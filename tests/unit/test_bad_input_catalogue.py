@@ -26,7 +26,7 @@ from lambdagrad.registry import RegistryError, validate_name
 from lambdagrad.serving import ModelCache, PredictError, parse_request, predict
 from lambdagrad.spec import MAX_SPEC_BYTES, SpecError, parse_spec
 from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError, parse_s3_uri
-from lambdagrad.tabular import read_features
+from lambdagrad.tabular import read_features, read_labelled
 from lambdagrad.training import infer_task
 from lambdagrad.uploads import unsafe_upload_key
 
@@ -328,6 +328,15 @@ SCORED: list[Row] = [
      lambda: read_features(npy_bytes(np.ones((2, 5))), source="new.npy", fmt=None,
                            trained=TRAINED_ON_CSV), DataError,
      ["new.npy: 5 columns, one more than the model's 4 features", "label 'price'"]),
+    ("scored-csv-label-unknown-two-others",  # trained with the default label: no name
+     lambda: read_labelled(b"sqft,bedrooms,age,distance_km,price,id\n1,2,3,4,5,6\n",
+                           source="new.csv", fmt=None, label=None, trained=TRAINED), DataError,
+     ["new.csv: which column is the label? 'price', 'id' are not the model's features",
+      "--label"]),
+    ("scored-csv-label-unknown-none-other",
+     lambda: read_labelled(b"sqft,bedrooms,age,distance_km\n1,2,3,4\n", source="new.csv",
+                           fmt=None, label=None, trained=TRAINED), DataError,
+     ["new.csv: no label column: every column is one of the model's features"]),
 ]
 
 PREDICT: list[Row] = [

@@ -57,6 +57,27 @@ def test_npy_with_the_label_column_drops_it_only_where_it_is_known():
         read_features(_npy(X), source="x.npy", fmt=None, trained=_linear("y"))
 
 
+def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_column():
+    # trained with the default label (the last column, name not recorded): in a new file
+    # the label is the column that is not a feature, wherever it stands
+    trained = _linear(None)
+    for data in (b"a,b,price\n1,2,30\n", b"price,b,a\n30,2,1\n"):
+        X, y = read_labelled(data, source="new.csv", fmt=None, label=None, trained=trained)
+        np.testing.assert_array_equal(X, [[1, 2]])
+        np.testing.assert_array_equal(y, [30.0])
+    # an id column after it: not "the last column", which would score against the ids
+    with pytest.raises(DataError, match=r"new.csv: which column is the label\? 'price', 'id'"):
+        read_labelled(
+            b"a,b,price,id\n1,2,30,1\n", source="new.csv", fmt=None, label=None, trained=trained
+        )
+    with pytest.raises(DataError, match=r"new.csv: no label column: every column is one of"):
+        read_labelled(b"b,a\n2,1\n", source="new.csv", fmt=None, label=None, trained=trained)
+    X, y = read_labelled(  # a name given picks it among the others
+        b"a,b,price,id\n1,2,30,1\n", source="new.csv", fmt=None, label="price", trained=trained
+    )
+    np.testing.assert_array_equal(y, [30.0])
+
+
 def test_labels_match_the_model_classes_as_text():
     # the model's classes are strings; a file holding only "1" and "2" reads them as ints
     model = build_model("softmax", 1, 3)

@@ -196,6 +196,22 @@ def _check_feature_count(d: int, source: str, max_features: int) -> None:
 # --------------------------------------------------------------------------- csv
 
 
+def _label_beside(names: list[str], wanted: Sequence[str], source: str) -> int:
+    """The label column of a file read for a model that knows its feature columns but not
+    its label's name: the one column that is not a feature (not "the last one": a file may
+    hold an id column after it, or the label first)."""
+    others = [i for i, name in enumerate(names) if name not in wanted]
+    if len(others) == 1:
+        return others[0]
+    if not others:
+        raise DataError(f"{source}: no label column: every column is one of the model's features")
+    listed = ", ".join(repr(names[i]) for i in others)
+    raise DataError(
+        f"{source}: which column is the label? {listed} are not the model's features "
+        "(name the label column: --label)"
+    )
+
+
 def _read_csv(
     data: bytes,
     source: str,
@@ -222,6 +238,8 @@ def _read_csv(
     if task == "features":
         # every column is a feature, except the label column when the file still has it
         li = names.index(label) if label in names else len(names)
+    elif label is None and wanted is not None:
+        li = _label_beside(names, wanted, source)
     elif label is None:
         li = len(names) - 1
     elif label in names:

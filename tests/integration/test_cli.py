@@ -535,3 +535,15 @@ def test_an_interrupted_overwrite_resumes_with_overwrite(tmp_path, capsys, monke
     assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert main(["resume", "second", "--out", str(out), "--quiet", "--overwrite"]) == 0
     assert json.loads((out / "model.json").read_text())["job_id"] == "second"
+
+
+def test_a_data_file_named_with_spaces_and_accents_trains(tmp_path, capsys):
+    # its name makes the default job id and the dataset's key: ASCII only, no spaces
+    data = tmp_path / "données (1).csv"
+    data.write_bytes(HOUSES.read_bytes())
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--label", "price", "--rounds", "2", "--json")) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+    assert job_id.startswith("donn-es--1-20") and job_id.isascii()
+    keys = [p.name for p in (out / "state" / "DataBucket" / "datasets").rglob("*.csv")]
+    assert keys == ["donn-es--1-.csv"]

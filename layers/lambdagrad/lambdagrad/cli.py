@@ -31,7 +31,7 @@ from lambdagrad.artifact import (
     write_directory_atomically,
 )
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
-from lambdagrad.client import JobFailedError, StackClient, StackError
+from lambdagrad.client import JobFailedError, StackClient, StackError, dataset_key_name
 from lambdagrad.cost import CostError
 from lambdagrad.data import DataError, check_label_applies, train_validation_split
 from lambdagrad.local.mirror import is_held
@@ -69,7 +69,7 @@ USER_ERRORS = (
 
 # ---- job ids --------------------------------------------------------------------------
 def _default_job_id(data: str) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(data).stem)[:24].strip("-_")
+    stem = dataset_key_name(Path(data).stem).replace(".", "-")[:24].strip("-_")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stem or 'job'}-{stamp}-{secrets.token_hex(2)}"
 
@@ -255,7 +255,7 @@ def _placeholder_uri(data: str) -> str:
         raise CliError(f"{data} is a directory: give a data file (.csv, .npy or .npz)")
     if not Path(data).is_file():
         raise CliError(f"{data}: no such file")
-    return "s3://placeholder-bucket/" + Path(data).name
+    return "s3://placeholder-bucket/" + dataset_key_name(data)
 
 
 def _spec_for(args: argparse.Namespace) -> tuple[bool, JobSpec]:

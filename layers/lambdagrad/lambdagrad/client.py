@@ -27,6 +27,14 @@ TERMINAL_STATES = {"SUCCEEDED", "FAILED"}
 _EXECUTION_DONE = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
+def dataset_key_name(path: str | Path) -> str:
+    """A local file's name as the last part of its dataset key: ASCII letters, digits and
+    ``._-`` kept, anything else (spaces, accents, ``#``) a ``-``, so that ``houses (1).csv``
+    makes a key every s3:// URI check and S3 event takes as written."""
+    name = Path(path).name
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in name)
+
+
 class StackError(RuntimeError):
     """The stack cannot be found or lacks an expected output."""
 
@@ -119,7 +127,7 @@ class StackClient:
 
         with Path(path).open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-        key = f"datasets/{digest}/{Path(path).name}"
+        key = f"datasets/{digest}/{dataset_key_name(path)}"
         if not self.store.exists(key):
             if self.put_file is not None:
                 self.put_file(Path(path), self.bucket, key)

@@ -115,6 +115,15 @@ def test_infer_task_reports_a_bad_cell_in_a_numeric_label():
     data = b"x,price\n1,0.25\n2,0.5\n3,NA\n4,1.75\n"
     with pytest.raises(DataError, match=r"d.csv line 4, column 'price': 'NA'"):
         infer_task(data, source="d.csv", fmt=None, label="price")
+    # whole numbers too, when there are more of them than an auto task takes for classes
+    rows = [f"{i},{1000 * (i + 1)}" for i in range(25)]
+    rows[3] = "3,NA"
+    data = ("x,price\n" + "\n".join(rows) + "\n").encode()
+    with pytest.raises(DataError, match=r"d.csv line 5, column 'price': 'NA'"):
+        infer_task(data, source="d.csv", fmt=None, label="price")
+    # and a few whole numbers with a word among them stay classes ("3+")
+    data = b"x,rooms\n1,1\n2,2\n3,3+\n"
+    assert infer_task(data, source="d.csv", fmt=None, label="rooms") == "classification"
 
 
 @pytest.mark.parametrize(

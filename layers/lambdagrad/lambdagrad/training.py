@@ -210,8 +210,9 @@ def infer_task(
     """Regression or classification for an mlp with ``task: auto``, from the labels.
 
     Labels that are not numbers, or whole numbers with at most 20 distinct values, make a
-    classification; any other numbers a regression. Fractional numbers among cells that are
-    not numbers are a regression label with bad cells: the error names the first.
+    classification; any other numbers a regression. Fractional numbers, or more than 20
+    distinct whole ones, among cells that are not numbers are a regression label with bad
+    cells ("NA" in a column of prices): the error names the first.
     """
     try:
         ds = load_dataset(
@@ -228,7 +229,8 @@ def infer_task(
             min_classes=1,
             max_features=max_features,
         )
-        if any(_is_fraction(c) for c in labels.classes or []):
+        numbers = [c for c in labels.classes or [] if _is_number(c)]
+        if any(_is_fraction(c) for c in numbers) or len(numbers) > MAX_AUTO_CLASSES:
             raise not_numeric from None
         return "classification"
     y = ds.y
@@ -266,13 +268,17 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
     return spec, dataset
 
 
-def _is_fraction(label: object) -> bool:
-    """Whether a class label reads as a finite number with a fractional part ("0.25")."""
+def _is_number(label: object) -> bool:
+    """Whether a class label reads as a finite number ("3", "0.25")."""
     try:
-        value = float(str(label))
+        return math.isfinite(float(str(label)))
     except ValueError:
         return False
-    return math.isfinite(value) and not value.is_integer()
+
+
+def _is_fraction(label: object) -> bool:
+    """Whether a class label reads as a number with a fractional part ("0.25")."""
+    return _is_number(label) and not float(str(label)).is_integer()
 
 
 INIT_TAG = 0x1A17  # keys the initialisation stream apart from split and sampling

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,15 @@ def test_predict_checks_features(tmp_path, capsys):
     assert main(["predict", str(out), str(reordered), "--out", str(same)]) == 1
     assert "is the data file: the predictions would replace it" in capsys.readouterr().err
     assert reordered.read_text().startswith("distance_km,age")
+    # labels near the float64 limit: an mse of inf, printed as JSON null, and no warning
+    huge = tmp_path / "huge.csv"
+    huge.write_text(
+        "sqft,bedrooms,age,distance_km,price\n1500,2,3,1.4,1e308\n1500,2,3,1.4,-1e308\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["evaluate", str(out), str(huge), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"mse": None, "rmse": None, "r2": None, "rows": 2}
 
 
 def test_deep_model_flags_reach_the_spec_and_predict_rebuilds_the_model(tmp_path, capsys):

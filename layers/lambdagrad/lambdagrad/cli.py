@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -494,8 +495,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     with _scoring(path):
         metrics = trained.evaluate(X, y)
-    if args.json:
-        print(json.dumps(metrics))
+    if args.json:  # inf and nan are not JSON: null
+        finite = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in metrics.items()
+        }
+        print(json.dumps(finite, allow_nan=False))
     else:
         for name, value in metrics.items():
             print(

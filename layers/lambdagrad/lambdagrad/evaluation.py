@@ -8,11 +8,13 @@ __all__ = ["classification_metrics", "regression_metrics"]
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """``mse``, ``rmse`` and ``r2`` (r2 is 0 for a constant target predicted exactly)."""
-    resid = np.asarray(y_true, float) - np.asarray(y_pred, float)
-    mse = float(np.mean(resid**2)) if resid.size else float("nan")
-    var = float(np.var(y_true)) if resid.size else float("nan")
-    r2 = 1.0 - mse / var if var > 0 else 0.0
+    """``mse``, ``rmse`` and ``r2`` (r2 is 0 for a constant target predicted exactly); labels
+    near the float64 limit (1e308) give an mse of inf, without numpy's overflow warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        resid = np.asarray(y_true, float) - np.asarray(y_pred, float)
+        mse = float(np.mean(resid**2)) if resid.size else float("nan")
+        var = float(np.var(y_true)) if resid.size else float("nan")
+        r2 = 1.0 - mse / var if var > 0 else 0.0
     return {"mse": mse, "rmse": float(np.sqrt(mse)), "r2": float(r2), "rows": int(resid.size)}
 
 

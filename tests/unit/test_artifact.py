@@ -124,6 +124,13 @@ JSON_CASES = [
     ("names-numbers", _set("feature_names", [1, 2, 3, 4]), ["feature_names", "text"]),
     ("names-twice", _set("feature_names", ["a", "b", "a", "c"]), ["feature_names", "'a'"]),
     ("classes-regression", _set("classes", ["x"]), ["model.json", "classes", "regression"]),
+    ("spec-str", _set("spec", "x"), ["model.json", "'spec' must be an object", "'dataset'"]),
+    ("spec-dataset-null", _set("spec", {"dataset": None}), ["model.json", "'spec' must be"]),
+    (
+        "spec-label-number",
+        _set("spec", {"dataset": {"label": 5}}),
+        ["model.json", "'spec.dataset.label' must be a column name or null, got 5"],
+    ),
 ]
 
 CLASSIFIER_CASES = [

@@ -173,6 +173,21 @@ def _feature_names(doc: dict[str, Any], model: Model, place: _Place) -> list[str
     return list(names)
 
 
+def _training_label(doc: dict[str, Any], place: _Place) -> str | None:
+    """The label column named in training (``spec.dataset.label``), None for the default
+    (the last column): what evaluate scores against and what predict drops from an array."""
+    spec = doc.get("spec", {})
+    dataset = spec.get("dataset", {}) if isinstance(spec, dict) else None
+    if not isinstance(dataset, dict):
+        raise ArtifactError(f"{place.json}: 'spec' must be an object holding a 'dataset' object")
+    label = dataset.get("label")
+    if label is not None and not isinstance(label, str):
+        raise ArtifactError(
+            f"{place.json}: 'spec.dataset.label' must be a column name or null, got {label!r}"
+        )
+    return label
+
+
 def _classes(doc: dict[str, Any], model: Model, place: _Place) -> list[Any] | None:
     classes = doc.get("classes")
     if classes is None:
@@ -254,6 +269,11 @@ class TrainedModel:
     classes: list[Any] | None
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str | None:
+        """The label column named in training; None: the default (the last column)."""
+        return _training_label(self.info, _Place())
+
     # ---- serialisation ---------------------------------------------------
     def to_documents(self) -> tuple[bytes, dict[str, Any]]:
         """The bytes of model.npz and the dict of model.json (which records their digest)."""
@@ -303,6 +323,7 @@ class TrainedModel:
         feature_names = _feature_names(doc, model, place)
         standardizer = _standardizer(doc, model, place)
         classes = _classes(doc, model, place)
+        _training_label(doc, place)
         _check_digest(npz_bytes, doc, place)
         return cls(
             model=model,

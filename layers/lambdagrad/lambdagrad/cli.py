@@ -487,7 +487,7 @@ def _load_run(run: str) -> TrainedModel:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = _load_run(args.run)
-    label = args.label or trained.info.get("spec", {}).get("dataset", {}).get("label")
+    label = args.label or trained.label
     path = Path(args.data)
     check_label_applies(path.name, args.format, args.label, "--label")
     X, y = read_labelled(

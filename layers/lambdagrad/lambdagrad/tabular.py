@@ -43,7 +43,7 @@ def read_features(
     more when the training label column is still in it (dropped) and its position is known.
     ``.npz``: the ``X`` array.
     """
-    label = (trained.info.get("spec") or {}).get("dataset", {}).get("label")
+    label = trained.label
     columns = _model_columns(trained, source, fmt)
     ds = load_dataset(data, source=source, fmt=fmt, label=None, task="features", features=columns)
     if columns is not None:

@@ -562,3 +562,15 @@ def test_a_data_file_named_with_spaces_and_accents_trains(tmp_path, capsys):
     assert job_id.startswith("donn-es--1-20") and job_id.isascii()
     keys = [p.name for p in (out / "state" / "DataBucket" / "datasets").rglob("*.csv")]
     assert keys == ["donn-es--1-.csv"]
+
+
+def test_an_s3_dataset_without_a_stack_is_refused_before_anything_starts(tmp_path, capsys):
+    # the README's job file names its data in S3: the embedded engine's bucket has none
+    out = tmp_path / "run"
+    config = str(EVENTS / "jobs" / "houses-linear.json")
+    assert main(["train", "--config", config, "--rounds", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "dataset s3://" in err and "which the embedded engine (no --stack) does not" in err
+    assert not out.exists()
+    # with the file given, the same job file trains
+    assert main(train_args(HOUSES, out, "--config", config, "--rounds", "1")) == 0

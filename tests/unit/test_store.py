@@ -53,6 +53,9 @@ def test_s3_store_roundtrip():
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="bucket")
     _roundtrip(Store(s3, "bucket"))
+    # a dataset URI naming a bucket that does not exist: the same StoreError, not a ClientError
+    with pytest.raises(StoreError, match=r"s3://no-such-bucket/datasets/a.csv does not exist"):
+        Store(s3, "bucket").get_bytes("datasets/a.csv", bucket="no-such-bucket")
 
 
 def test_pickled_arrays_are_refused():

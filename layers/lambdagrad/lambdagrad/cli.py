@@ -283,6 +283,18 @@ def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bo
     return local_data, spec
 
 
+def _check_data_reachable(args: argparse.Namespace, local_data: bool, spec: JobSpec) -> None:
+    """The embedded engine starts with an empty bucket of its own: an s3:// dataset can only
+    be read through --stack. Refused before the engine starts (which would fail the job
+    with no such bucket, and leave a run directory whose job id is then taken)."""
+    if not args.stack and not local_data:
+        raise CliError(
+            f"dataset {spec.dataset.uri} is in S3, which the embedded engine (no --stack) "
+            "does not read: give a local data file (lambdagrad train --config FILE DATA), "
+            "or --stack NAME to train in a deployed stack"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.chaos is not None:
         from lambdagrad.local.chaos import check_cli_fraction
@@ -292,6 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     local_data, spec = _spec_and_data(args, sizes=True)
+    _check_data_reachable(args, local_data, spec)
     if spec.output.model_name and not args.stack and not args.quiet:
         print(
             f"note: --model-name registers {spec.output.model_name!r} in a stack's model "
@@ -732,6 +745,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     args.lr, args.batch_size = None, None
     local_data, spec = _spec_and_data(args)
+    _check_data_reachable(args, local_data, spec)
     sweep_id = args.sweep_id or _default_job_id(args.data or spec.dataset.uri)[:50]
     out = Path(args.out) if args.out else Path("runs") / sweep_id
     _check_sweep_out(out, overwrite=args.overwrite)

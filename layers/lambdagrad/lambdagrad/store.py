@@ -133,7 +133,7 @@ class S3Client(Protocol):
 
 def _is_missing(exc: Exception) -> bool:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return code in {"NoSuchKey", "404", "NotFound"}
+    return code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
 
 class Store:

@@ -227,6 +227,9 @@ SPEC: list[Row] = [
     ("spec-negative-learning-rate",
      lambda: parse_spec(spec(optimizer={"learning_rate": -0.1})), SpecError,
      ["optimizer.learning_rate", "greater than 0"]),
+    ("spec-nan-learning-rate",  # JSON's NaN, or --lr nan: not "less than or equal to 1000"
+     lambda: parse_spec(spec(optimizer={"learning_rate": float("nan")})), SpecError,
+     ["optimizer.learning_rate: Input should be a finite number"]),
     ("spec-zero-workers", lambda: parse_spec(spec(training={"workers": 0})), SpecError,
      ["training.workers", "greater than or equal to 1"]),
     ("spec-too-many-workers", lambda: parse_spec(spec(training={"workers": 1001})), SpecError,

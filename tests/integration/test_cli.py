@@ -152,7 +152,8 @@ BAD_INPUTS = {
     "three-classes-logistic": (
         "a,y\n1,cat\n2,dog\n3,fox\n",
         ["--label", "y", "--model", "logistic"],
-        "data.csv: logistic regression needs exactly 2 classes, got 3",
+        "data.csv: logistic regression needs exactly 2 classes, got 3; use softmax for more "
+        "(the label's classes: 'cat', 'dog', 'fox')",
     ),
     "class-label-regression": (
         "a,y\n1,cat\n2,dog\n",

@@ -35,7 +35,7 @@ from lambdagrad.data import (
     check_label_applies,
     load_dataset,
 )
-from lambdagrad.models import Model, build_model, l1_prox, l2_penalty
+from lambdagrad.models import Model, ModelError, build_model, l1_prox, l2_penalty
 from lambdagrad.optim import (
     GradientTransformation,
     Schedule,
@@ -193,7 +193,14 @@ def model_for_data(spec: JobSpec, data: Dataset) -> Model:
     """The model a spec describes for a dataset it read (:func:`read_training_data`): a
     ``ModelError`` when the labels do not fit it (logistic regression on three classes)."""
     n_classes = 1 if spec.model.task == "regression" else len(data.classes or [])
-    return model_for(spec, data.X.shape[1], n_classes)
+    try:
+        return model_for(spec, data.X.shape[1], n_classes)
+    except ModelError as exc:
+        if not data.classes:
+            raise
+        # the classes show what made the count: a stray "NA" among 0 / 1 labels
+        shown = ", ".join(map(repr, data.classes[:10])) + (", ..." if n_classes > 10 else "")
+        raise ModelError(f"{exc} (the label's classes: {shown})") from None
 
 
 MAX_AUTO_CLASSES = 20

@@ -69,3 +69,15 @@ def test_a_label_for_an_npz_is_still_a_valid_spec():
     # a job before that check still parses for its workers, reducer and resume
     doc = {"dataset": {"uri": "s3://bucket/d.npz", "label": "price"}}
     assert parse_spec(doc).dataset.label == "price"
+
+
+def test_label_is_stripped_and_an_index_may_be_a_number():
+    def label(value):
+        return parse_spec({"dataset": {"uri": "s3://bucket/d.npy", "label": value}}).dataset.label
+
+    assert label(" price ") == "price"  # header names are read stripped too
+    assert label(0) == "0" and label(-1) == "-1"  # an .npy column index
+    with pytest.raises(SpecError, match=r"dataset.label: .*must name a column"):
+        label("  ")
+    with pytest.raises(SpecError, match=r"dataset.label"):
+        label(True)

@@ -423,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run", help="training output directory (holds model.json)")
     ev.add_argument("data", help="CSV/.npy/.npz file with the label column")
-    ev.add_argument("--label", help="label column (default: the one the model was trained on)")
+    ev.add_argument(
+        "--label", type=str.strip, help="label column (default: the one the model was trained on)"
+    )
     ev.add_argument("--format", choices=["csv", "npy", "npz"])
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
 

@@ -94,6 +94,19 @@ class DatasetSpec(_Strict):
         MAX_FEATURES, ge=1, le=1_000_000, description="refuse data with more feature columns"
     )
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_column(cls, value: Any) -> Any:
+        """A column name as the data reader sees header names (stripped); an .npy column
+        index may also come as a JSON number."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError("must name a column (leave it out for the last column)")
+        return value
+
     @field_validator("uri")
     @classmethod
     def _s3_uri(cls, value: str) -> str:

@@ -257,7 +257,21 @@ def test_estimate_for_data_in_s3_takes_its_size(capsys):
         (["s3://bucket/k.csv", "--rows", "0", "--features", "3"], "--rows: 0"),
         ([str(HOUSES), "--label", "price", "--memory", "64"], "--memory: 64 MB"),
         ([str(HOUSES), "--label", "price", "--s3-latency", "-1"], "--s3-latency"),
-        (["s3://bucket/k.csv", "--rows", "10", "--features", "3", "--workers", "20"], "20 workers"),
+        (
+            [
+                "s3://bucket/k.csv",
+                "--rows",
+                "10",
+                "--features",
+                "3",
+                "--batch-size",
+                "full",
+                "--workers",
+                "20",
+            ],
+            "20 workers for 9",
+        ),
+        ([str(HOUSES), "--label", "price", "--batch-size", "5000"], "5000 is larger than the 1800"),
     ],
 )
 def test_estimate_bad_input_is_one_clear_line(argv, message, capsys):

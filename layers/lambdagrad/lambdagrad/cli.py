@@ -854,8 +854,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         classes = 1
     elif not classes:
         classes = 2
-    if spec.training.workers > rows:
-        raise CliError(f"--workers: {spec.training.workers} workers for {rows} rows")
     if args.memory is not None and not 128 <= args.memory <= 10_240:
         raise CliError(f"--memory: {args.memory} MB (Lambda allows 128 to 10240)")
     if args.s3_latency is not None and not args.s3_latency >= 0:
@@ -865,6 +863,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.s3_latency is not None:
         durations = replace(durations, s3_request_s=args.s3_latency)
     shape = JobShape.from_spec(spec, rows, features, classes)
+    check_sizes(spec, shape.rows)  # the job train would refuse is not priced either
     bill = estimate(
         shape,
         orchestration=args.orchestration,

@@ -135,6 +135,8 @@ JSON_CASES = [
 
 CLASSIFIER_CASES = [
     ("classes-short", _set("classes", ["cat", "dog"]), ["model.json", "classes", "2", "3"]),
+    ("classes-twice", _set("classes", ["cat", "cat", "fox"]), ["'classes' names 'cat' more than"]),
+    ("classes-twice-as-text", _set("classes", [1, "1", 2]), ["'classes' names '1' more than"]),
     ("classes-str", _set("classes", "cat,dog,fox"), ["model.json", "classes", "list"]),
 ]
 

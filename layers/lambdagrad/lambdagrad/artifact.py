@@ -165,12 +165,17 @@ def _feature_names(doc: dict[str, Any], model: Model, place: _Place) -> list[str
             f"{place.json}: 'feature_names' has {len(names)} names, "
             f"'model.n_features' is {model.n_features}"
         )
+    _each_once(names, "feature_names", place)
+    return list(names)
+
+
+def _each_once(names: list[str], key: str, place: _Place) -> None:
+    """Columns are found by name and classes matched as text: a name twice is ambiguous."""
     twice = sorted(n for n, times in Counter(names).items() if times > 1)
     if twice:
         raise ArtifactError(
-            f"{place.json}: 'feature_names' names {', '.join(map(repr, twice))} more than once"
+            f"{place.json}: '{key}' names {', '.join(map(repr, twice))} more than once"
         )
-    return list(names)
 
 
 def _training_label(doc: dict[str, Any], place: _Place) -> str | None:
@@ -203,6 +208,7 @@ def _classes(doc: dict[str, Any], model: Model, place: _Place) -> list[Any] | No
             f"{place.json}: 'classes' has {len(classes)} labels, "
             f"'model.n_classes' is {model.n_classes}"
         )
+    _each_once([str(c) for c in classes], "classes", place)
     return list(classes)
 
 

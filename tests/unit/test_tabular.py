@@ -55,6 +55,14 @@ def test_npy_with_the_label_column_drops_it_only_where_it_is_known():
     # trained on a CSV whose label was named: its position is unknown, so no guess
     with pytest.raises(DataError, match=r"x.npy: 3 columns, one more .* label 'y' was a named"):
         read_features(_npy(X), source="x.npy", fmt=None, trained=_linear("y"))
+    # trained on an .npz: its labels were an array of their own, no column to drop
+    on_npz = _linear(None)
+    on_npz.info["spec"]["dataset"]["uri"] = "s3://b/datasets/train.npz"
+    with pytest.raises(DataError, match=r"x.npy: 3 columns, .* trained on an .npz"):
+        read_features(_npy(last), source="x.npy", fmt=None, trained=on_npz)
+    np.testing.assert_array_equal(
+        read_features(_npy(X[:, 1:]), source="x.npy", fmt=None, trained=on_npz), X[:, 1:]
+    )
 
 
 def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_column():

@@ -50,14 +50,29 @@ def read_features(
         return ds.X
     width = len(trained.feature_names)
     if ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
-        ds.X = np.delete(ds.X, _label_column(label, source, width), axis=1)
+        column = _label_column(label, source, width, _trained_on_npz(trained))
+        ds.X = np.delete(ds.X, column, axis=1)
     return _of_model_width(ds, trained, source)
 
 
-def _label_column(label: str | None, source: str, width: int) -> int:
+def _trained_on_npz(trained: TrainedModel) -> bool:
+    """Whether the training data was an .npz, whose labels are an array of their own."""
+    dataset = (trained.info.get("spec") or {}).get("dataset") or {}
+    fmt = dataset.get("format") or str(dataset.get("uri", "")).rsplit(".", 1)[-1]
+    return str(fmt).lower() == "npz"
+
+
+def _label_column(label: str | None, source: str, width: int, npz: bool) -> int:
     """Where the training label sits in an array of the model's features plus it: its index
     (``.npy`` training), or last (the default, for CSV too); a CSV label named by the user
-    could have been any column, so guessing would score the wrong features."""
+    could have been any column, and an .npz had none, so guessing would score the wrong
+    features."""
+    if npz:
+        raise DataError(
+            f"{source}: {width + 1} columns, one more than the model's {width} features, and "
+            f"the model was trained on an .npz (its labels an array of their own), so no column "
+            f"is known to be a label: pass the {width} feature columns only"
+        )
     if label is None or label.lstrip("-").isdigit():
         return -1 if label is None else int(label)
     raise DataError(

@@ -126,6 +126,10 @@ Row = tuple[str, Callable[[], Any], type[Exception], list[str]]
 # fmt: off
 
 DATASET: list[Row] = [
+    ("csv-that-is-json", lambda: csv('[\n  {"a": 1, "y": 2}\n]\n'), DataError,
+     ["data.csv looks like JSON, not CSV (it starts with '[')"]),
+    ("csv-that-is-a-json-object", lambda: csv('{"a": [1, 2], "y": [3, 4]}'), DataError,
+     ["data.csv looks like JSON, not CSV (it starts with '{')"]),
     ("csv-ragged-short", lambda: csv("a,b,y\n1,2,3\n4,5\n"), DataError,
      ["data.csv line 3", "expected 3 fields", "got 2"]),
     ("csv-ragged-long", lambda: csv("a,y\n1,2\n3,4,5\n"), DataError,

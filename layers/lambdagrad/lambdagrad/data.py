@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -226,6 +227,11 @@ def _read_csv(
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{source} line {line}: not valid UTF-8 ({exc.reason})") from None
+    if re.match(r'\s*(\{|\[\s*[\[{"])', text):
+        raise DataError(
+            f"{source} looks like JSON, not CSV (it starts with {text.lstrip()[0]!r}): give a "
+            "CSV with a header row, an .npy or an .npz"
+        )
     stream = io.StringIO(text, newline="")
     reader = csv.reader(stream, strict=True)
     rows = _nonblank_rows(reader, source)

@@ -166,3 +166,10 @@ def test_infer_task_honours_max_features():
     assert infer_task(data, source="d.csv", fmt=None, label="y", max_features=3)
     with pytest.raises(DataError, match="the limit is 2"):
         infer_task(data, source="d.csv", fmt=None, label="y", max_features=2)
+
+
+def test_an_array_of_the_wrong_width_to_evaluate_counts_its_label_apart():
+    # 4 columns, the last the label: 3 features for a model of 2
+    data = _npy(np.ones((2, 4)))
+    with pytest.raises(DataError, match=r"w.npy: 3 feature columns besides the label column, "):
+        read_labelled(data, source="w.npy", fmt=None, label=None, trained=_linear(None))

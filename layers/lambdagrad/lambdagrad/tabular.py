@@ -26,11 +26,17 @@ def _model_columns(trained: TrainedModel, source: str, fmt: str | None) -> list[
     return trained.feature_names if _is_csv(source, fmt) else None
 
 
-def _of_model_width(ds: Dataset, trained: TrainedModel, source: str) -> np.ndarray:
-    """An array's features, which must be as many as the model's."""
+def _of_model_width(
+    ds: Dataset, trained: TrainedModel, source: str, labelled: bool = False
+) -> np.ndarray:
+    """An array's features, which must be as many as the model's (``labelled``: an .npy's,
+    counted after its label column was taken out, which the message says)."""
     width = len(trained.feature_names)
     if ds.X.shape[1] != width:
-        raise DataError(f"{source}: {ds.X.shape[1]} feature columns, the model needs {width}")
+        besides = " besides the label column" if labelled else ""
+        raise DataError(
+            f"{source}: {ds.X.shape[1]} feature columns{besides}, the model needs {width}"
+        )
     return ds.X
 
 
@@ -91,7 +97,8 @@ def read_labelled(
     ds = load_dataset(
         data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=columns
     )
-    X = ds.X if columns is not None else _of_model_width(ds, trained, source)
+    npy = (fmt or source.rsplit(".", 1)[-1]).lower() == "npy"  # an .npz's labels are y
+    X = ds.X if columns is not None else _of_model_width(ds, trained, source, labelled=npy)
     if task != "classification":
         return X, ds.y
     # matched as text: a file holding only the classes "1" and "2" reads them as integers,

@@ -161,6 +161,12 @@ BAD_INPUTS = {
         "line 2, column 'y': 'cat' is not a number; if the column holds classes, use model type "
         "logistic, softmax or mlp (--model)",
     ),
+    # Prepare would fail it only once started, leaving a run directory
+    "too-large-to-standardize": (
+        "a,b,price\n1,1e308,1\n2,1.5e308,2\n3,1e308,3\n",
+        ["--label", "price", "--batch-size", "full", "--workers", "1", "--validation", "0"],
+        "feature column 'b': values up to 1.5e+308 are too large to standardize",
+    ),
 }
 
 

@@ -34,13 +34,13 @@ from lambdagrad.artifact import (
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError, dataset_key_name
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, check_label_applies, train_validation_split
+from lambdagrad.data import DataError, check_label_applies
 from lambdagrad.local.mirror import is_held
 from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
-from lambdagrad.steps import check_sizes
+from lambdagrad.steps import check_sizes, split_and_scaler
 from lambdagrad.store import StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
@@ -270,16 +270,14 @@ def _spec_for(args: argparse.Namespace) -> tuple[bool, JobSpec]:
 
 def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:
     """:func:`_spec_for`, with a local file checked (:func:`_prepare_data`). ``sizes``: also
-    refuse a batch or worker count larger than the file's training rows, split as Prepare
-    will split them (train; a sweep's grid has batch sizes of its own)."""
+    as Prepare will split and scale it (train: a batch or worker count larger than the
+    training rows, features too large to standardize; a sweep's grid has batch sizes of
+    its own)."""
     local_data, spec = _spec_for(args)
     if local_data:
         dataset = _prepare_data(args, spec)
         if sizes:
-            train, _ = train_validation_split(
-                len(dataset.y), spec.dataset.validation, spec.training.seed
-            )
-            check_sizes(spec, len(train))
+            split_and_scaler(spec, dataset, Path(args.data).name)
     return local_data, spec
 
 

@@ -236,6 +236,22 @@ def check_sizes(spec: JobSpec, n_train: int) -> None:
         )
 
 
+def split_and_scaler(
+    spec: JobSpec, data: Dataset, source: str
+) -> tuple[np.ndarray, np.ndarray, Standardizer]:
+    """The training and validation rows and the standardizer of a job: what Prepare refuses
+    before it writes anything (a batch larger than the training rows, features too large to
+    scale), and what the CLI checks a local file with before anything starts."""
+    train_idx, val_idx = train_validation_split(
+        len(data.y), spec.dataset.validation, spec.training.seed
+    )
+    check_sizes(spec, len(train_idx))
+    if not spec.dataset.standardize:
+        return train_idx, val_idx, Standardizer.identity(data.X.shape[1])
+    scaler = Standardizer.fit_rows(data.X, train_idx, names=data.feature_names, source=source)
+    return train_idx, val_idx, scaler
+
+
 def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Validate the spec, split and standardize the data, write shards and round 0."""
     started = time.perf_counter()
@@ -250,22 +266,9 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     _update_status(store, keys, state="PREPARING", execution=execution, prepared_by=execution)
 
     spec, data = _read_dataset(store, spec)
-    train_idx, val_idx = train_validation_split(
-        len(data.y), spec.dataset.validation, spec.training.seed
-    )
-    check_sizes(spec, len(train_idx))
+    train_idx, val_idx, scaler = split_and_scaler(spec, data, spec.dataset.uri.rsplit("/", 1)[-1])
     # Shard by shard from the dataset's rows: never a scaled copy of the whole training set.
     y_train = data.y[train_idx]
-    scaler = (
-        Standardizer.fit_rows(
-            data.X,
-            train_idx,
-            names=data.feature_names,
-            source=spec.dataset.uri.rsplit("/", 1)[-1],
-        )
-        if spec.dataset.standardize
-        else Standardizer.identity(data.X.shape[1])
-    )
     X_val, y_val = scaler.transform(data.X[val_idx]), data.y[val_idx]
 
     workers = spec.training.workers

@@ -33,6 +33,20 @@ def test_native_kernels_are_built():
         assert native.KERNELS is not None, native.STATUS
 
 
+def test_a_library_from_another_kernels_c_is_not_loaded():
+    # the models trust the softmax kernel to check the labels: a library built from an
+    # older kernels.c (an editable install not rebuilt) would not, so it is refused
+    class Old:
+        pass
+
+    assert "older kernels.c" in native._stale(Old())  # type: ignore[arg-type]
+    other = Old()
+    other.lg_abi_version = lambda: native.ABI_VERSION + 1  # type: ignore[attr-defined]
+    assert f"ABI {native.ABI_VERSION + 1}, not {native.ABI_VERSION}" in native._stale(other)
+    if native.KERNELS is not None:
+        assert native._stale(native.KERNELS.lib) is None
+
+
 def _plain(kind: str, params: np.ndarray, X: np.ndarray, y: np.ndarray, C: int):
     """Unblocked float64 formulas: mean loss and gradient."""
     n, d = X.shape

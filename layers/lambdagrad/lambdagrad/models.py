@@ -149,8 +149,9 @@ class Model(abc.ABC):
             raise ModelError(f"X has {X.shape[0]} rows but y has {len(y)}")
         if X.shape[0] == 0:
             return 0.0, np.zeros(self.n_params, dtype=np.float64)
-        y = self._check_y(np.asarray(y), bounds=not self._kernel_checks_labels(X))
-        loss, grad = self._loss_and_grad(self.layout.views(params), X, y)
+        kernels = self._kernels(X)  # decided once: it also decides who checks the labels
+        y = self._check_y(np.asarray(y), bounds=kernels is None or not self.kernel_checks_labels)
+        loss, grad = self._loss_and_grad(self.layout.views(params), X, y, kernels)
         return float(loss), grad
 
     def loss(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
@@ -198,11 +199,13 @@ class Model(abc.ABC):
             raise ModelError(f"y must hold class indices in [0, {self.n_classes})")
         return idx
 
-    def _kernel_checks_labels(self, X: np.ndarray) -> bool:
-        """Whether the kernel that takes ``X`` checks the class labels as it reads them, so
-        :meth:`_check_y` need not read them too (a pass over ``y`` from memory)."""
-        del X
-        return False
+    #: Whether this model's native kernel checks the class labels as it reads them, so
+    #: :meth:`_check_y` need not read them too (a pass over ``y`` from memory).
+    kernel_checks_labels = False
+
+    def _kernels(self, X: np.ndarray) -> native.Kernels | None:
+        """The fused C kernels when they take ``X`` (:func:`_native_for`); None: numpy."""
+        return _native_for(X)
 
     @abc.abstractmethod
     def _scores(self, p: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
@@ -210,9 +213,14 @@ class Model(abc.ABC):
 
     @abc.abstractmethod
     def _loss_and_grad(
-        self, p: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray
+        self,
+        p: dict[str, np.ndarray],
+        X: np.ndarray,
+        y: np.ndarray,
+        kernels: native.Kernels | None,
     ) -> tuple[float, np.ndarray]:
-        """Loss and gradient for a non-empty, shape-checked batch."""
+        """Loss and gradient for a non-empty, shape-checked batch, on ``kernels`` (the C
+        kernels, from :meth:`_kernels`) or, when None, in numpy."""
 
 
 class _AffineModel(Model):
@@ -237,12 +245,11 @@ class _AffineModel(Model):
         """Turn the scores ``z`` into ``d loss_i / d z_i`` in place; return the loss sum."""
         raise NotImplementedError
 
-    def _loss_and_grad(self, p, X, y):
+    def _loss_and_grad(self, p, X, y, kernels):
         n, d = X.shape
         dt = X.dtype
         w, b = p["w"].astype(dt, copy=False), dt.type(p["b"][0])
         y = y.astype(dt, copy=False)
-        kernels = _native_for(X)
         if kernels is not None:
             loss, gw, gb = kernels.affine(
                 X, np.ascontiguousarray(y), np.ascontiguousarray(w), b, self.kind == "logistic"
@@ -323,21 +330,19 @@ class SoftmaxRegression(Model):
     def _scores(self, p, X):
         return X @ p["W"].astype(X.dtype, copy=False) + p["b"].astype(X.dtype, copy=False)
 
-    def _native_kernels(self, X: np.ndarray) -> native.Kernels | None:
+    kernel_checks_labels = True
+
+    def _kernels(self, X):
         """The C kernels when they take ``X`` (rows of at least a vector of features)."""
         kernels = _native_for(X)
         if kernels is None or not kernels.softmax_fits(X.shape[1], X.dtype):
             return None
         return kernels
 
-    def _kernel_checks_labels(self, X):
-        return self._native_kernels(X) is not None
-
-    def _loss_and_grad(self, p, X, y):
+    def _loss_and_grad(self, p, X, y, kernels):
         n, d = X.shape
         C = self.n_classes
         dt = X.dtype
-        kernels = self._native_kernels(X)
         if kernels is not None:
             try:
                 loss, grad = kernels.softmax(X, np.ascontiguousarray(y), p["W"], p["b"])
@@ -579,7 +584,11 @@ class MLP(Model):
         out = self._forward(p, X)[0]
         return out[:, 0] if self.task == "regression" else out
 
-    def _loss_and_grad(self, p, X, y):
+    def _kernels(self, X):
+        return None  # numpy throughout: its products are matrix-matrix (BLAS)
+
+    def _loss_and_grad(self, p, X, y, kernels):
+        del kernels
         n = X.shape[0]
         out, inputs, pre = self._forward(p, X)
         if self.task == "regression":

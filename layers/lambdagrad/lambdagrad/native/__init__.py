@@ -107,6 +107,22 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+#: kernels.c's lg_abi_version: the contract these wrappers and the models rely on (2: the
+#: softmax kernel checks the class labels, so the models skip their own pass over them).
+ABI_VERSION = 2
+
+
+def _stale(lib: ctypes.CDLL) -> str | None:
+    """Why a library built from another kernels.c must not be used, or None."""
+    version = getattr(lib, "lg_abi_version", None)
+    if version is None:
+        return f"was built from an older kernels.c (no lg_abi_version; {ABI_VERSION} needed)"
+    version.restype, version.argtypes = _I, []
+    if version() != ABI_VERSION:
+        return f"was built for kernel ABI {version()}, not {ABI_VERSION}"
+    return None
+
+
 def _library_path() -> Path | None:
     """The built library beside this file: ``_kernels*.so`` (setuptools names it after
     the Python it was built for; the layer build names it ``_kernels.so``)."""
@@ -125,6 +141,9 @@ def load() -> tuple[Kernels | None, str]:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         return None, f"off: {path.name} does not load ({exc})"
+    stale = _stale(lib)
+    if stale:
+        return None, f"off: {path.name} {stale}; rebuild it (pip install -e .)"
     for sfx in ("f64", "f32"):
         fn = getattr(lib, f"lg_softmax_{sfx}")
         fn.restype, fn.argtypes = ctypes.c_double, [_P, _I, _I, _P, _P, _P, _I, _P, _P, _P]

@@ -116,6 +116,12 @@ int64_t lg_softmax_work(int64_t d, int64_t C) {
     return 2 * wt + s + 2 * b + b * lanes + 2 * wt + line;
 }
 
+/* The kernels' contract, which lambdagrad/native/__init__.py (ABI_VERSION) checks before it
+ * loads the library: 2 = the softmax checks its class labels (returns -2 for one outside
+ * [0, C)), which the models then no longer do. A library built from an older kernels.c
+ * (an editable install not rebuilt) is refused, not trusted to check them. */
+int64_t lg_abi_version(void) { return 2; }
+
 /* REALs of work buffer lg_affine_f64/f32 need for d features. */
 int64_t lg_affine_work(int64_t d) { return d + 64 / sizeof(float); }
 /* Bytes per vector: the softmax kernel needs rows of at least one vector of features. */

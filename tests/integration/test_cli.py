@@ -219,9 +219,11 @@ def test_predict_checks_features(tmp_path, capsys):
     direct = TrainedModel.load(out).predict(np.array([[1500.0, 3, 10, 3]]))[0]
     assert ours == pytest.approx(direct)
     # --out naming the data file (by another path) would replace the data: refused
-    same = tmp_path / "." / "reordered.csv"
-    assert main(["predict", str(out), str(reordered), "--out", str(same)]) == 1
-    assert "is the data file: the predictions would replace it" in capsys.readouterr().err
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "linked.csv").hardlink_to(reordered)
+    for same in (tmp_path / "sub" / ".." / "reordered.csv", tmp_path / "linked.csv"):
+        assert main(["predict", str(out), str(reordered), "--out", str(same)]) == 1
+        assert "is the data file: the predictions would replace it" in capsys.readouterr().err
     assert reordered.read_text().startswith("distance_km,age")
     # labels near the float64 limit: an mse of inf, printed as JSON null, and no warning
     huge = tmp_path / "huge.csv"

@@ -179,6 +179,16 @@ def test_softmax_kernel_checks_the_class_labels_itself(kernel_path, dtype, bad, 
     assert len(calls) == (2 if kernel_path == "native" else 0)
 
 
+def test_native_softmax_takes_only_the_labels_it_can_read():
+    # the kernel reads n int64 values from y's pointer: anything else is refused, not read
+    if native.KERNELS is None:
+        pytest.skip(f"the C kernels are off here ({native.STATUS})")
+    X, W, b = np.ones((4, 8)), np.zeros((8, 3)), np.zeros(3)
+    for y in (np.zeros(4, np.int32), np.zeros(8, np.int64)[::2], np.zeros(3, np.int64)):
+        with pytest.raises(ValueError, match="y must be 4 C-contiguous int64 classes"):
+            native.KERNELS.softmax(X, y, W, b)
+
+
 def test_aligned_arrays_load_like_np_load(tmp_path):
     for shape, dtype in [((1000, 7), np.float32), ((3,), np.int64), ((1, 4), np.float64)]:
         a = native.aligned_empty(shape, dtype)

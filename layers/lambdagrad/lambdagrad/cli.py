@@ -539,8 +539,9 @@ PREDICT_CHUNK_ROWS = 1000
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         _check_out(Path(args.out), directory=False)
-        data = Path(args.paths[-1]) if args.paths else None
-        if data is not None and data.is_file() and Path(args.out).resolve() == data.resolve():
+        data = Path(args.paths[-1]) if args.paths else Path()
+        # the same file through another path or a link too
+        if data.is_file() and Path(args.out).is_file() and os.path.samefile(args.out, data):
             raise CliError(f"--out {args.out} is the data file: the predictions would replace it")
     if args.stack:
         if not args.model_name or len(args.paths) != 1:

@@ -59,6 +59,8 @@ class Kernels:
         dt = X.dtype
         n, d = X.shape
         C = W.shape[1]
+        if y.dtype != np.int64 or not y.flags.c_contiguous or y.shape != (n,):
+            raise ValueError(f"y must be {n} C-contiguous int64 classes, got {y.dtype} {y.shape}")
         W = np.ascontiguousarray(W, dt)
         b = np.ascontiguousarray(b, dt)
         grad = np.zeros(d * C + C)

@@ -461,7 +461,7 @@ static int CAT(sm_labels_ok_, SUFFIX)(const int64_t *y, int64_t m, int64_t C) {
  * (d x C) and b (C), and, added into G64 (d x C) and gb64 (C), the sums of x_i (p_i -
  * onehot(y_i)) and of p_i - onehot(y_i). work holds lg_softmax_work(d, C) REALs. Returns
  * the loss sum, or -1 if d < LANES (fewer features than one vector), or -2 if a class in y
- * is outside [0, C) (G64 and gb64 then hold partial sums). Block by block: the
+ * is outside [0, C) (gb64 then holds partial sums, G64 is untouched). Block by block: the
  * scores and D of the block's rows, then its gradient, read again from L2 and summed in Gt
  * (float64: over all rows; float32: over a block, then added to double sums Gd).
  *

@@ -338,7 +338,7 @@ SCORED: list[Row] = [
     ("scored-csv-label-unknown-two-others",  # trained with the default label: no name
      lambda: read_labelled(b"sqft,bedrooms,age,distance_km,price,id\n1,2,3,4,5,6\n",
                            source="new.csv", fmt=None, label=None, trained=TRAINED), DataError,
-     ["new.csv: which column is the label? 'price', 'id' are not the model's features",
+     ["new.csv: which column is the label? Besides the model's features it has 'price', 'id'",
       "--label"]),
     ("scored-csv-label-unknown-none-other",
      lambda: read_labelled(b"sqft,bedrooms,age,distance_km\n1,2,3,4\n", source="new.csv",

@@ -74,10 +74,17 @@ def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_colu
         np.testing.assert_array_equal(X, [[1, 2]])
         np.testing.assert_array_equal(y, [30.0])
     # an id column after it: not "the last column", which would score against the ids
-    with pytest.raises(DataError, match=r"new.csv: which column is the label\? 'price', 'id'"):
+    with pytest.raises(
+        DataError, match=r"the label\? Besides the model's features it has 'price', 'id'"
+    ):
         read_labelled(
             b"a,b,price,id\n1,2,30,1\n", source="new.csv", fmt=None, label=None, trained=trained
         )
+    # a pandas index column (no name) is not a candidate
+    X, y = read_labelled(
+        b",a,b,price\n0,1,2,30\n", source="new.csv", fmt=None, label=None, trained=trained
+    )
+    np.testing.assert_array_equal(y, [30.0])
     with pytest.raises(DataError, match=r"new.csv: no label column: every column is one of"):
         read_labelled(b"b,a\n2,1\n", source="new.csv", fmt=None, label=None, trained=trained)
     X, y = read_labelled(  # a name given picks it among the others
@@ -127,8 +134,10 @@ def test_infer_task_reports_a_bad_cell_in_a_numeric_label():
     rows = [f"{i},{1000 * (i + 1)}" for i in range(25)]
     rows[3] = "3,NA"
     data = ("x,price\n" + "\n".join(rows) + "\n").encode()
-    with pytest.raises(DataError, match=r"d.csv line 5, column 'price': 'NA'"):
+    with pytest.raises(DataError, match=r"d.csv line 5, column 'price': 'NA'") as info:
         infer_task(data, source="d.csv", fmt=None, label="price")
+    assert "(24 distinct whole numbers besides it" in str(info.value)
+    assert "use model.task classification (--task classification)" in str(info.value)
     # and a few whole numbers with a word among them stay classes ("3+")
     data = b"x,rooms\n1,1\n2,2\n3,3+\n"
     assert infer_task(data, source="d.csv", fmt=None, label="rooms") == "classification"

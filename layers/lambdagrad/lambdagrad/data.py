@@ -201,14 +201,15 @@ def _label_beside(names: list[str], wanted: Sequence[str], source: str) -> int:
     """The label column of a file read for a model that knows its feature columns but not
     its label's name: the one column that is not a feature (not "the last one": a file may
     hold an id column after it, or the label first)."""
-    others = [i for i, name in enumerate(names) if name not in wanted]
+    # a nameless column is a pandas index, never the label
+    others = [i for i, name in enumerate(names) if name and name not in wanted]
     if len(others) == 1:
         return others[0]
     if not others:
         raise DataError(f"{source}: no label column: every column is one of the model's features")
-    listed = ", ".join(repr(names[i]) for i in others)
+    listed = ", ".join(map(repr, dict.fromkeys(names[i] for i in others)))
     raise DataError(
-        f"{source}: which column is the label? {listed} are not the model's features "
+        f"{source}: which column is the label? Besides the model's features it has {listed} "
         "(name the label column: --label)"
     )
 

@@ -237,8 +237,14 @@ def infer_task(
             max_features=max_features,
         )
         numbers = [c for c in labels.classes or [] if _is_number(c)]
-        if any(_is_fraction(c) for c in numbers) or len(numbers) > MAX_AUTO_CLASSES:
+        if any(_is_fraction(c) for c in numbers):
             raise not_numeric from None
+        if len(numbers) > MAX_AUTO_CLASSES:  # prices with an "NA", or codes with an "HQ"
+            raise DataError(
+                f"{not_numeric} ({len(numbers)} distinct whole numbers besides it read as a "
+                "regression label; if the column holds classes, use model.task "
+                "classification (--task classification))"
+            ) from None
         return "classification"
     y = ds.y
     whole = bool(np.all(y == np.round(y)))

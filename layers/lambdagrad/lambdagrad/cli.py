@@ -777,16 +777,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if best_files:
         best_files["loss.png"] = loss_curve_png(best_files["history.csv"], title=best["job_id"])
         files.update({f"best/{name}": body for name, body in best_files.items()})
-    # one swap for all: a best/ in `out` is always the one result.json names
-    _replace_directory(out, files)
+    # a sweep with no model does not replace an earlier sweep's (nothing good is lost)
+    keep = not best_files and (out / "result.json").is_file()
+    if not keep:  # one swap for all: a best/ in `out` is always the one result.json names
+        _replace_directory(out, files)
     if args.json:
         print(json.dumps(sweep_report.summary_json(result)))
     else:
         print(sweep_report.table(result))
     if not best_files:
+        failed = next((p for p in result.get("results", []) if p.get("message")), {})
+        where = (
+            f"{out} keeps the earlier sweep; the first point's error: "
+            f"{failed.get('error')}: {failed.get('message')}".splitlines()[0]
+            if keep
+            else f"each point's error is in {out / 'result.json'}"
+        )
         raise SweepError(
-            f"no point of sweep {sweep_id} succeeded ({sweep_report.tally(result)}); "
-            f"each point's error is in {out / 'result.json'}"
+            f"no point of sweep {sweep_id} succeeded ({sweep_report.tally(result)}); {where}"
         )
     if not args.json:
         print(

@@ -830,9 +830,12 @@ def _template_memory(args: argparse.Namespace) -> tuple[int, str]:
         template = Path(args.template) if args.template else find_template()
     except CliError:
         return DEFAULT_MEMORY_MB, "default (no template.yaml found)"
-    from lambdagrad.local.sam import load_template
+    from lambdagrad.local.sam import TemplateError, load_template
 
-    return function_memory_mb(load_template(template)), str(template)
+    try:
+        return function_memory_mb(load_template(template)), str(template)
+    except TemplateError as exc:
+        raise CliError(f"--template: {exc}") from None
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -863,7 +866,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         classes = 2
     if args.memory is not None and not 128 <= args.memory <= 10_240:
         raise CliError(f"--memory: {args.memory} MB (Lambda allows 128 to 10240)")
-    if args.s3_latency is not None and not args.s3_latency >= 0:
+    if args.s3_latency is not None and not 0 <= args.s3_latency < math.inf:
         raise CliError(f"--s3-latency: {args.s3_latency} (seconds, at least 0)")
     memory, memory_from = (args.memory, "--memory") if args.memory else _template_memory(args)
     durations = DEFAULT_DURATIONS

@@ -20,6 +20,9 @@ import hashlib
 import io
 import json
 import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -247,7 +250,24 @@ class Store:
         self.put_bytes(key, buf.getvalue(), tagging=tagging)
 
     def get_array(self, key: str) -> np.ndarray:
-        return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
+        body = self.get_bytes(key)
+        with self._readable(key):
+            return np.load(io.BytesIO(body), allow_pickle=False)
+
+    @contextmanager
+    def _readable(self, key: str) -> Iterator[None]:
+        """A damaged array or archive (a cut-off checkpoint, junk) is a StoreError naming
+        its key, never numpy's own words — which, for bytes it cannot place, suggest
+        loading them with allow_pickle."""
+        try:
+            yield
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            why = (
+                "holds Python objects; refusing to unpickle"
+                if "pickle" in str(exc)
+                else f"is not a readable .npy / .npz ({type(exc).__name__})"
+            )
+            raise StoreError(f"s3://{self.bucket}/{key} {why}") from None
 
     def put_arrays(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         buf = io.BytesIO()
@@ -255,7 +275,8 @@ class Store:
         self.put_bytes(key, buf.getvalue())
 
     def get_arrays(self, key: str) -> dict[str, np.ndarray]:
-        with np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False) as npz:
+        body = self.get_bytes(key)
+        with self._readable(key), np.load(io.BytesIO(body), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
 
 

@@ -18,7 +18,7 @@ from lambdagrad.resume import (
     continuation_input,
     resumable_round,
 )
-from lambdagrad.store import JobKeys, MemoryS3, Store
+from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 BUCKET = "lambdagrad-example-bucket"
@@ -140,6 +140,22 @@ def test_refusals_name_the_job():
     finalize(store, run(store, state)[0])
     with pytest.raises(JobFinishedError, match="job 'job-1' already finished"):
         continuation_input(store, JOB)
+
+
+def test_a_damaged_spec_or_meta_is_named_not_taken_for_no_checkpoint():
+    store = fresh_store()
+    state = steps.prepare(
+        store, {"input": {"job_id": JOB, "spec": spec_doc(rounds=6)}, "execution": "e"}
+    )
+    run(store, state, until=3)
+    for key in (JobKeys(JOB).spec, JobKeys(JOB).meta):
+        good = store.get_bytes(key)
+        store.put_bytes(key, b"{bad")
+        steps.clear_cache()
+        with pytest.raises(StoreError, match=rf"{key} is not valid JSON") as info:
+            continuation_input(store, JOB)
+        assert not isinstance(info.value, NoCheckpointError)
+        store.put_bytes(key, good)
 
 
 def test_each_resume_gets_its_own_execution_name():

@@ -79,3 +79,10 @@ def test_a_damaged_array_names_its_key_and_never_suggests_unpickling(body):
         with pytest.raises(StoreError, match=r"^s3://bucket/jobs/j/params/3.npy ") as info:
             read("jobs/j/params/3.npy")
         assert "allow_pickle" not in str(info.value)
+
+
+def test_a_damaged_json_record_names_its_key():
+    store = Store(MemoryS3(), "bucket")
+    store.put_bytes("jobs/j/status.json", b"{bad")
+    with pytest.raises(StoreError, match=r"^s3://bucket/jobs/j/status.json is not valid JSON"):
+        store.get_json("jobs/j/status.json")

@@ -38,7 +38,7 @@ import numpy as np
 
 from lambdagrad.spec import parse_spec
 from lambdagrad.steps import committed_record
-from lambdagrad.store import JobKeys, Store, StoreError
+from lambdagrad.store import JobKeys, MissingObjectError, Store, StoreError
 from lambdagrad.training import advance_progress, initial_progress, model_for
 
 __all__ = [
@@ -95,7 +95,7 @@ def resumable_round(store: Store, job_id: str) -> tuple[int, list[dict[str, Any]
     try:
         spec = parse_spec(store.get_json(keys.spec))
         meta = store.get_json(keys.meta)
-    except StoreError:
+    except MissingObjectError:  # a damaged one is named as such (StoreError)
         raise NoCheckpointError(
             f"job {job_id!r} has no checkpoint in s3://{store.bucket}/{keys.prefix} "
             "(it does not exist, or failed before Prepare finished): start it again as a new job"

@@ -28,7 +28,15 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-__all__ = ["SCRATCH_TAGGING", "JobKeys", "MemoryS3", "Store", "StoreError", "parse_s3_uri"]
+__all__ = [
+    "SCRATCH_TAGGING",
+    "JobKeys",
+    "MemoryS3",
+    "MissingObjectError",
+    "Store",
+    "StoreError",
+    "parse_s3_uri",
+]
 
 #: Object tag (``key=value``, the S3 ``Tagging`` header form) of per-round scratch objects.
 #: The bucket's lifecycle rule in template.yaml expires objects under ``jobs/`` with this tag:
@@ -40,6 +48,10 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,59}$")
 
 class StoreError(RuntimeError):
     """An object is missing or unreadable; the message names the key."""
+
+
+class MissingObjectError(StoreError):
+    """The object (or its bucket) does not exist, as opposed to one that is damaged."""
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -168,7 +180,9 @@ class Store:
             return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
         except Exception as exc:
             if _is_missing(exc):
-                raise StoreError(f"s3://{bucket or self.bucket}/{key} does not exist") from None
+                raise MissingObjectError(
+                    f"s3://{bucket or self.bucket}/{key} does not exist"
+                ) from None
             raise
 
     def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
@@ -177,7 +191,7 @@ class Store:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except Exception as exc:
             if _is_missing(exc):
-                raise StoreError(f"s3://{self.bucket}/{key} does not exist") from None
+                raise MissingObjectError(f"s3://{self.bucket}/{key} does not exist") from None
             raise
         total = 0
         while block := body.read(chunk):
@@ -232,7 +246,11 @@ class Store:
         return True
 
     def get_json(self, key: str) -> Any:
-        return json.loads(self.get_bytes(key))
+        body = self.get_bytes(key)
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: a damaged record
+            raise StoreError(f"s3://{self.bucket}/{key} is not valid JSON ({exc})") from None
 
     def get_json_many(self, keys: list[str], max_workers: int = 16) -> list[Any]:
         """Several JSON documents, fetched concurrently, in the order of ``keys``."""
@@ -262,9 +280,9 @@ class Store:
         try:
             yield
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            why = (
+            why = (  # an .npy of objects; other bytes numpy calls "pickled" are just junk
                 "holds Python objects; refusing to unpickle"
-                if "pickle" in str(exc)
+                if str(exc).startswith("Object arrays cannot be loaded")
                 else f"is not a readable .npy / .npz ({type(exc).__name__})"
             )
             raise StoreError(f"s3://{self.bucket}/{key} {why}") from None

@@ -786,10 +786,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         print(sweep_report.table(result))
     if not best_files:
-        failed = next((p for p in result.get("results", []) if p.get("message")), {})
+        failed = next((p for p in result.get("results", []) if p.get("message")), None)
+        first = f"{failed['error']}: {failed['message']}" if failed else "in the table above"
         where = (
-            f"{out} keeps the earlier sweep; the first point's error: "
-            f"{failed.get('error')}: {failed.get('message')}".splitlines()[0]
+            f"{out} keeps the earlier sweep; the first point's error: {first}".splitlines()[0]
             if keep
             else f"each point's error is in {out / 'result.json'}"
         )

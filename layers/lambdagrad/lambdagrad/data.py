@@ -39,6 +39,7 @@ __all__ = [
     "labels_from_indices",
     "load_dataset",
     "load_npy_aligned",
+    "resolve_format",
     "shard_bounds",
     "train_validation_split",
 ]
@@ -120,7 +121,7 @@ def load_dataset(
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    fmt = _resolve_format(source, fmt)
+    fmt = resolve_format(source, fmt)
     if task == "features" and fmt != "csv":
         X = _np_features(data, source, fmt)
         _check_feature_count(X.shape[1], source, max_features)
@@ -160,7 +161,9 @@ def labels_from_indices(indices: Sequence[int] | np.ndarray, classes: Sequence) 
 # --------------------------------------------------------------------------- format
 
 
-def _resolve_format(source: str, fmt: str | None) -> str:
+def resolve_format(source: str, fmt: str | None) -> str:
+    """The format a file is read as: ``fmt`` if given, else its extension (DataError for
+    neither a known one)."""
     if fmt is None:
         fmt = PurePosixPath(source.rstrip("/")).suffix.lstrip(".").lower()
         if fmt not in FORMATS:
@@ -177,7 +180,7 @@ def _resolve_format(source: str, fmt: str | None) -> str:
 def check_label_applies(source: str, fmt: str | None, label: str | None, what: str) -> None:
     """An .npz's labels are its array ``y``: a label named otherwise (``what``: the spec
     field or flag it came from) would be ignored without a word, so it is refused."""
-    if label not in (None, "y") and _resolve_format(source, fmt) == "npz":
+    if label not in (None, "y") and resolve_format(source, fmt) == "npz":
         raise DataError(
             f"{source}: {what} {label!r} does not apply to an .npz, whose labels are its "
             "array 'y'; leave it out"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from lambdagrad.artifact import TrainedModel
-from lambdagrad.data import DataError, Dataset, load_dataset
+from lambdagrad.data import DataError, Dataset, load_dataset, resolve_format
 
 __all__ = ["read_features", "read_labelled"]
 
 
 def _is_csv(source: str, fmt: str | None) -> bool:
-    return (fmt or source.rsplit(".", 1)[-1]).lower() == "csv"
+    return resolve_format(source, fmt) == "csv"
 
 
 def _model_columns(trained: TrainedModel, source: str, fmt: str | None) -> list[str] | None:
@@ -97,7 +97,7 @@ def read_labelled(
     ds = load_dataset(
         data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=columns
     )
-    npy = (fmt or source.rsplit(".", 1)[-1]).lower() == "npy"  # an .npz's labels are y
+    npy = resolve_format(source, fmt) == "npy"  # an .npz's labels are its array y
     X = ds.X if columns is not None else _of_model_width(ds, trained, source, labelled=npy)
     if task != "classification":
         return X, ds.y

@@ -110,6 +110,37 @@ def test_a_round_missing_its_metrics_record_is_not_complete():
     assert start["round"] == 3 and start["segment_end"] == 9
 
 
+def _damage(store: Store, keys: JobKeys, r: int, how: str) -> None:
+    if how == "junk params":
+        store.put_bytes(keys.params(r), b"not an array")
+    elif how == "nan params":
+        store.put_array(keys.params(r), np.full_like(store.get_array(keys.params(r)), np.nan))
+    elif how == "short params":
+        store.put_array(keys.params(r), store.get_array(keys.params(r))[:-1])
+    else:  # another round's optimizer state
+        store.put_bytes(keys.optimizer(r), store.get_bytes(keys.optimizer(r - 1)))
+
+
+@pytest.mark.parametrize("how", ["junk params", "nan params", "short params", "stale state"])
+def test_a_damaged_checkpoint_is_recomputed_not_trusted(how):
+    """Round 5's record says it is committed, but its arrays are damaged: the resume starts
+    from round 4, and round 4's reducer recomputes round 5 rather than hand its damaged
+    params to the next workers (or its stale optimizer state to the next step)."""
+    doc = spec_doc(rounds=9)
+    expected, _ = uninterrupted(doc)
+    steps.clear_cache()
+    store = fresh_store()
+    state = steps.prepare(store, {"input": {"job_id": JOB, "spec": doc}, "execution": "e"})
+    run(store, state, until=5)  # killed after round 5 was committed
+    keys = JobKeys(JOB)
+    _damage(store, keys, 5, how)
+    steps.clear_cache()  # a new process: nothing of round 5 remembered
+    start = continuation_input(store, JOB)
+    assert start["round"] == 4
+    last, _ = run(store, start)
+    np.testing.assert_array_equal(finalize(store, last), expected)
+
+
 def test_a_job_stopped_between_reducer_and_finalize_finalizes():
     doc = spec_doc(rounds=6)
     expected, _ = uninterrupted(doc)

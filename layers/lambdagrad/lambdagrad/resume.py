@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import re
 import time
-import zipfile
 from typing import Any
 
-import numpy as np
-
 from lambdagrad.spec import parse_spec
-from lambdagrad.steps import committed_record
-from lambdagrad.store import JobKeys, MissingObjectError, Store, StoreError
+from lambdagrad.steps import committed_record, sound_checkpoint
+from lambdagrad.store import JobKeys, MissingObjectError, Store
 from lambdagrad.training import advance_progress, initial_progress, model_for
 
 __all__ = [
@@ -69,17 +66,10 @@ _METRICS = re.compile(r"/metrics/(\d+)\.json$")
 
 def _round_complete(store: Store, keys: JobKeys, r: int, n_params: int) -> bool:
     """Round ``r`` is committed (:func:`~lambdagrad.steps.committed_record`, past round 0)
-    and its params and optimizer state are readable and agree with each other."""
+    and its params and optimizer state are sound (:func:`~lambdagrad.steps.sound_checkpoint`)."""
     if r > 0 and committed_record(store, keys, r) is None:
         return False
-    try:
-        params = store.get_array(keys.params(r))
-        state = store.get_arrays(keys.optimizer(r))
-    except (StoreError, ValueError, OSError, EOFError, zipfile.BadZipFile):
-        return False
-    if params.shape != (n_params,) or not np.all(np.isfinite(params)):
-        return False
-    return "step" in state and int(state["step"]) == r
+    return sound_checkpoint(store, keys, r, n_params) is not None
 
 
 def resumable_round(store: Store, job_id: str) -> tuple[int, list[dict[str, Any]]]:

@@ -7,8 +7,9 @@ functions plus Powertools; the state machine decides the order.
 
 Every write goes to a key determined by (job, round, shard), so a retried step rewrites
 identical bytes. The reducer checks before it trusts: if checkpoint ``t+1`` is committed
-(params, optimizer state and metrics record all present) it does not apply the optimizer
-again; a partial one is recomputed from checkpoint ``t`` (:func:`committed_record`).
+(params, optimizer state and metrics record all present, the arrays sound) it does not apply
+the optimizer again; a partial or damaged one is recomputed from checkpoint ``t``
+(:func:`committed_record`, :func:`sound_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -73,6 +75,7 @@ __all__ = [
     "prepare",
     "record_failure",
     "reduce",
+    "sound_checkpoint",
     "worker",
 ]
 
@@ -376,6 +379,26 @@ def committed_record(store: Store, keys: JobKeys, round_: int) -> dict[str, Any]
     return record
 
 
+def sound_checkpoint(
+    store: Store, keys: JobKeys, round_: int, n_params: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """Checkpoint ``round_``'s params and optimizer state, if both load, the params are the
+    model's size and finite and the state is the round's own (its ``step``); else ``None``.
+
+    A committed record says the writes happened, not that the bytes are still good: a
+    resume skips a damaged checkpoint, and the reducer that meets one recomputes it.
+    """
+    try:
+        params = store.get_array(keys.params(round_))
+        state = store.get_arrays(keys.optimizer(round_))
+        own_step = int(state["step"]) == round_
+    except (StoreError, KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return None
+    if not own_step or params.shape != (n_params,) or not np.all(np.isfinite(params)):
+        return None
+    return params, state
+
+
 def last_complete_round(store: Store, keys: JobKeys) -> int | None:
     """The newest committed checkpoint of a job (0 once prepared), ``None`` before that."""
     rounds = sorted(
@@ -422,12 +445,19 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     next_round = round_ + 1
     total = int(meta["rounds"])
     committed = committed_record(store, keys, next_round)
-    if committed is not None:
-        # A retried reducer: round t+1 is complete; never apply the optimizer twice.
+    checkpoint = (
+        None if committed is None else sound_checkpoint(store, keys, next_round, model.n_params)
+    )
+    if committed is not None and checkpoint is not None:
+        # A retried reducer (or a resume): round t+1 is complete; never apply the optimizer
+        # twice.
         record = committed
+        _remember(store, keys.params(next_round), "get_array", checkpoint[0])
+        _remember(store, keys.optimizer(next_round), "get_arrays", checkpoint[1])
     else:
-        # Check, don't trust: params t+1 without its record is an interrupted attempt;
-        # recompute it from checkpoint t (the same bytes: every input is deterministic).
+        # Check, don't trust: params t+1 without its record is an interrupted attempt, and
+        # a damaged one (a resume started before it) is no checkpoint; recompute it from
+        # checkpoint t (the same bytes: every input is deterministic).
         # the checkpoint this process wrote last round, if it was this process
         params = _cached(store, keys.params(round_), "get_array")
         state = _cached(store, keys.optimizer(round_), "get_arrays")

@@ -197,28 +197,40 @@ def test_sweep_replaces_a_full_out_only_when_asked_and_fails_when_no_point_succe
     )
     assert (notes / "todo.txt").read_text() == "keep"
 
-    # every point asks for a batch larger than the data: each one fails, and a sweep with
-    # no model does not replace the earlier sweep's (its result.json and best/ stay)
-    rc = main(sweep_args(engine, out, "--batch-size", "5000", "--overwrite", "--sweep-id", "nogo"))
+    # a point Prepare would refuse (a batch larger than the training rows) is refused before
+    # the sweep starts, by its place in the grid
+    rc = main(sweep_args(engine, out, "--batch-size", "32,5000", "--overwrite"))
+    assert rc == 1
+    assert error_line(capsys.readouterr().err) == (
+        "error: grid point 1 (optimizer.learning_rate=0.01, training.batch_size=5000): "
+        "training.batch_size: 5000 is larger than the 1800 training rows (use a smaller batch "
+        "or 'full')"
+    )
+    assert (out / "result.json").read_text() == '{"best": {"job_id": "older"}}'
+
+    # every point diverges: a sweep with no model does not replace the earlier sweep's (its
+    # result.json and best/ stay)
+    nogo = ("--lr", "500,1000", "--optimizer", "sgd", "--batch-size", "32", "--rounds", "300")
+    rc = main(sweep_args(engine, out, *nogo, "--overwrite", "--sweep-id", "nogo"))
     assert rc == 1
     err = error_line(capsys.readouterr().err)
     assert err.startswith(
-        f"error: no point of sweep nogo succeeded (2 failed); {out} keeps the earlier sweep; "
-        "the first point's error: SpecError: training.batch_size: 5000 is larger than"
-    )
+        f"error: no point of sweep nogo succeeded (2 diverged); {out} keeps the earlier sweep; "
+        "the first point's error: ModelDiverged: round"
+    ), err
     assert (out / "result.json").read_text() == '{"best": {"job_id": "older"}}'
     assert (out / "best" / "model.json").read_text() == '{"job_id": "older"}'
     # into a new --out, the failed sweep's result.json is written, with no best/
     fresh = tmp_path / "fresh"
-    rc = main(sweep_args(engine, fresh, "--batch-size", "5000", "--sweep-id", "nogo2"))
+    rc = main(sweep_args(engine, fresh, *nogo, "--sweep-id", "nogo2"))
     assert rc == 1
     assert error_line(capsys.readouterr().err) == (
-        f"error: no point of sweep nogo2 succeeded (2 failed); "
+        f"error: no point of sweep nogo2 succeeded (2 diverged); "
         f"each point's error is in {fresh / 'result.json'}"
     )
     result = json.loads((fresh / "result.json").read_text())
     assert result["sweep_id"] == "nogo2" and result["best"] is None
-    assert all("larger than" in r["message"] for r in result["results"])
+    assert all(r["error"] == "ModelDiverged" for r in result["results"])
     assert not (fresh / "best").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "notes", "sweep"]  # no temps
     engine.reset()

@@ -268,16 +268,13 @@ def _spec_for(args: argparse.Namespace) -> tuple[bool, JobSpec]:
     )
 
 
-def _spec_and_data(args: argparse.Namespace, *, sizes: bool = False) -> tuple[bool, JobSpec]:
-    """:func:`_spec_for`, with a local file checked (:func:`_prepare_data`). ``sizes``: also
-    as Prepare will split and scale it (train: a batch or worker count larger than the
-    training rows, features too large to standardize; a sweep's grid has batch sizes of
-    its own)."""
+def _spec_and_data(args: argparse.Namespace) -> tuple[bool, JobSpec]:
+    """:func:`_spec_for`, with a local file checked (:func:`_prepare_data`) and split and
+    scaled as Prepare will (a batch or worker count larger than the training rows, features
+    too large to standardize)."""
     local_data, spec = _spec_for(args)
     if local_data:
-        dataset = _prepare_data(args, spec)
-        if sizes:
-            split_and_scaler(spec, dataset, Path(args.data).name)
+        split_and_scaler(spec, _prepare_data(args, spec), Path(args.data).name)
     return local_data, spec
 
 
@@ -301,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_cli_fraction(args.chaos, args.stack)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    local_data, spec = _spec_and_data(args, sizes=True)
+    local_data, spec = _spec_and_data(args)
     _check_data_reachable(args, local_data, spec)
     if spec.output.model_name and not args.stack and not args.quiet:
         print(
@@ -731,7 +728,7 @@ def _check_sweep_out(out: Path, *, overwrite: bool) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lambdagrad import sweep_report
     from lambdagrad.plot import loss_curve_png
-    from lambdagrad.sweep import expand_grid, result_key, sweep_input
+    from lambdagrad.sweep import describe_point, expand_grid, result_key, sweep_input
 
     grid: dict[str, list[Any]] = {}
     if args.lr:
@@ -743,17 +740,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "give comma lists to sweep over: --lr 0.001,0.01,0.1 --batch-size 16,64,full"
         )
     args.lr, args.batch_size = None, None
-    local_data, spec = _spec_and_data(args)
+    local_data, spec = _spec_for(args)
+    base = json.loads(spec.model_dump_json())
+    base.pop("job_id", None)
+    points = expand_grid(base, grid)
+    if local_data:  # every point as train checks its job: none is started to fail in Prepare
+        sized = {
+            describe_point(i, pt["params"]): parse_spec(pt["spec"]) for i, pt in enumerate(points)
+        }
+        split_and_scaler(spec, _prepare_data(args, spec), Path(args.data).name, sized=sized)
     _check_data_reachable(args, local_data, spec)
     sweep_id = args.sweep_id or _default_job_id(args.data or spec.dataset.uri)[:50]
     out = Path(args.out) if args.out else Path("runs") / sweep_id
     _check_sweep_out(out, overwrite=args.overwrite)
     with open_stack(args) as stack:
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
-        base = json.loads(spec.model_dump_json())
-        base["dataset"]["uri"] = uri
-        base.pop("job_id", None)
-        points = expand_grid(base, grid)
+        for point in points:
+            point["spec"]["dataset"]["uri"] = uri
         arn = stack.start_sweep(sweep_input(sweep_id, points, args.concurrency))
         if not args.quiet and not args.json:
             _stderr_console().print(

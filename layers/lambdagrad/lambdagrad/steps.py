@@ -22,6 +22,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -240,15 +241,22 @@ def check_sizes(spec: JobSpec, n_train: int) -> None:
 
 
 def split_and_scaler(
-    spec: JobSpec, data: Dataset, source: str
+    spec: JobSpec, data: Dataset, source: str, *, sized: Mapping[str, JobSpec] | None = None
 ) -> tuple[np.ndarray, np.ndarray, Standardizer]:
     """The training and validation rows and the standardizer of a job: what Prepare refuses
     before it writes anything (a batch larger than the training rows, features too large to
-    scale), and what the CLI checks a local file with before anything starts."""
+    scale), and what the CLI checks a local file with before anything starts.
+
+    ``sized``: the specs whose batch and workers must fit the training rows, by the name an
+    error gives them (a sweep's points, which share ``spec``'s split); default ``spec``."""
     train_idx, val_idx = train_validation_split(
         len(data.y), spec.dataset.validation, spec.training.seed
     )
-    check_sizes(spec, len(train_idx))
+    for name, each in (sized or {"": spec}).items():
+        try:
+            check_sizes(each, len(train_idx))
+        except SpecError as exc:
+            raise SpecError(f"{name}: {exc}" if name else str(exc)) from None
     if not spec.dataset.standardize:
         return train_idx, val_idx, Standardizer.identity(data.X.shape[1])
     scaler = Standardizer.fit_rows(data.X, train_idx, names=data.feature_names, source=source)

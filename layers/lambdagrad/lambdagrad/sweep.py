@@ -163,8 +163,10 @@ def _set_path(doc: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def _describe(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "the base spec"
+def describe_point(index: int, params: Mapping[str, Any]) -> str:
+    """How messages name a grid point: ``grid point 2 (training.batch_size=5000)``."""
+    values = ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "the base spec"
+    return f"grid point {index} ({values})"
 
 
 def expand_grid(base_spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[dict]:
@@ -220,7 +222,7 @@ def expand_grid(base_spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]])
     if errors:
         if len(errors) == total > 1 and len({msg for _, _, msg in errors}) == 1:
             raise SpecError(f"all {total} grid points are invalid (the base spec?): {errors[0][2]}")
-        shown = "; ".join(f"grid point {i} ({_describe(p)}): {msg}" for i, p, msg in errors[:10])
+        shown = "; ".join(f"{describe_point(i, p)}: {msg}" for i, p, msg in errors[:10])
         more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise SpecError(f"{len(errors)} of {total} grid points are invalid: {shown}{more}")
     return points

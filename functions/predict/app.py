@@ -44,6 +44,8 @@ def predict_route() -> dict[str, Any]:
         body = app.current_event.json_body
     except ValueError as exc:  # JSONDecodeError, bad base64 or UTF-8
         raise PredictError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[...]]]]: the decoder's depth, not a server fault
+        raise PredictError("the request body is not valid JSON: nested too deeply") from None
     loads = CACHE.loads
     result = predict(store_from_env(), CACHE, body, MAX_ROWS)
     _emit("PredictedRows", len(result["predictions"]), MetricUnit.Count)

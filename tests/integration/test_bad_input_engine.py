@@ -325,6 +325,30 @@ def test_execution_same_model_name_failing_keeps_the_registered_model(engine, cl
     engine.reset()
 
 
+def test_a_finished_jobs_replayed_input_fails_and_keeps_its_model(engine, client, good):
+    """A continuation input of a finished job started again (the console's "New execution"
+    on one of its executions): it fails by name, and the job's model, status and
+    registered name stay as they were."""
+    job_id = json.loads((good / "model.json").read_text())["job_id"]
+    keys = JobKeys(job_id)
+    kept = [keys.model_json, keys.model_npz, keys.status, f"models/{MODEL_NAME}/current.json"]
+    before = {key: client.store.get_bytes(key) for key in kept}
+    progress = {"finished_at": 0.0, "train_loss": None, "best_round": None, "best_loss": None}
+    replay = {"job_id": job_id, "round": 2, "shards": [0], "segment_end": 3}
+    replay["progress"] = {**progress, "since_best": 0, "stop": None}
+    name = unique("replay")
+    client.sfn.start_execution(
+        stateMachineArn=client.state_machine_arn, name=name, input=json.dumps(replay)
+    )
+    arn = f"{client.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+    desc = client.wait_execution(arn, poll_seconds=0.05, timeout=60)
+    assert desc["status"] == "FAILED", desc
+    assert desc.get("error") == "JobFinishedByAnotherExecution", desc
+    assert f"job {job_id!r} already finished" in desc["cause"]
+    assert {key: client.store.get_bytes(key) for key in kept} == before
+    engine.reset()
+
+
 # ---- uploaded job files -----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("key", "body", "needles"),

@@ -120,6 +120,10 @@ def test_unknown_model_is_404(s3, monkeypatch):
         ("", "the request body must be a JSON object"),
         ("[1, 2, 3]", "the request body must be a JSON object"),
         ('{"instances": [[1, 2, 3, 4]]}', 'missing "model" field'),
+        (
+            '{"model": "houses", "instances": ' + "[" * 5000 + "]" * 5000 + "}",
+            "the request body is not valid JSON: nested too deeply",
+        ),
     ],
 )
 def test_malformed_bodies_are_400(s3, monkeypatch, raw, message):

@@ -319,6 +319,18 @@ PREPARE: list[Row] = [
      ["jobs/incoming/huge.json", "a job spec is at most 65536"]),
     ("upload-invalid-spec", _invalid_upload, SpecError,
      ["jobs/incoming/typo.json", "training.wokers: unknown field"]),
+    ("prepare-dataset-other-bucket", lambda: prepare(
+        memory_store(), spec(dataset={"uri": "s3://someone-elses-bucket/datasets/data.csv"})),
+     SpecError, ["dataset.uri: s3://someone-elses-bucket/datasets/data.csv is not in this "
+                 f"stack's bucket {BUCKET}"]),
+    ("prepare-job-id-a-number", lambda: prepare(memory_store(), event={"job_id": 123,
+                                                                        "spec": spec()}),
+     SpecError, ["job_id: expected a string, got 123"]),
+    ("prepare-spec-job-id-a-number",
+     lambda: prepare(memory_store(), event={"spec": spec(job_id=7)}), SpecError,
+     ["spec.job_id: expected a string, got 7"]),
+    ("prepare-input-not-an-object", lambda: prepare(memory_store(), event=[1, 2]), SpecError,
+     ["the execution input must be a JSON object, got [1, 2]"]),
     ("prepare-standardize-overflow",
      lambda: prepare(memory_store(b"a,b,price\n1,1e308,1\n2,1.5e308,2\n3,1e308,3\n"),
                      spec(training={"workers": 1, "batch_size": "full"},
@@ -347,6 +359,8 @@ SCORED: list[Row] = [
 ]
 
 PREDICT: list[Row] = [
+    ("predict-unknown-field", lambda: parse({**request(ROW), "version": "deadbeef"}),
+     PredictError, ["unknown field 'version': a request has \"model\" and \"instances\" only"]),
     ("predict-wrong-feature-count", lambda: parse(request(ROW, ROW[:3])), PredictError,
      ["instances[1]", "expected 4 features (sqft, bedrooms, age, distance_km), got 3"]),
     ("predict-string-value", lambda: parse(request([1200, "3", 12.5, 4.2])), PredictError,
@@ -508,3 +522,68 @@ def test_upload_keys_under_incoming_are_accepted():
     assert unsafe_upload_key("jobs/incoming/houses.json") is None
     assert unsafe_upload_key("jobs/incoming/team-a/houses.v2.json") is None
     assert unsafe_upload_key("/jobs/incoming/x.json") is not None
+
+
+class CountingS3(MemoryS3):
+    """Records the keys read whole (GET), not those only asked about (HEAD)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[str] = []
+
+    def get_object(self, Bucket: str, Key: str, **kw: Any) -> dict:
+        self.read.append(Key)
+        return super().get_object(Bucket, Key, **kw)
+
+
+def test_an_oversized_upload_is_refused_without_being_read():
+    store = Store(CountingS3(), BUCKET)
+    key = "jobs/incoming/huge.json"
+    store.put_bytes(key, b" " * (64 << 20))  # 64 MiB of spaces: it would parse as nothing
+    with pytest.raises(SpecError, match=f"{key}: {64 << 20} bytes; a job spec is at most"):
+        prepare(store, event=upload_event(key))
+    assert key not in store.client.read
+
+
+def test_an_uploaded_job_file_with_a_byte_order_mark_trains_as_config_does():
+    store = memory_store()
+    key = "jobs/incoming/bom.json"
+    doc = spec(training={"workers": 2, "rounds": 2})
+    store.put_bytes(key, b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    assert prepare(store, event=upload_event(key))["round"] == 0
+
+
+class DeniedS3(MemoryS3):
+    def get_object(self, Bucket: str, Key: str, **kw: Any) -> dict:
+        error = Exception("Access Denied")  # as botocore's ClientError carries it
+        error.response = {"Error": {"Code": "AccessDenied"}}  # type: ignore[attr-defined]
+        raise error
+
+
+def test_access_denied_names_the_object():
+    store = Store(DeniedS3(), BUCKET)
+    with pytest.raises(StoreError, match=rf"^s3://{BUCKET}/datasets/x.csv: access denied"):
+        store.get_bytes("datasets/x.csv")
+
+
+@pytest.mark.parametrize(
+    ("event", "recorded"),
+    [
+        ({"state": "oops"}, False),
+        ({"state": {"job_id": 123, "error": {"Error": "X", "Cause": "{}"}}}, False),
+        ({"state": {"job_id": "../x", "error": {"Error": "X", "Cause": "{}"}}}, False),
+        ({"state": {"spec": {"job_id": 7}, "error": "boom"}}, False),
+        (
+            {"state": {"job_id": "j", "error": {"Error": None, "Cause": '{"errorMessage": 5}'}}},
+            True,
+        ),
+    ],
+)
+def test_record_failure_records_whatever_failed_without_failing_itself(event, recorded):
+    store = memory_store()
+    out = steps.record_failure(store, event)
+    assert out["status"] == "FAILED" and isinstance(out["message"], str)
+    assert out["recorded"] is recorded
+    if recorded:  # under the job id it has
+        status = store.get_json(JobKeys("j").status)
+        assert (status["error"], status["message"]) == ("Unknown", "5")

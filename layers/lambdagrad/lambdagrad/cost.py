@@ -188,7 +188,8 @@ def round_structure(
     per job, transitions         Prepare
     per job, S3 GET              prepare: status, dataset, status; workers: 3 W (spec,
                                  meta, shard); reducer: spec, meta, params 0, optimizer
-                                 0, validation; finalize: spec, meta, params,
+                                 0, validation; finalize: spec, meta, HEAD model.json
+                                 (a finished job is not finalized again), params,
                                  validation, status
     per job, S3 PUT              prepare: claim, status, W shards, validation, params,
                                  optimizer, spec, meta, status; finalize: history,
@@ -217,7 +218,7 @@ def round_structure(
         express_requests_per_segment=0 if standard else 1,
         s3_put_per_segment=1.0 - status,
         transitions_per_job=1 if standard else EXPRESS_PARENT_TRANSITIONS_PER_JOB,
-        s3_get_per_job=float(3 + 3 * w + 5 + 5 + (2 if register_model else 0)),
+        s3_get_per_job=float(3 + 3 * w + 5 + 6 + (2 if register_model else 0)),
         s3_put_per_job=float((8 + w) + 5 + (1 if register_model else 0)),
     )
 

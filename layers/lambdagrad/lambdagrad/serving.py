@@ -85,6 +85,12 @@ def _model_name(body: Any) -> str:
             f'the request body must be a JSON object {{"model": ..., "instances": [...]}}, '
             f"got {got}"
         )
+    unknown = sorted(set(body) - {"model", "instances"})
+    if unknown:
+        raise PredictError(
+            f'unknown field {_show(unknown[0])}: a request has "model" and "instances" '
+            "only (it is served by the model's current version)"
+        )
     if "model" not in body:
         raise PredictError('missing "model" field: the name of a registered model')
     try:

@@ -14,6 +14,7 @@ the optimizer again; a partial or damaged one is recomputed from checkpoint ``t`
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -41,6 +42,14 @@ from lambdagrad.models import Model
 from lambdagrad.registry import promote
 from lambdagrad.shard_cache import cached_shard, default_cache
 from lambdagrad.spec import MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
+from lambdagrad.step_events import (
+    EventError,
+    event_int,
+    event_number,
+    event_object,
+    event_optional_object,
+    event_str,
+)
 from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
     advance_progress,
@@ -67,7 +76,9 @@ from lambdagrad.transfer import receive_gradients, send_gradient
 from lambdagrad.uploads import unsafe_upload_key, upload_from_event
 
 __all__ = [
+    "EventError",
     "JobExistsError",
+    "JobFinishedByAnotherExecution",
     "MetricSink",
     "ModelDiverged",
     "committed_record",
@@ -79,6 +90,11 @@ __all__ = [
     "sound_checkpoint",
     "worker",
 ]
+
+
+class JobFinishedByAnotherExecution(RuntimeError):
+    """The job has its model: an execution that did not write it (a finished job's input
+    replayed, Finalize invoked by hand) must not train it on, rewrite it or re-register it."""
 
 
 class ModelDiverged(RuntimeError):
@@ -154,11 +170,17 @@ def _now() -> float:
     return time.time()
 
 
-def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
+def _status(store: Store, keys: JobKeys) -> dict[str, Any]:
+    """The job's status record, or {} when there is none (or it is not a JSON object)."""
     try:
         status = store.get_json(keys.status)
     except StoreError:
-        status = {"job_id": keys.job_id}
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
+    status = _status(store, keys) or {"job_id": keys.job_id}
     status.update(fields, updated_at=_now())
     store.put_json(keys.status, status)
 
@@ -171,8 +193,14 @@ def job_id_of(payload: dict[str, Any]) -> str | None:
     upload = upload_from_event(payload)
     if upload is not None:
         return upload.job_id
+    if not isinstance(payload, dict):
+        return None
     spec = payload.get("spec")
-    return payload.get("job_id") or (spec.get("job_id") if isinstance(spec, dict) else None)
+    given = payload.get("job_id"), spec.get("job_id") if isinstance(spec, dict) else None
+    for where, job_id in zip(("job_id", "spec.job_id"), given, strict=True):
+        if job_id is not None and not isinstance(job_id, str):
+            raise SpecError(f"{where}: expected a string, got {job_id!r:.40}")
+    return given[0] or given[1]  # the input's over its spec's (a sweep names its points)
 
 
 def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobSpec:
@@ -183,11 +211,13 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
         problem = unsafe_upload_key(upload.key)
         if problem:
             raise SpecError(f"{upload.key!r}: {problem}")
-        text = store.get_bytes(upload.key)
-        if len(text) > MAX_SPEC_BYTES:
-            raise SpecError(
-                f"{upload.key}: {len(text)} bytes; a job spec is at most {MAX_SPEC_BYTES}"
-            )
+        size = store.size(upload.key)  # before reading: an upload can be any size
+        if size <= MAX_SPEC_BYTES:
+            text = store.get_bytes(upload.key)
+            size = len(text)  # replaced since the HEAD: it is a new upload's job, checked anew
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{upload.key}: {size} bytes; a job spec is at most {MAX_SPEC_BYTES}")
+        text = text.removeprefix(codecs.BOM_UTF8)  # as --config reads a file: utf-8-sig
         try:
             spec = parse_spec(text)
         except SpecError as exc:
@@ -221,6 +251,11 @@ def _claim(store: Store, keys: JobKeys, execution: str | None, started: str | No
 def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
     bucket, key = parse_s3_uri(spec.dataset.uri)
+    if bucket != store.bucket:  # the functions' roles read their own bucket only
+        raise SpecError(
+            f"dataset.uri: {spec.dataset.uri} is not in this stack's bucket {store.bucket}: "
+            f"copy it there (under datasets/), or give the local file to lambdagrad train"
+        )
     data = store.get_bytes(key, bucket=bucket)
     return read_training_data(data, source=key.rsplit("/", 1)[-1], spec=spec)
 
@@ -267,6 +302,8 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     """Validate the spec, split and standardize the data, write shards and round 0."""
     started = time.perf_counter()
     payload = event.get("input", event)
+    if not isinstance(payload, dict):
+        raise SpecError(f"the execution input must be a JSON object, got {payload!r:.40}")
     execution = event.get("execution")
     job_id = job_id_of(payload)
     if not job_id:
@@ -331,7 +368,9 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
 def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """One shard's gradient sum for one round (inline or in S3), loss sum and row count."""
     started = time.perf_counter()
-    job_id, round_, shard = event["job_id"], int(event["round"]), int(event["shard"])
+    event, where = event_object(event, "worker event"), "worker event"
+    job_id, round_ = event_str(event, where, "job_id"), event_int(event, where, "round")
+    shard = event_int(event, where, "shard")
     keys, spec, meta = _job(store, job_id)
     data = cached_shard(store, keys.shard(shard))  # memory, then /tmp, then S3
     X, y = data["X"], data["y"]
@@ -436,14 +475,64 @@ def _validation_loss(
     return loss
 
 
+def _event_progress(event: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The progress the state machine carries (:func:`~lambdagrad.training.initial_progress`'s
+    keys), or None."""
+    progress = event_optional_object(event, where, "progress")
+    missing = sorted(set(initial_progress(0.0)) - set(progress or {}))
+    if progress is not None and missing:
+        raise EventError(f"{where}: progress: missing {', '.join(missing)}")
+    return progress
+
+
+def _event_results(event: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The workers' results, in shard order, each with its shard, row count and loss sum."""
+    results = event.get("results")
+    if not isinstance(results, list) or not results:
+        raise EventError(f"{where}: results: expected the workers' results, got {results!r:.60}")
+    for i, result in enumerate(results):
+        at = f"{where}: results[{i}]"
+        event_int(event_object(result, at), at, "shard")
+        event_int(result, at, "count")
+        event_number(result, at, "loss_sum")
+    if not sum(r["count"] for r in results):
+        raise EventError(f"{where}: results: no rows in this round's batch (every count is 0)")
+    return sorted(results, key=lambda r: r["shard"])
+
+
+def _refuse_finished(store: Store, keys: JobKeys, execution: Any) -> None:
+    """A job whose model exists is finished: only the execution that wrote it may go on
+    (a retried Finalize); anything else would rewrite a good model or re-register it."""
+    if not store.exists(keys.model_json):
+        return
+    status = _status(store, keys)
+    if status.get("state") != "SUCCEEDED" or status.get("execution") != execution:
+        raise JobFinishedByAnotherExecution(
+            f"job {keys.job_id!r} already finished: its model is s3://{store.bucket}/"
+            f"{keys.model_json} (written by execution {status.get('execution')}); "
+            "start a new job to train again"
+        )
+
+
 def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Aggregate the round's gradients in shard order and take one optimizer step."""
     started = time.perf_counter()
-    job_id, round_ = event["job_id"], int(event["round"])
+    event, where = event_object(event, "reduce event"), "reduce event"
+    job_id, round_ = event_str(event, where, "job_id"), event_int(event, where, "round")
+    results = _event_results(event, where)
+    segment_end = event_int(event, where, "segment_end", minimum=1)
+    previous = _event_progress(event, where)
+    try:  # read now: nothing may fail after the checkpoint is written
+        segment_time_up(event.get("segment_started"), event.get("segment_seconds"), _now())
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"{where}: segment_started / segment_seconds: {exc}") from None
     keys, spec, meta = _job(store, job_id)
     model = _model(meta, spec)
-    results = sorted(event["results"], key=lambda r: int(r["shard"]))
-    shards = [int(r["shard"]) for r in results]
+    if round_ >= int(meta["rounds"]):
+        raise EventError(
+            f"{where}: round: {round_} is not before the job's last round ({meta['rounds']})"
+        )
+    shards = [r["shard"] for r in results]
     if shards != list(range(spec.training.workers)):
         raise StoreError(
             f"round {round_}: expected results of shards "
@@ -458,7 +547,8 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     )
     if committed is not None and checkpoint is not None:
         # A retried reducer (or a resume): round t+1 is complete; never apply the optimizer
-        # twice.
+        # twice. Or a finished job's input replayed, which stops here.
+        _refuse_finished(store, keys, event.get("execution"))
         record = committed
         _remember(store, keys.params(next_round), "get_array", checkpoint[0])
         _remember(store, keys.optimizer(next_round), "get_arrays", checkpoint[1])
@@ -471,7 +561,7 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         state = _cached(store, keys.optimizer(round_), "get_arrays")
         grads = receive_gradients(store, keys, round_, results, model.n_params)
         mean_grad, train_loss, _ = combine_gradients(
-            grads, [float(r["loss_sum"]) for r in results], [int(r["count"]) for r in results]
+            grads, [float(r["loss_sum"]) for r in results], [r["count"] for r in results]
         )
         if not (math.isfinite(train_loss) and np.all(np.isfinite(mean_grad))):
             raise ModelDiverged(
@@ -507,7 +597,8 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         }
         store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 
-    previous = event.get("progress") or initial_progress(float(meta["prepared_at"]))
+    if previous is None:
+        previous = initial_progress(float(meta["prepared_at"]))
     progress, stop_reason = advance_progress(
         previous,
         spec,
@@ -518,7 +609,6 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     )
     if next_round >= total:
         stop_reason = stop_reason or "rounds"
-    segment_end = int(event["segment_end"])
     if stop_reason:
         step = "finalize"
     elif next_round >= segment_end or segment_time_up(
@@ -590,12 +680,17 @@ def _final_metrics(store: Store, keys: JobKeys, trained: TrainedModel, meta: dic
 def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Write model.npz, model.json and history.csv; mark the job succeeded."""
     started = time.perf_counter()
-    job_id, round_ = event["job_id"], int(event["round"])
+    event, where = event_object(event, "finalize event"), "finalize event"
+    job_id, round_ = event_str(event, where, "job_id"), event_int(event, where, "round")
+    progress = _event_progress(event, where) or {}
     keys, spec, meta = _job(store, job_id)
-    progress = event.get("progress") or {}
+    _refuse_finished(store, keys, event.get("execution"))
+    records, history_csv = _history(store, keys, meta)
+    last = records[-1].get("round") if records else 0
+    if round_ != last:
+        raise EventError(f"{where}: round: {round_} is not the job's last round ({last})")
     model_round = final_round(spec, progress, round_)
     params = store.get_array(keys.params(model_round))
-    records, history_csv = _history(store, keys, meta)
     chosen = records[model_round - 1] if 0 < model_round <= len(records) else {}
     trained = TrainedModel(
         model=_model(meta, spec),
@@ -658,19 +753,30 @@ def _error_message(error: dict[str, Any]) -> str:
         parsed = json.loads(cause)
     except (TypeError, ValueError):
         return str(cause)
-    return parsed.get("errorMessage", cause) if isinstance(parsed, dict) else str(cause)
+    return str(parsed.get("errorMessage", cause)) if isinstance(parsed, dict) else str(cause)
 
 
 def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Write why the job failed into status.json; checkpoints stay for inspection or resume."""
-    state = event.get("state", {})
-    error = state.get("error", {})
-    job_id = state.get("job_id") or job_id_of(state)
-    name, message = error.get("Error", "Unknown"), _error_message(error)
-    if not job_id or name == JobExistsError.__name__:
+    state = event.get("state") if isinstance(event.get("state"), dict) else {}
+    error = state.get("error") if isinstance(state.get("error"), dict) else {}
+    try:  # whatever the failed input was, the failure is recorded
+        job_id = state.get("job_id") or job_id_of(state)
+    except SpecError:
+        job_id = None
+    name, message = str(error.get("Error") or "Unknown"), _error_message(error)
+    unrecorded = {"status": "FAILED", "error": name, "message": message, "recorded": False}
+    if not isinstance(job_id, str) or not job_id or name == JobExistsError.__name__:
         # no job to speak of, or another execution's job: leave its files alone
-        return {"status": "FAILED", "error": name, "message": message, "recorded": False}
-    keys = JobKeys(job_id)
+        return unrecorded
+    try:
+        keys = JobKeys(job_id)
+    except StoreError:  # an invalid id (the failure was refusing it): no job to record it in
+        return unrecorded
+    if _status(store, keys).get("state") == "SUCCEEDED":
+        # a finished job (Finalize writes SUCCEEDED last): a replayed input of it failed, and
+        # its status stays the one of its model
+        return unrecorded
     complete = last_complete_round(store, keys)
     checkpoint = None
     if complete is not None:

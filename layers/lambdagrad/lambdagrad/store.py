@@ -146,9 +146,22 @@ class S3Client(Protocol):
     def list_objects_v2(self, **kwargs: Any) -> Any: ...
 
 
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
 def _is_missing(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+    return _error_code(exc) in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+
+
+def _read_error(exc: Exception, bucket: str, key: str) -> Exception:
+    """The StoreError a failed read is, naming the object; other errors as they are."""
+    if _is_missing(exc):
+        return MissingObjectError(f"s3://{bucket}/{key} does not exist")
+    if _error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
+        return StoreError(f"s3://{bucket}/{key}: access denied (this role may not read it)")
+    return exc
 
 
 class Store:
@@ -179,20 +192,30 @@ class Store:
         try:
             return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
         except Exception as exc:
-            if _is_missing(exc):
-                raise MissingObjectError(
-                    f"s3://{bucket or self.bucket}/{key} does not exist"
-                ) from None
-            raise
+            error = _read_error(exc, bucket or self.bucket, key)
+            if error is exc:
+                raise
+            raise error from None
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes (a HEAD: nothing is downloaded)."""
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except Exception as exc:
+            error = _read_error(exc, self.bucket, key)
+            if error is exc:
+                raise
+            raise error from None
 
     def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
         """Stream an object into a binary file in chunks (never whole in memory); bytes."""
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except Exception as exc:
-            if _is_missing(exc):
-                raise MissingObjectError(f"s3://{self.bucket}/{key} does not exist") from None
-            raise
+            error = _read_error(exc, self.bucket, key)
+            if error is exc:
+                raise
+            raise error from None
         total = 0
         while block := body.read(chunk):
             out.write(block)

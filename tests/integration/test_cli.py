@@ -390,7 +390,27 @@ def test_status_of_a_local_job_reads_its_run_directory(tmp_path, capsys):
     assert "no local records of job st1 in" in capsys.readouterr().err
     assert main(["status", "st1", "--out", str(out), "--follow"]) == 1
     assert "--follow needs --stack" in capsys.readouterr().err
-    (out / "state" / "DataBucket" / "jobs" / "st1" / "status.json").write_text("{")
+    records = out / "state" / "DataBucket" / "jobs" / "st1"
+    good = {name: (records / name).read_text() for name in ("status.json", "cost.json")}
+    # a hand-edited record is named, with what in it is damaged; nothing half-printed
+    cost = json.loads(good["cost.json"])
+    del cost["dollars"]
+    (records / "cost.json").write_text(json.dumps(cost))
+    assert main(["status", "st1", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: {records}/cost.json is damaged: it has no 'dollars'"
+    assert captured.out == ""
+    (records / "cost.json").write_text(good["cost.json"])
+    for edited, damage in [
+        ({}, "it has no 'state'"),
+        ({"state": "SUCCEEDED", "train_loss": "low"}, "could not convert string to float"),
+        ({"state": "RUNNING", "rounds": 9, "round": [1]}, "int() argument must be"),
+    ]:
+        (records / "status.json").write_text(json.dumps(edited))
+        assert main(["status", "st1", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {records}/status.json is damaged: {damage}"), err
+    (records / "status.json").write_text("{")
     assert main(["status", "st1", "--out", str(out)]) == 1
     assert "status.json is not valid JSON" in capsys.readouterr().err
 

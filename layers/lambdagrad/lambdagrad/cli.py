@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lambdagrad.artifact import (
     ArtifactError,
@@ -41,12 +41,14 @@ from lambdagrad.registry import RegistryError, list_models, load_registered, loo
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
 from lambdagrad.steps import check_sizes, split_and_scaler
-from lambdagrad.store import StoreError, is_claim_key
+from lambdagrad.store import JobKeys, StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
 from lambdagrad.training import model_for_data, read_training_data
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 USER_ERRORS = (
     SpecError,
@@ -680,6 +682,8 @@ def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.stack:
         status, cost = _local_status(args)
+        out = Path(args.out) if args.out else Path("runs") / args.job_id
+        records = f"{_local_jobs(out) / args.job_id}/"
     else:
         with open_stack(args) as stack:
             status = (
@@ -688,23 +692,49 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else stack.status(args.job_id)
             )
             cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
+            records = f"s3://{stack.store.bucket}/{JobKeys(args.job_id).prefix}"
+    # both rendered before anything is printed: a damaged record is named, not half shown
+    line = _readable(lambda: _status_line(args.job_id, status), records + "status.json")
+    bill = _readable(lambda: _cost_text(cost), records + "cost.json") if cost else ""
     if args.json:
         print(json.dumps({**status, "cost": cost} if cost else status))
     else:
-        line = f"{args.job_id}: {status.get('state')}"
-        if status.get("rounds"):
-            line += f", round {status.get('round', 0)}/{status['rounds']}"
-        if status.get("train_loss") is not None:
-            line += f", train loss {status['train_loss']:.4g}"
-        if status.get("error"):
-            line += f"\n{status['error']}: {status.get('message', '')}"
         print(line)
-        if cost:
-            from lambdagrad.cost_report import print_cost
-
-            print_cost(cost, notes=False)
-            print(_cost_line(cost))
+        print(bill, end="")
     return 0 if status.get("state") not in ("FAILED", "STOPPED") else 1
+
+
+def _status_line(job_id: str, status: dict[str, Any]) -> str:
+    line = f"{job_id}: {status['state']}"
+    if status.get("rounds"):
+        line += f", round {int(status.get('round') or 0)}/{int(status['rounds'])}"
+    if status.get("train_loss") is not None:
+        line += f", train loss {float(status['train_loss']):.4g}"
+    if status.get("error"):
+        line += f"\n{status['error']}: {status.get('message', '')}"
+    return line
+
+
+def _cost_text(cost: dict[str, Any]) -> str:
+    """The cost table and its line, rendered whole before anything is printed."""
+    from rich.console import Console
+
+    from lambdagrad.cost_report import print_cost
+
+    text = io.StringIO()
+    print_cost(cost, Console(file=text, width=Console().width), notes=False)
+    return text.getvalue() + _cost_line(cost) + "\n"
+
+
+def _readable(show: Callable[[], T], record: str) -> T:
+    """What ``show`` makes of a job record, or a CliError naming the record and what in it
+    is damaged (a hand-edited ``status.json`` or ``cost.json``)."""
+    try:
+        return show()
+    except KeyError as exc:
+        raise CliError(f"{record} is damaged: it has no {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CliError(f"{record} is damaged: {exc}") from None
 
 
 def _check_sweep_out(out: Path, *, overwrite: bool) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdagrad.spec import JobSpec
-from lambdagrad.store import JobKeys, Store, StoreError
+from lambdagrad.store import JobKeys, MissingObjectError, Store
 
 __all__ = ["TERMINAL_STATES", "JobFailedError", "StackClient", "StackError"]
 
@@ -235,9 +235,11 @@ class StackClient:
 
     # ---- following ------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status record; PENDING before Prepare writes one (a damaged one is a
+        StoreError naming it, not taken for a job that has not started)."""
         try:
             return self.store.get_json(JobKeys(job_id).status)
-        except StoreError:
+        except MissingObjectError:
             return {"job_id": job_id, "state": "PENDING"}
 
     def attach(self, job_id: str, execution_arn: str) -> None:

@@ -185,6 +185,29 @@ def test_resume_refuses_a_job_without_checkpoints(engine, stack, tmp_path, capsy
     assert "no local checkpoints of job never-ran" in capsys.readouterr().err
 
 
+def test_a_local_resume_names_the_run_directory_not_the_engines_bucket(tmp_path, capsys):
+    out = tmp_path / "run"
+    houses = str(EVENTS / "data" / "houses.csv")
+    diverging = ["--label", "price", "--optimizer", "sgd", "--lr", "900", "--rounds", "300"]
+    assert main(["train", houses, *diverging, "--job-id", "dv", "--out", str(out), "--quiet"]) == 1
+    capsys.readouterr()
+    # a job the run directory does not hold is named as such before anything else about it
+    (out / "model.json").write_text(json.dumps({"job_id": "someone"}))
+    assert main(["resume", "other", "--out", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: no local checkpoints of job other in {out / 'state'}/ (it holds job dv): give "
+        "the --out it was trained with, or --stack NAME for a job on a deployed stack"
+    )
+    (out / "model.json").unlink()
+    # a damaged record is named where it is on disk: the engine's bucket is gone by now
+    spec = out / "state" / "DataBucket" / "jobs" / "dv" / "spec.json"
+    spec.write_text("{")
+    assert main(["resume", "dv", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {spec} is not valid JSON"), err
+    assert "s3://" not in err
+
+
 # ---- isolation ------------------------------------------------------------------------
 def job_files(store, job_id: str) -> dict[str, object]:
     """Every object of a job by its key below the job's prefix, comparable across runs."""

@@ -113,6 +113,11 @@ def open_stack(
             args.chaos_run = start_for_cli(engine, args.chaos)
         stack = StackClient.from_outputs(engine.outputs, engine.client)
         stack.put_file = engine.put_file
+        if state_dir is not None:  # messages name the mirror on disk, not a bucket that is gone
+            args.local_paths = {
+                f"s3://{bucket}/": f"{state_dir / logical_id}/"
+                for bucket, logical_id in engine.buckets().items()
+            }
         yield stack
 
 
@@ -416,10 +421,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     state_dir = None
     if not args.stack:
         state_dir = out / STATE_DIRNAME
-        if not state_dir.is_dir():
+        if not (_local_jobs(out) / args.job_id).is_dir():
+            jobs = sorted(p.name for p in _local_jobs(out).glob("*") if p.name != "incoming")
             raise CliError(
-                f"no local checkpoints of job {args.job_id} in {state_dir}/: give the --out "
-                "it was trained with, or --stack NAME for a job on a deployed stack"
+                f"no local checkpoints of job {args.job_id} in {state_dir}/"
+                + (f" (it holds job {', '.join(jobs)})" if jobs else "")
+                + ": give the --out it was trained with, or --stack NAME for a job on a "
+                "deployed stack"
             )
     if (out / "model.json").is_file():
         owner = _read_json(out / "model.json").get("job_id")
@@ -952,6 +960,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             and exc.filename
         ):
             message = f"{exc.filename}: {exc.strerror.lower() if exc.strerror else 'not found'}"
+        for uri, path in getattr(args, "local_paths", {}).items():
+            message = message.replace(uri, path)
         print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -168,11 +168,43 @@ def test_cli_refuses_to_replace_a_model_without_overwrite(engine, good, capsys):
     assert digest(good) == before
 
 
-def test_cli_bad_flag_value_is_a_usage_error(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", str(HOUSES), "--batch-size", "zero"], "argument --batch-size: expected a "),
+        # Python reads 1_0 as 10: a typo is not taken for another number
+        (["train", str(HOUSES), "--lr", "1_0"], "argument --lr: invalid number value: '1_0'"),
+        (["train", str(HOUSES), "--rounds", "1_0"], "argument --rounds: invalid whole_number "),
+        # an empty item was dropped: the sweep ran a grid the user did not write
+        (["sweep", str(HOUSES), "--lr", "0.1,,0.2"], "argument --lr: an empty item in '0.1,,0.2'"),
+        (["sweep", str(HOUSES), "--batch-size", "8,"], "argument --batch-size: an empty item in"),
+        # the sweep's own name for it (max_concurrency) was what the user saw
+        (
+            ["sweep", str(HOUSES), "--lr", "0.1", "--concurrency", "0"],
+            "argument --concurrency: expected a whole number of at least 1, got '0'",
+        ),
+        (["sweep", str(HOUSES), "--lr", "0.1", "--concurrency", "41"], "at most 40 points at once"),
+        # --classes -3 said "got 1"; --rows 0 on a file fell back to the file's rows
+        (
+            ["estimate", str(HOUSES), "--classes", "-3"],
+            "argument --classes: expected a whole number of at least 1, got '-3'",
+        ),
+        (["estimate", str(HOUSES), "--rows", "0"], "argument --rows: expected a whole number"),
+    ],
+)
+def test_cli_bad_flag_value_is_a_usage_error(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["train", str(HOUSES), "--batch-size", "zero"])
+        main(argv)
     assert exit_.value.code == 2
-    assert "--batch-size" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_cli_status_and_price_refuse_what_they_cannot_read(capsys):
+    assert main(["status", "../x"]) == 1  # never a path: runs/../x
+    assert capsys.readouterr().err.strip() == "error: invalid job id '../x'"
+    argv = ["estimate", str(HOUSES), "--label", "price", "--price", "s3_get=1_0"]
+    assert main(argv) == 1
+    assert "--price 's3_get=1_0': '1_0' is not a number" in capsys.readouterr().err
 
 
 def test_cli_batch_larger_than_data_is_refused_before_a_job_starts(

@@ -688,6 +688,7 @@ def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    JobKeys(args.job_id)  # an invalid id is named (and never a path: runs/../x)
     if not args.stack:
         status, cost = _local_status(args)
         out = Path(args.out) if args.out else Path("runs") / args.job_id

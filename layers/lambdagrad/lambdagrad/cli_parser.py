@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from lambdagrad import __version__
 from lambdagrad.cost import RUNNING_ORCHESTRATION
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
+from lambdagrad.sweep import MAX_CONCURRENCY
 
 __all__ = ["STATE_DIRNAME", "CliError", "build_parser", "read_config", "spec_from_args"]
 
@@ -76,11 +77,52 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
+def number(text: str) -> float:
+    """A float as a user writes one. Python's ``1_0`` (10) is refused: read as a typo, not as
+    another number. argparse names the function in its message: ``invalid number value``."""
+    if "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
+def whole_number(text: str) -> int:
+    """An int as a user writes one (``1_0`` refused, as by :func:`number`)."""
+    if "_" in text:
+        raise ValueError(text)
+    return int(text)
+
+
+def _count(text: str) -> int:
+    """A size (rows, features, classes, points at once): a whole number of at least 1."""
+    try:
+        value = whole_number(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    value = _count(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CONCURRENCY} points at once, got {value}")
+    return value
+
+
+def _items(text: str) -> list[str]:
+    """The items of a comma list; an empty one (``0.1,,0.2``, a trailing comma) is refused."""
+    items = [part.strip() for part in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}")
+    return items
+
+
 def _batch_size(text: str) -> int | str:
     if text == "full":
         return "full"
     try:
-        value = int(text)
+        value = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'full', got {text!r}"
@@ -92,21 +134,18 @@ def _batch_size(text: str) -> int | str:
 
 def _float_list(text: str) -> list[float]:
     try:
-        values = [float(part) for part in text.split(",") if part.strip()]
+        return [number(part) for part in _items(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.01,0.1, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
 
 
 def _batch_list(text: str) -> list[int | str]:
-    return [_batch_size(part.strip()) for part in text.split(",") if part.strip()]
+    return [_batch_size(part) for part in _items(text)]
 
 
 def _sizes(text: str) -> list[int]:
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        sizes = [whole_number(part) for part in _items(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
     if not sizes or min(sizes) < 1:
@@ -226,7 +265,7 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     d.add_argument(
         "--format", choices=["csv", "npy", "npz"], help="file format; default: from the extension"
     )
-    d.add_argument("--validation", type=float, help="held-out fraction, 0 allowed")
+    d.add_argument("--validation", type=number, help="held-out fraction, 0 allowed")
     d.add_argument(
         "--no-standardize",
         dest="standardize",
@@ -247,8 +286,8 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
         choices=["auto", "regression", "classification"],
         help="mlp: what to predict; auto decides from the labels",
     )
-    m.add_argument("--l1", type=float, help="L1 penalty l1*|w| on weights, as a proximal step")
-    m.add_argument("--l2", type=float, help="L2 penalty 0.5*l2*||w||^2 on weights")
+    m.add_argument("--l1", type=number, help="L1 penalty l1*|w| on weights, as a proximal step")
+    m.add_argument("--l2", type=number, help="L2 penalty 0.5*l2*||w||^2 on weights")
     o = p.add_argument_group("optimizer")
     o.add_argument(
         "--optimizer",
@@ -257,52 +296,56 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     )
     o.add_argument(
         "--lr",
-        type=_float_list if lists else float,
+        type=_float_list if lists else number,
         help="learning rate (default: "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATE.items())
         + ")",
     )
-    o.add_argument("--momentum", type=float, help="momentum / nesterov coefficient")
-    o.add_argument("--beta1", type=float, help="Adam/AdamW beta1")
-    o.add_argument("--beta2", type=float, help="Adam/AdamW beta2")
-    o.add_argument("--eps", type=float, help="Adam/AdamW/RMSProp epsilon")
-    o.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
-    o.add_argument("--clip-norm", type=float, help="clip the gradient's global L2 norm to this")
+    o.add_argument("--momentum", type=number, help="momentum / nesterov coefficient")
+    o.add_argument("--beta1", type=number, help="Adam/AdamW beta1")
+    o.add_argument("--beta2", type=number, help="Adam/AdamW beta2")
+    o.add_argument("--eps", type=number, help="Adam/AdamW/RMSProp epsilon")
+    o.add_argument("--weight-decay", type=number, help="AdamW decoupled weight decay")
+    o.add_argument("--clip-norm", type=number, help="clip the gradient's global L2 norm to this")
     o.add_argument(
         "--schedule",
         choices=["constant", "step", "exponential", "inverse_time", "cosine"],
         help="learning-rate schedule over rounds",
     )
-    o.add_argument("--decay-steps", type=int, help="step schedule: rounds between drops")
+    o.add_argument("--decay-steps", type=whole_number, help="step schedule: rounds between drops")
     o.add_argument(
         "--decay-rate",
-        type=float,
+        type=number,
         help="step/exponential: factor per drop/round; inverse_time: decay",
     )
-    o.add_argument("--final-lr", type=float, help="cosine schedule: learning rate at the end")
-    o.add_argument("--warmup", type=int, help="rounds of linear warm-up before the schedule")
+    o.add_argument("--final-lr", type=number, help="cosine schedule: learning rate at the end")
+    o.add_argument(
+        "--warmup", type=whole_number, help="rounds of linear warm-up before the schedule"
+    )
     t = p.add_argument_group("training")
     t.add_argument(
         "--batch-size",
         type=_batch_list if lists else _batch_size,
         help="global batch per round: integer (1 = SGD) or 'full' (batch GD)",
     )
-    t.add_argument("--workers", type=int, help="data shards, one Lambda worker each")
+    t.add_argument("--workers", type=whole_number, help="data shards, one Lambda worker each")
     length = t.add_mutually_exclusive_group()
     length.add_argument(
         "--epochs",
-        type=float,
+        type=number,
         help="passes over the data; default 20, or 100 with --batch-size full",
     )
-    length.add_argument("--rounds", type=int, help="optimizer steps, instead of --epochs")
-    t.add_argument("--tolerance", type=float, help="stop when relative change of train loss < this")
+    length.add_argument("--rounds", type=whole_number, help="optimizer steps, instead of --epochs")
+    t.add_argument(
+        "--tolerance", type=number, help="stop when relative change of train loss < this"
+    )
     t.add_argument(
         "--patience",
-        type=int,
+        type=whole_number,
         help="early stopping: rounds without validation gain; keeps the best round",
     )
-    t.add_argument("--min-delta", type=float, help="early stopping: the least gain that counts")
-    t.add_argument("--seed", type=int, help="seed for split, initialisation and sampling")
+    t.add_argument("--min-delta", type=number, help="early stopping: the least gain that counts")
+    t.add_argument("--seed", type=whole_number, help="seed for split, initialisation and sampling")
     t.add_argument(
         "--dtype",
         choices=("float64", "float32"),
@@ -310,12 +353,12 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     )
     t.add_argument(
         "--segment-rounds",
-        type=int,
+        type=whole_number,
         help="most rounds per Express segment (also cut by time); default from --workers",
     )
     t.add_argument(
         "--steps-per-round",
-        type=int,
+        type=whole_number,
         help="local SGD: K local steps per worker per round, then the reducer averages",
     )
     return t
@@ -335,9 +378,9 @@ def _add_estimate_parser(sub: Any) -> None:
     es.add_argument("--config", help="job spec JSON; flags override its fields")
     _add_spec_flags(es)
     c = es.add_argument_group("cost")
-    c.add_argument("--rows", type=int, help="dataset rows (required for s3:// data)")
-    c.add_argument("--features", type=int, help="dataset features (required for s3:// data)")
-    c.add_argument("--classes", type=int, help="label classes (s3:// data; default 2)")
+    c.add_argument("--rows", type=_count, help="dataset rows (required for s3:// data)")
+    c.add_argument("--features", type=_count, help="dataset features (required for s3:// data)")
+    c.add_argument("--classes", type=_count, help="label classes (s3:// data; default 2)")
     c.add_argument(
         "--orchestration",
         choices=["standard", "express"],
@@ -351,8 +394,8 @@ def _add_estimate_parser(sub: Any) -> None:
         help="gradients travel in the workers' results (--no-...: via S3); default: as the "
         "workers decide, inline when parameters x bytes x workers <= 32 KiB",
     )
-    c.add_argument("--memory", type=int, help="Lambda MB (default: the template's)")
-    c.add_argument("--s3-latency", type=float, help="seconds per S3 request in the duration model")
+    c.add_argument("--memory", type=whole_number, help="Lambda MB (default: the template's)")
+    c.add_argument("--s3-latency", type=number, help="seconds per S3 request in the duration model")
     c.add_argument(
         "--price",
         action="append",
@@ -390,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     train.add_argument_group("development").add_argument(
         "--chaos",
-        type=float,
+        type=number,
         metavar="FRACTION",
         help="fail this fraction of worker/reducer invocations (embedded engine only)",
     )
@@ -452,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sweep-id", help="sweep id (default: from the data name and time)")
     t.add_argument(
         "--concurrency",
-        type=int,
+        type=_concurrency,
         default=5,
         help="most points training at once (each uses --workers Lambdas)",
     )

@@ -734,6 +734,8 @@ def price_overrides(prices: Prices, assignments: list[str]) -> Prices:
                 f"--price {text!r}: expected NAME=DOLLARS with NAME one of {sorted(fields)}"
             )
         try:
+            if "_" in value:  # Python reads 1_0 as 10: taken for a typo
+                raise ValueError(value)
             number = float(value)
         except ValueError:
             raise CostError(f"--price {text!r}: {value!r} is not a number") from None

@@ -600,6 +600,11 @@ def test_an_s3_dataset_without_a_stack_is_refused_before_anything_starts(tmp_pat
     assert main(["train", "--config", config, "--rounds", "1", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "dataset s3://" in err and "which the embedded engine (no --stack) does not" in err
+    assert "(lambdagrad train --config FILE DATA)" in err
     assert not out.exists()
+    # a sweep's advice is a sweep
+    argv = ["sweep", "--config", config, "--lr", "0.1", "--out", str(tmp_path / "sw")]
+    assert main(argv) == 1
+    assert "(lambdagrad sweep --config FILE DATA)" in capsys.readouterr().err
     # with the file given, the same job file trains
     assert main(train_args(HOUSES, out, "--config", config, "--rounds", "1")) == 0

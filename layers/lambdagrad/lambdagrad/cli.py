@@ -292,7 +292,8 @@ def _check_data_reachable(args: argparse.Namespace, local_data: bool, spec: JobS
     if not args.stack and not local_data:
         raise CliError(
             f"dataset {spec.dataset.uri} is in S3, which the embedded engine (no --stack) "
-            "does not read: give a local data file (lambdagrad train --config FILE DATA), "
+            f"does not read: give a local data file (lambdagrad {args.command} --config FILE "
+            "DATA), "
             "or --stack NAME to train in a deployed stack"
         )
 

@@ -254,7 +254,6 @@ def test_estimate_for_data_in_s3_takes_its_size(capsys):
         ([str(HOUSES), "--label", "nope"], "nope"),
         ([str(HOUSES), "--label", "price", "--price", "lambda=1"], "NAME=DOLLARS"),
         ([str(HOUSES), "--label", "price", "--workers", "0"], "training.workers"),
-        (["s3://bucket/k.csv", "--rows", "0", "--features", "3"], "--rows: 0"),
         ([str(HOUSES), "--label", "price", "--memory", "64"], "--memory: 64 MB"),
         ([str(HOUSES), "--label", "price", "--s3-latency", "-1"], "--s3-latency"),
         ([str(HOUSES), "--label", "price", "--s3-latency", "inf"], "--s3-latency: inf"),

@@ -77,6 +77,30 @@ def test_a_finished_jobs_replayed_input_is_refused_and_its_model_kept():
     assert snapshot(store) == before
 
 
+def test_an_early_stopped_jobs_replayed_input_trains_on_but_never_replaces_its_model():
+    """The replay of an early-stopped job's last round finds no committed round after it:
+    it trains new rounds (in its own execution), and Finalize refuses it by who wrote the
+    model."""
+    steps.clear_cache()
+    store = Store(MemoryS3(), BUCKET)
+    store.put_bytes("datasets/houses.csv", (EVENTS / "data" / "houses.csv").read_bytes())
+    doc = spec_doc(rounds=40)
+    doc["training"] |= {"patience": 1, "min_delta": 1e12}  # no round improves enough: stop
+    state = steps.prepare(store, {"input": {"job_id": JOB, "spec": doc}, "execution": "first"})
+    last = run_rounds(store, state, "first")
+    assert last["progress"]["stop"] == "early_stopping" and last["round"] < 40
+    final = {"job_id": JOB, "round": last["round"], "progress": last["progress"]}
+    steps.finalize(store, {**final, "execution": "first"})
+    before = snapshot(store)
+    replay = {**last, "next": None, "progress": last["progress"] | {"stop": None}}
+    again = run_rounds(store, replay, "replay")
+    with pytest.raises(steps.JobFinishedByAnotherExecution, match="written by first"):
+        steps.finalize(store, {**final, "round": again["round"], "execution": "replay"})
+    assert {k: v for k, v in snapshot(store).items() if k != KEYS.status} == {
+        k: v for k, v in before.items() if k != KEYS.status
+    }
+
+
 def test_finalize_by_hand_is_refused_but_its_own_retry_is_not():
     store, last = prepared(until=2)
     with pytest.raises(EventError, match=r"round: 0 is not the job's last round \(2\)"):

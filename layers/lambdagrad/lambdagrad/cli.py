@@ -893,16 +893,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     rows, features, classes = args.rows, args.features, args.classes
     if local_data:
         data = _prepare_data(args, spec)
-        rows = rows or len(data.y)
+        rows = rows or len(data.y)  # flags are at least 1 (cli_parser._count)
         features = features or data.X.shape[1]
         classes = classes or len(data.classes or [])
     elif rows is None or features is None:
         raise CliError(
             f"{spec.dataset.uri} is not a local file: give its size with --rows N --features D"
         )
-    for name, value in (("--rows", rows), ("--features", features)):
-        if value < 1:
-            raise CliError(f"{name}: {value} (must be at least 1)")
     if spec.model.task == "regression" or spec.model.type == "linear":
         classes = 1
     elif not classes:

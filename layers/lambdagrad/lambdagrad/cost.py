@@ -188,7 +188,7 @@ def round_structure(
     per job, transitions         Prepare
     per job, S3 GET              prepare: status, dataset, status; workers: 3 W (spec,
                                  meta, shard); reducer: spec, meta, params 0, optimizer
-                                 0, validation; finalize: spec, meta, HEAD model.json
+                                 0, validation; finalize: spec, meta, model.json
                                  (a finished job is not finalized again), params,
                                  validation, status
     per job, S3 PUT              prepare: claim, status, W shards, validation, params,

@@ -50,7 +50,7 @@ from lambdagrad.step_events import (
     event_optional_object,
     event_str,
 )
-from lambdagrad.store import JobKeys, Store, StoreError, parse_s3_uri
+from lambdagrad.store import JobKeys, MissingObjectError, Store, StoreError, parse_s3_uri
 from lambdagrad.training import (
     advance_progress,
     combine_gradients,
@@ -500,16 +500,20 @@ def _event_results(event: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return sorted(results, key=lambda r: r["shard"])
 
 
-def _refuse_finished(store: Store, keys: JobKeys, execution: Any) -> None:
-    """A job whose model exists is finished: only the execution that wrote it may go on
-    (a retried Finalize); anything else would rewrite a good model or re-register it."""
-    if not store.exists(keys.model_json):
+def _refuse_finished(
+    store: Store, keys: JobKeys, execution: Any, *, by_anyone: bool = False
+) -> None:
+    """A job whose model exists is finished: only the execution that wrote it may write it
+    again (Finalize retried; ``by_anyone``: not even that one), as any other would rewrite a
+    good model or re-register it."""
+    try:
+        written_by = store.get_json(keys.model_json).get("execution")
+    except MissingObjectError:
         return
-    status = _status(store, keys)
-    if status.get("state") != "SUCCEEDED" or status.get("execution") != execution:
+    if by_anyone or written_by != execution:
         raise JobFinishedByAnotherExecution(
             f"job {keys.job_id!r} already finished: its model is s3://{store.bucket}/"
-            f"{keys.model_json} (written by execution {status.get('execution')}); "
+            f"{keys.model_json} (written by {written_by or 'another execution'}); "
             "start a new job to train again"
         )
 
@@ -547,8 +551,9 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     )
     if committed is not None and checkpoint is not None:
         # A retried reducer (or a resume): round t+1 is complete; never apply the optimizer
-        # twice. Or a finished job's input replayed, which stops here.
-        _refuse_finished(store, keys, event.get("execution"))
+        # twice. Or a finished job's input replayed, which stops here (no execution of a
+        # job runs its reducer after Finalize).
+        _refuse_finished(store, keys, event.get("execution"), by_anyone=True)
         record = committed
         _remember(store, keys.params(next_round), "get_array", checkpoint[0])
         _remember(store, keys.optimizer(next_round), "get_arrays", checkpoint[1])
@@ -717,6 +722,7 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
             "validation": validation,
         },
         "data": {k: meta[k] for k in ("n_train", "n_validation", "global_batch")},
+        "execution": event.get("execution"),  # who may write it again (a retry of it)
         "spec": json.loads(spec.model_dump_json()),
         "lambdagrad_version": __version__,
     }

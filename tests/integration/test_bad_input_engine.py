@@ -173,8 +173,8 @@ def test_cli_refuses_to_replace_a_model_without_overwrite(engine, good, capsys):
     [
         (["train", str(HOUSES), "--batch-size", "zero"], "argument --batch-size: expected a "),
         # Python reads 1_0 as 10: a typo is not taken for another number
-        (["train", str(HOUSES), "--lr", "1_0"], "argument --lr: invalid number value: '1_0'"),
-        (["train", str(HOUSES), "--rounds", "1_0"], "argument --rounds: invalid whole_number "),
+        (["train", str(HOUSES), "--lr", "1_0"], "argument --lr: expected a number, got '1_0'"),
+        (["train", str(HOUSES), "--rounds", "1_0"], "argument --rounds: expected a whole number"),
         # an empty item was dropped: the sweep ran a grid the user did not write
         (["sweep", str(HOUSES), "--lr", "0.1,,0.2"], "argument --lr: an empty item in '0.1,,0.2'"),
         (["sweep", str(HOUSES), "--batch-size", "8,"], "argument --batch-size: an empty item in"),

@@ -94,11 +94,39 @@ def test_an_early_stopped_jobs_replayed_input_trains_on_but_never_replaces_its_m
     before = snapshot(store)
     replay = {**last, "next": None, "progress": last["progress"] | {"stop": None}}
     again = run_rounds(store, replay, "replay")
+    assert store.get_json(KEYS.status)["state"] == "RUNNING"  # the replay's rounds wrote it
     with pytest.raises(steps.JobFinishedByAnotherExecution, match="written by first"):
         steps.finalize(store, {**final, "round": again["round"], "execution": "replay"})
-    assert {k: v for k, v in snapshot(store).items() if k != KEYS.status} == {
-        k: v for k, v in before.items() if k != KEYS.status
+    after = snapshot(store)
+    assert {k: after[k] for k in before if k != KEYS.status} == {
+        k: before[k] for k in before if k != KEYS.status
     }
+    # Finalize put back what the finished job's status said; the failure is not recorded
+    failure = {"state": {"job_id": JOB, "error": {"Error": "JobFinishedByAnotherExecution"}}}
+    assert steps.record_failure(store, failure)["recorded"] is False
+    status, finished = store.get_json(KEYS.status), json.loads(before[KEYS.status])
+    for key in ("state", "round", "model_round", "stopped", "model", "metrics", "execution"):
+        assert status[key] == finished[key], key
+
+
+def test_a_finalize_that_died_after_writing_the_model_is_retried(monkeypatch):
+    """Step Functions retries a Finalize that timed out or crashed after model.json: the
+    retry, in the same execution, finishes the job (it is not taken for another one)."""
+    store, last = prepared(until=None)
+    last = run_rounds(store, last, "first")
+    event = {"job_id": JOB, "round": last["round"], "progress": last["progress"]}
+
+    def crash(*args, **kwargs):
+        raise TimeoutError("Sandbox.Timedout")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(steps, "write_cost", crash)
+        with pytest.raises(TimeoutError):
+            steps.finalize(store, {**event, "execution": "first"})
+    assert store.exists(KEYS.model_json) and store.get_json(KEYS.status)["state"] == "RUNNING"
+    assert steps.finalize(store, {**event, "execution": "first"})["state"] == "SUCCEEDED"
+    assert store.get_json(KEYS.status)["state"] == "SUCCEEDED"
+    assert store.get_json("models/m/current.json")["job_id"] == JOB
 
 
 def test_finalize_by_hand_is_refused_but_its_own_retry_is_not():

@@ -426,7 +426,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             jobs = sorted(p.name for p in _local_jobs(out).glob("*") if p.name != "incoming")
             raise CliError(
                 f"no local checkpoints of job {args.job_id} in {state_dir}/"
-                + (f" (it holds job {', '.join(jobs)})" if jobs else "")
+                + (f" (it holds job{'s' * (len(jobs) > 1)} {', '.join(jobs)})" if jobs else "")
                 + ": give the --out it was trained with, or --stack NAME for a job on a "
                 "deployed stack"
             )
@@ -703,18 +703,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
             records = f"s3://{stack.store.bucket}/{JobKeys(args.job_id).prefix}"
-    # both rendered before anything is printed: a damaged record is named, not half shown
-    line = _readable(lambda: _status_line(args.job_id, status), records + "status.json")
-    bill = _readable(lambda: _cost_text(cost), records + "cost.json") if cost else ""
-    if args.json:
+    if args.json:  # the records as they are
         print(json.dumps({**status, "cost": cost} if cost else status))
-    else:
+    else:  # both rendered before anything is printed: a damaged record is named, not half shown
+        line = _readable(lambda: _status_line(args.job_id, status), records + "status.json")
+        bill = _readable(lambda: _cost_text(cost), records + "cost.json") if cost else ""
         print(line)
         print(bill, end="")
     return 0 if status.get("state") not in ("FAILED", "STOPPED") else 1
 
 
 def _status_line(job_id: str, status: dict[str, Any]) -> str:
+    if not isinstance(status["state"], str):
+        raise TypeError(f"state is {status['state']!r}, not a name")
     line = f"{job_id}: {status['state']}"
     if status.get("rounds"):
         line += f", round {int(status.get('round') or 0)}/{int(status['rounds'])}"

@@ -18,6 +18,7 @@ from lambdagrad import __version__
 from lambdagrad.cost import RUNNING_ORCHESTRATION
 from lambdagrad.spec import DEFAULT_LEARNING_RATE, MAX_SPEC_BYTES, JobSpec, SpecError, parse_spec
 from lambdagrad.sweep import MAX_CONCURRENCY
+from lambdagrad.user_numbers import parse_float, parse_int
 
 __all__ = ["STATE_DIRNAME", "CliError", "build_parser", "read_config", "spec_from_args"]
 
@@ -78,24 +79,25 @@ SPEC_FLAGS: dict[str, tuple[str, str]] = {
 
 
 def number(text: str) -> float:
-    """A float as a user writes one. Python's ``1_0`` (10) is refused: read as a typo, not as
-    another number. argparse names the function in its message: ``invalid number value``."""
-    if "_" in text:
-        raise ValueError(text)
-    return float(text)
+    """A flag's float (``1_0`` refused: :mod:`lambdagrad.user_numbers`)."""
+    try:
+        return parse_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def whole_number(text: str) -> int:
-    """An int as a user writes one (``1_0`` refused, as by :func:`number`)."""
-    if "_" in text:
-        raise ValueError(text)
-    return int(text)
+    """A flag's int (``1_0`` refused, as by :func:`number`)."""
+    try:
+        return parse_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def _count(text: str) -> int:
     """A size (rows, features, classes, points at once): a whole number of at least 1."""
     try:
-        value = whole_number(text)
+        value = parse_int(text)
     except ValueError:
         value = 0
     if value < 1:
@@ -122,7 +124,7 @@ def _batch_size(text: str) -> int | str:
     if text == "full":
         return "full"
     try:
-        value = whole_number(text)
+        value = parse_int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'full', got {text!r}"
@@ -134,7 +136,7 @@ def _batch_size(text: str) -> int | str:
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [number(part) for part in _items(text)]
+        return [parse_float(part) for part in _items(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.01,0.1, got {text!r}") from None
 
@@ -145,7 +147,7 @@ def _batch_list(text: str) -> list[int | str]:
 
 def _sizes(text: str) -> list[int]:
     try:
-        sizes = [whole_number(part) for part in _items(text)]
+        sizes = [parse_int(part) for part in _items(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
     if not sizes or min(sizes) < 1:

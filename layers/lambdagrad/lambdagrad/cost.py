@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from lambdagrad.pricing import DEFAULT_PRICES, Prices
 from lambdagrad.transfer import gradient_inline
+from lambdagrad.user_numbers import parse_float
 
 __all__ = [
     "DEFAULT_DURATIONS",
@@ -734,9 +735,7 @@ def price_overrides(prices: Prices, assignments: list[str]) -> Prices:
                 f"--price {text!r}: expected NAME=DOLLARS with NAME one of {sorted(fields)}"
             )
         try:
-            if "_" in value:  # Python reads 1_0 as 10: taken for a typo
-                raise ValueError(value)
-            number = float(value)
+            number = parse_float(value)  # 1_0 is refused, not read as 10
         except ValueError:
             raise CostError(f"--price {text!r}: {value!r} is not a number") from None
         if not math.isfinite(number) or number < 0:

@@ -254,7 +254,7 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
     if bucket != store.bucket:  # the functions' roles read their own bucket only
         raise SpecError(
             f"dataset.uri: {spec.dataset.uri} is not in this stack's bucket {store.bucket}: "
-            f"copy it there (under datasets/), or give the local file to lambdagrad train"
+            "copy it there (under datasets/), or give the CLI the local file (it uploads it)"
         )
     data = store.get_bytes(key, bucket=bucket)
     return read_training_data(data, source=key.rsplit("/", 1)[-1], spec=spec)
@@ -500,6 +500,23 @@ def _event_results(event: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return sorted(results, key=lambda r: r["shard"])
 
 
+def _finished_status(keys: JobKeys, doc: dict[str, Any]) -> dict[str, Any]:
+    """The status Finalize wrote, from the model.json it wrote with it."""
+    metrics = doc.get("metrics") or {}
+    return {
+        "state": "SUCCEEDED",
+        "round": doc.get("rounds"),
+        "model_round": doc.get("model_round"),
+        "stopped": doc.get("stopped"),
+        "model": keys.model_json,
+        "metrics": metrics,
+        "train_loss": metrics.get("train_loss"),
+        "validation_loss": metrics.get("validation_loss"),
+        "execution": doc.get("execution"),
+        "registered_as": (doc.get("spec") or {}).get("output", {}).get("model_name"),
+    }
+
+
 def _refuse_finished(
     store: Store, keys: JobKeys, execution: Any, *, by_anyone: bool = False
 ) -> None:
@@ -507,10 +524,13 @@ def _refuse_finished(
     again (Finalize retried; ``by_anyone``: not even that one), as any other would rewrite a
     good model or re-register it."""
     try:
-        written_by = store.get_json(keys.model_json).get("execution")
+        doc = store.get_json(keys.model_json)
     except MissingObjectError:
         return
+    written_by = doc.get("execution")
     if by_anyone or written_by != execution:
+        if _status(store, keys).get("state") != "SUCCEEDED":  # a replay's rounds rewrote it
+            _update_status(store, keys, **_finished_status(keys, doc))
         raise JobFinishedByAnotherExecution(
             f"job {keys.job_id!r} already finished: its model is s3://{store.bucket}/"
             f"{keys.model_json} (written by {written_by or 'another execution'}); "

@@ -155,13 +155,19 @@ def _is_missing(exc: Exception) -> bool:
     return _error_code(exc) in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
 
-def _read_error(exc: Exception, bucket: str, key: str) -> Exception:
-    """The StoreError a failed read is, naming the object; other errors as they are."""
-    if _is_missing(exc):
-        return MissingObjectError(f"s3://{bucket}/{key} does not exist")
-    if _error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
-        return StoreError(f"s3://{bucket}/{key}: access denied (this role may not read it)")
-    return exc
+@contextmanager
+def _reading(bucket: str, key: str) -> Iterator[None]:
+    """A failed read as the StoreError it is, naming the object; other errors as they are."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_missing(exc):
+            raise MissingObjectError(f"s3://{bucket}/{key} does not exist") from None
+        if _error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
+            raise StoreError(
+                f"s3://{bucket}/{key}: access denied (this role may not read it)"
+            ) from None
+        raise
 
 
 class Store:
@@ -189,33 +195,18 @@ class Store:
         )
 
     def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
-        try:
+        with _reading(bucket or self.bucket, key):
             return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
-        except Exception as exc:
-            error = _read_error(exc, bucket or self.bucket, key)
-            if error is exc:
-                raise
-            raise error from None
 
     def size(self, key: str) -> int:
         """The object's size in bytes (a HEAD: nothing is downloaded)."""
-        try:
+        with _reading(self.bucket, key):
             return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except Exception as exc:
-            error = _read_error(exc, self.bucket, key)
-            if error is exc:
-                raise
-            raise error from None
 
     def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
         """Stream an object into a binary file in chunks (never whole in memory); bytes."""
-        try:
+        with _reading(self.bucket, key):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except Exception as exc:
-            error = _read_error(exc, self.bucket, key)
-            if error is exc:
-                raise
-            raise error from None
         total = 0
         while block := body.read(chunk):
             out.write(block)

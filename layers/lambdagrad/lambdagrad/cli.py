@@ -293,8 +293,7 @@ def _check_data_reachable(args: argparse.Namespace, local_data: bool, spec: JobS
         raise CliError(
             f"dataset {spec.dataset.uri} is in S3, which the embedded engine (no --stack) "
             f"does not read: give a local data file (lambdagrad {args.command} --config FILE "
-            "DATA), "
-            "or --stack NAME to train in a deployed stack"
+            "DATA), or --stack NAME to train in a deployed stack"
         )
 
 
@@ -671,9 +670,12 @@ def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | Non
     return status, held
 
 
-def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A local job's status and cost, from the records its run directory mirrors (``state/``):
-    the embedded engine lives only as long as the command that ran the job."""
+def _local_status(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any] | None, Path]:
+    """A local job's status and cost, from the records its run directory mirrors (``state/``),
+    and the folder of those records: the embedded engine lives only as long as the command
+    that ran the job."""
     if args.follow:
         raise CliError("--follow needs --stack: a local job shows its progress where it runs")
     out = Path(args.out) if args.out else Path("runs") / args.job_id
@@ -685,15 +687,14 @@ def _local_status(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
         )
     status, _ = _recorded_status(out, args.job_id)
     done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
-    return status, _read_json(records / "cost.json") if done else None
+    return status, _read_json(records / "cost.json") if done else None, records
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     JobKeys(args.job_id)  # an invalid id is named (and never a path: runs/../x)
     if not args.stack:
-        status, cost = _local_status(args)
-        out = Path(args.out) if args.out else Path("runs") / args.job_id
-        records = f"{_local_jobs(out) / args.job_id}/"
+        status, cost, folder = _local_status(args)
+        records = f"{folder}/"
     else:
         with open_stack(args) as stack:
             status = (

@@ -150,7 +150,7 @@ def _sizes(text: str) -> list[int]:
         sizes = [parse_int(part) for part in _items(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
+    if min(sizes) < 1:  # _items: at least one
         raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
     return sizes
 

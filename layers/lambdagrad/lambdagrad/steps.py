@@ -193,8 +193,6 @@ def job_id_of(payload: dict[str, Any]) -> str | None:
     upload = upload_from_event(payload)
     if upload is not None:
         return upload.job_id
-    if not isinstance(payload, dict):
-        return None
     spec = payload.get("spec")
     given = payload.get("job_id"), spec.get("job_id") if isinstance(spec, dict) else None
     for where, job_id in zip(("job_id", "spec.job_id"), given, strict=True):
@@ -501,18 +499,15 @@ def _event_results(event: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def _finished_status(keys: JobKeys, doc: dict[str, Any]) -> dict[str, Any]:
-    """The status Finalize wrote, from the model.json it wrote with it."""
-    metrics = doc.get("metrics") or {}
+    """What a finished job's status says, from its model.json: Finalize writes it, and puts
+    it back when a replay's rounds have overwritten it."""
     return {
         "state": "SUCCEEDED",
         "round": doc.get("rounds"),
         "model_round": doc.get("model_round"),
         "stopped": doc.get("stopped"),
         "model": keys.model_json,
-        "metrics": metrics,
-        "train_loss": metrics.get("train_loss"),
-        "validation_loss": metrics.get("validation_loss"),
-        "execution": doc.get("execution"),
+        "metrics": doc.get("metrics"),
         "registered_as": (doc.get("spec") or {}).get("output", {}).get("model_name"),
     }
 
@@ -530,7 +525,7 @@ def _refuse_finished(
     written_by = doc.get("execution")
     if by_anyone or written_by != execution:
         if _status(store, keys).get("state") != "SUCCEEDED":  # a replay's rounds rewrote it
-            _update_status(store, keys, **_finished_status(keys, doc))
+            _update_status(store, keys, **_finished_status(keys, doc), execution=written_by)
         raise JobFinishedByAnotherExecution(
             f"job {keys.job_id!r} already finished: its model is s3://{store.bucket}/"
             f"{keys.model_json} (written by {written_by or 'another execution'}); "
@@ -552,10 +547,9 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         raise EventError(f"{where}: segment_started / segment_seconds: {exc}") from None
     keys, spec, meta = _job(store, job_id)
     model = _model(meta, spec)
-    if round_ >= int(meta["rounds"]):
-        raise EventError(
-            f"{where}: round: {round_} is not before the job's last round ({meta['rounds']})"
-        )
+    total = int(meta["rounds"])
+    if round_ >= total:
+        raise EventError(f"{where}: round: {round_} is not before the job's last round ({total})")
     shards = [r["shard"] for r in results]
     if shards != list(range(spec.training.workers)):
         raise StoreError(
@@ -564,7 +558,6 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
         )
 
     next_round = round_ + 1
-    total = int(meta["rounds"])
     committed = committed_record(store, keys, next_round)
     checkpoint = (
         None if committed is None else sound_checkpoint(store, keys, next_round, model.n_params)
@@ -754,21 +747,10 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
         spec, meta, records, round_, time.perf_counter() - started, n_params=len(params)
     )
     write_cost(store, job_id, cost)
-    registered = None
     if spec.output.model_name:
         # the newest successful job of a name is the one served
-        registered = promote(store, spec.output.model_name, job_id)["name"]
-    _update_status(
-        store,
-        keys,
-        state="SUCCEEDED",
-        round=round_,
-        model_round=model_round,
-        stopped=doc["stopped"],
-        model=keys.model_json,
-        metrics=doc["metrics"],
-        registered_as=registered,
-    )
+        promote(store, spec.output.model_name, job_id)
+    _update_status(store, keys, **_finished_status(keys, doc))
     return {"job_id": job_id, "state": "SUCCEEDED", "rounds": round_, "model": keys.model_json}
 
 

@@ -381,6 +381,53 @@ def test_a_finished_jobs_replayed_input_fails_and_keeps_its_model(engine, client
     engine.reset()
 
 
+@pytest.mark.parametrize(
+    ("raw", "error", "needle"),
+    [
+        ([1, 2], "InvalidExecutionInput", "the execution input must be a JSON object"),
+        ("train please", "InvalidExecutionInput", "the execution input must be a JSON object"),
+        ({}, "InvalidExecutionInput", "an S3 upload event of jobs/incoming/<name>.json"),
+        ({"colour": "red"}, "InvalidExecutionInput", "or a continuation of a job"),
+        ({"round": 1, "shards": [0], "segment_end": 3}, "ContinuationError", "progress: missing"),
+        (
+            {"round": 1, "shards": 5, "segment_end": 3, "progress": {}},
+            "ContinuationError",
+            "shards: expected a non-empty list of shard numbers, got 5",
+        ),
+    ],
+    ids=[
+        "input-a-list",
+        "input-a-string",
+        "input-empty",
+        "input-no-job",
+        "continuation-without-progress",
+        "continuation-shards-not-a-list",
+    ],
+)
+def test_an_input_that_is_no_job_fails_by_name_and_touches_no_job(
+    engine, client, good, raw, error, needle
+):
+    """Started by hand (the console, the API): an input that is not a job, or a continuation
+    missing what the machine loops on, fails with a named error, not ``States.Runtime`` —
+    and a continuation naming a job that exists leaves that job's records as they were."""
+    job_id = json.loads((good / "model.json").read_text())["job_id"]
+    if isinstance(raw, dict) and "round" in raw:
+        raw = {"job_id": job_id, **raw}
+    keys = JobKeys(job_id)
+    before = {key: client.store.get_bytes(key) for key in (keys.status, keys.claim)}
+    name = unique("raw")
+    client.sfn.start_execution(
+        stateMachineArn=client.state_machine_arn, name=name, input=json.dumps(raw)
+    )
+    arn = f"{client.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+    desc = client.wait_execution(arn, poll_seconds=0.05, timeout=60)
+    assert desc["status"] == "FAILED" and desc.get("error") == error, desc
+    assert needle in desc["cause"]
+    assert {key: client.store.get_bytes(key) for key in before} == before
+    assert not [key for key in client.store.list_keys("jobs/") if name in key]
+    engine.reset()
+
+
 # ---- uploaded job files -----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("key", "body", "needles"),

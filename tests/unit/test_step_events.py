@@ -216,3 +216,32 @@ def test_a_malformed_finalize_event_names_its_field(event, message):
     with pytest.raises(EventError, match=message):
         steps.finalize(store, event)
     assert not store.exists(KEYS.model_json)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"progress": None}, "progress: missing"),
+        ({"job_id": None, "segment_end": None}, "job_id: missing; segment_end: missing"),
+        ({"shards": 5}, "shards: expected a non-empty list of shard numbers, got 5"),
+        ({"shards": []}, "shards: expected a non-empty list of shard numbers, got []"),
+    ],
+)
+def test_an_incomplete_continuation_is_refused_and_leaves_the_running_job_alone(change, message):
+    """A continuation the state machine sends to Prepare (a field it loops on is missing):
+    refused by field before the job id is claimed, and RecordFailure, told of it, leaves the
+    job it names (running under another execution) as it was."""
+    store, state = prepared(until=1)
+    forged = {key: value for key, value in {**state, **change}.items() if value is not None}
+    status = store.get_bytes(KEYS.status)
+    with pytest.raises(steps.ContinuationError) as info:
+        steps.prepare(store, {"input": forged, "execution": "by-hand"})
+    assert message in str(info.value)
+    assert "so it continues a job, but" in str(info.value)
+    error = {"Error": "ContinuationError", "Cause": json.dumps({"errorMessage": str(info.value)})}
+    recorded = steps.record_failure(
+        store, {"state": {**forged, "error": error}, "execution": "by-hand"}
+    )
+    assert recorded["recorded"] is False
+    assert store.get_bytes(KEYS.status) == status
+    assert json.loads(store.get_bytes(KEYS.claim))["execution"] == "first"

@@ -76,6 +76,7 @@ from lambdagrad.transfer import receive_gradients, send_gradient
 from lambdagrad.uploads import unsafe_upload_key, upload_from_event
 
 __all__ = [
+    "ContinuationError",
     "EventError",
     "JobExistsError",
     "JobFinishedByAnotherExecution",
@@ -103,6 +104,15 @@ class ModelDiverged(RuntimeError):
 
 class JobExistsError(RuntimeError):
     """A job with this id was already prepared by another execution."""
+
+
+class ContinuationError(ValueError):
+    """An execution input that carries a round, as a continuation of a job does, but not
+    the rest of the job state a continuation loops on (started by hand, not by the machine)."""
+
+
+#: What a continuation input carries besides ``round`` (the state machine's StartSegments).
+CONTINUATION_FIELDS = ("job_id", "shards", "segment_end", "progress")
 
 
 class MetricSink(Protocol):
@@ -186,6 +196,23 @@ def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
 
 
 # ---- prepare ------------------------------------------------------------------------
+
+
+def _refuse_incomplete_continuation(payload: dict[str, Any]) -> None:
+    """A continuation the state machine did not take as one (it checks the fields are
+    there): say which of its fields are missing or unusable, before anything is written."""
+    if "round" not in payload:
+        return
+    problems = [f"{name}: missing" for name in CONTINUATION_FIELDS if name not in payload]
+    shards = payload.get("shards")
+    if "shards" in payload and not (isinstance(shards, list) and shards):
+        problems.append(f"shards: expected a non-empty list of shard numbers, got {shards!r:.40}")
+    raise ContinuationError(
+        "the execution input has 'round', so it continues a job, but "
+        + "; ".join(problems or ["the state machine did not take it as one"])
+        + ' (a new job\'s input is {"job_id": ..., "spec": {...}}; '
+        "lambdagrad resume continues a stopped one)"
+    )
 
 
 def job_id_of(payload: dict[str, Any]) -> str | None:
@@ -302,6 +329,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
     payload = event.get("input", event)
     if not isinstance(payload, dict):
         raise SpecError(f"the execution input must be a JSON object, got {payload!r:.40}")
+    _refuse_incomplete_continuation(payload)
     execution = event.get("execution")
     job_id = job_id_of(payload)
     if not job_id:
@@ -764,6 +792,10 @@ def _error_message(error: dict[str, Any]) -> str:
     return str(parsed.get("errorMessage", cause)) if isinstance(parsed, dict) else str(cause)
 
 
+#: Errors of an execution whose job id is another execution's (or nobody's): not recorded.
+_NOT_THIS_EXECUTIONS_JOB = {JobExistsError.__name__, ContinuationError.__name__}
+
+
 def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:
     """Write why the job failed into status.json; checkpoints stay for inspection or resume."""
     state = event.get("state") if isinstance(event.get("state"), dict) else {}
@@ -774,7 +806,7 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         job_id = None
     name, message = str(error.get("Error") or "Unknown"), _error_message(error)
     unrecorded = {"status": "FAILED", "error": name, "message": message, "recorded": False}
-    if not isinstance(job_id, str) or not job_id or name == JobExistsError.__name__:
+    if not isinstance(job_id, str) or not job_id or name in _NOT_THIS_EXECUTIONS_JOB:
         # no job to speak of, or another execution's job: leave its files alone
         return unrecorded
     try:

@@ -65,6 +65,18 @@ def test_npy_with_the_label_column_drops_it_only_where_it_is_known():
     )
 
 
+def test_the_format_given_decides_as_the_extension_would():
+    """``--format npy`` on a file named otherwise: its label column is dropped as an .npy's;
+    a model trained on ``--format npz`` data has no label column to drop."""
+    X = np.array([[1.0, 2.0, 7.0], [5.0, 3.0, 8.0]])  # a, b, label
+    got = read_features(_npy(X), source="rows.bin", fmt="npy", trained=_linear(None))
+    np.testing.assert_array_equal(got, X[:, :2])
+    on_npz = _linear(None)
+    on_npz.info["spec"]["dataset"] |= {"uri": "s3://b/datasets/train.bin", "format": "npz"}
+    with pytest.raises(DataError, match=r"rows.bin: 3 columns, .* trained on an .npz"):
+        read_features(_npy(X), source="rows.bin", fmt="npy", trained=on_npz)
+
+
 def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_column():
     # trained with the default label (the last column, name not recorded): in a new file
     # the label is the column that is not a feature, wherever it stands

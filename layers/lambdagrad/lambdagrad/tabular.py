@@ -55,7 +55,7 @@ def read_features(
     if columns is not None:
         return ds.X
     width = len(trained.feature_names)
-    if ds.X.shape[1] == width + 1 and source.lower().endswith(".npy"):
+    if ds.X.shape[1] == width + 1 and resolve_format(source, fmt) == "npy":
         column = _label_column(label, source, width, _trained_on_npz(trained))
         ds.X = np.delete(ds.X, column, axis=1)
     return _of_model_width(ds, trained, source)
@@ -64,8 +64,10 @@ def read_features(
 def _trained_on_npz(trained: TrainedModel) -> bool:
     """Whether the training data was an .npz, whose labels are an array of their own."""
     dataset = (trained.info.get("spec") or {}).get("dataset") or {}
-    fmt = dataset.get("format") or str(dataset.get("uri", "")).rsplit(".", 1)[-1]
-    return str(fmt).lower() == "npz"
+    try:
+        return resolve_format(str(dataset.get("uri", "")), dataset.get("format")) == "npz"
+    except DataError:  # a spec that trained was readable: not one of an .npz
+        return False
 
 
 def _label_column(label: str | None, source: str, width: int, npz: bool) -> int:

@@ -245,3 +245,15 @@ def test_an_incomplete_continuation_is_refused_and_leaves_the_running_job_alone(
     assert recorded["recorded"] is False
     assert store.get_bytes(KEYS.status) == status
     assert json.loads(store.get_bytes(KEYS.claim))["execution"] == "first"
+
+
+def test_the_state_machine_takes_as_a_continuation_what_prepare_checks():
+    """The ASL's IsContinuation and Prepare's check name the same fields: an input the
+    machine does not loop on is one Prepare can say what is missing from."""
+    asl = json.loads((EVENTS.parent / "statemachine" / "train.asl.json").read_text())
+    rule = asl["States"]["IsContinuation"]["Choices"][0]
+    assert rule["Next"] == "StartSegments"
+    checked = {test["Variable"].removeprefix("$.").removesuffix("[0]") for test in rule["And"]}
+    assert checked == {"round", *steps._CONTINUATION_FIELDS}
+    loops_on = asl["States"]["StartSegments"]["Parameters"]
+    assert {key.removesuffix(".$") for key in loops_on} - {"segments_left"} == checked

@@ -112,7 +112,7 @@ class ContinuationError(ValueError):
 
 
 #: What a continuation input carries besides ``round`` (the state machine's StartSegments).
-CONTINUATION_FIELDS = ("job_id", "shards", "segment_end", "progress")
+_CONTINUATION_FIELDS = ("job_id", "shards", "segment_end", "progress")
 
 
 class MetricSink(Protocol):
@@ -203,7 +203,7 @@ def _refuse_incomplete_continuation(payload: dict[str, Any]) -> None:
     there): say which of its fields are missing or unusable, before anything is written."""
     if "round" not in payload:
         return
-    problems = [f"{name}: missing" for name in CONTINUATION_FIELDS if name not in payload]
+    problems = [f"{name}: missing" for name in _CONTINUATION_FIELDS if name not in payload]
     shards = payload.get("shards")
     if "shards" in payload and not (isinstance(shards, list) and shards):
         problems.append(f"shards: expected a non-empty list of shard numbers, got {shards!r:.40}")

@@ -320,6 +320,35 @@ def test_deep_model_bad_flags(tmp_path, capsys):
         )
     )
     assert rc == 1 and "needs a validation split" in capsys.readouterr().err
+    rc = main(train_args(IRIS, tmp_path / "o", "--label", "species", "--momentum", "0.5"))
+    err = capsys.readouterr().err
+    assert rc == 1 and "momentum 0.5 is read by the momentum / nesterov optimizer only" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_says_why_it_stopped_and_a_job_id_is_used_once(tmp_path, capsys):
+    """An early-stopped job's summary says so and which round is the model; training the
+    same job id into the same run directory is refused before anything starts; predict
+    takes its data after a flag too."""
+    out = tmp_path / "es"
+    flags = ["--label", "species", "--model", "softmax", "--lr", "300", "--batch-size", "16"]
+    flags += ["--rounds", "80", "--patience", "3", "--job-id", "es-1"]
+    assert main(train_args(IRIS, out, *flags)) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["stopped"] == "early_stopping" and doc["rounds"] < 80
+    why = "stopped early: no validation gain for --patience rounds"
+    if doc["model_round"] != doc["rounds"]:
+        why += f"; the model is round {doc['model_round']}, the best on validation"
+    assert f"done: {doc['rounds']} rounds in " in (text := capsys.readouterr().out)
+    assert f" s ({why}); train loss " in text
+    before = (out / "model.json").read_bytes()
+    assert main(train_args(IRIS, out, *flags, "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert "job 'es-1' already ran in" in err and "give --job-id NEW" in err
+    assert (out / "model.json").read_bytes() == before
+    predictions = tmp_path / "p.csv"
+    assert main(["predict", str(out), "--out", str(predictions), str(IRIS)]) == 0
+    assert len(predictions.read_text().splitlines()) == 151
 
 
 SECTION_NOT_AN_OBJECT = {

@@ -263,8 +263,10 @@ def test_two_jobs_at_once_keep_to_their_own_keys(stack, monkeypatch):
 
 # ---- a job id that exists -------------------------------------------------------------
 def test_a_job_id_that_exists_is_refused_not_overwritten(small, tmp_path, capsys):
-    """On the embedded engine the run directory brings the first job's bucket back: the
-    second start is refused by Prepare's conditional write on the job's claim."""
+    """On the embedded engine the run directory brings the first job's bucket back, and
+    with it the job's claim: the CLI sees it and refuses the second start before the engine
+    starts (Prepare's conditional write on the claim would refuse it there too:
+    tests/unit/test_steps.py)."""
     out = tmp_path / "dup"
     args = ["train", str(small), "--label", "price", "--rounds", "5", "--job-id", "dup"]
     args += ["--out", str(out), "--quiet"]
@@ -276,6 +278,6 @@ def test_a_job_id_that_exists_is_refused_not_overwritten(small, tmp_path, capsys
 
     assert main([*args, "--overwrite", "--lr", "0.2"]) == 1
     err = capsys.readouterr().err
-    assert "JobExistsError" in err and "job 'dup' already exists" in err
+    assert "job 'dup' already ran in" in err and "give --job-id NEW" in err
     assert (out / "model.npz").read_bytes() == model
     assert spec.read_bytes() == spec_before

@@ -258,6 +258,19 @@ SPEC: list[Row] = [
      ["spec is", f"the limit is {MAX_SPEC_BYTES}"]),
     ("spec-boolean-for-number", lambda: parse_spec(spec(training={"batch_size": True})),
      SpecError, ["training.batch_size: expected a number, got true"]),
+    ("spec-momentum-for-sgd", lambda: parse_spec(spec(optimizer={"momentum": 0.5})),
+     SpecError, ["optimizer: momentum 0.5 is read by the momentum / nesterov optimizer only, "
+                 "not sgd (it would be ignored)"]),
+    ("spec-eps-for-adagrad",
+     lambda: parse_spec(spec(optimizer={"name": "adagrad", "eps": 1e-3})), SpecError,
+     ["optimizer: eps 0.001 is read by the adam / adamw / rmsprop optimizer only"]),
+    ("spec-final-lr-without-cosine",
+     lambda: parse_spec(spec(optimizer={"schedule": "step", "final_lr": 0.1})), SpecError,
+     ["optimizer: final_lr 0.1 is read by the cosine schedule only, not step"]),
+    ("spec-decay-rate-for-constant", lambda: parse_spec(spec(optimizer={"decay_rate": 0.9})),
+     SpecError, ["decay_rate 0.9 is read by the step / exponential / inverse_time schedule"]),
+    ("spec-activation-for-linear", lambda: parse_spec(spec(model={"activation": "tanh"})),
+     SpecError, ["model: an activation is for model type mlp, not linear"]),
 ]
 
 KEYS: list[Row] = [
@@ -267,6 +280,8 @@ KEYS: list[Row] = [
      SpecError, ["dataset.uri", "'/etc/x.csv' must be relative"]),
     ("uri-not-s3", lambda: parse_spec(spec(dataset={"uri": "/home/me/data.csv"})), SpecError,
      ["dataset.uri", "must look like s3://bucket/key"]),
+    ("uri-bad-bucket", lambda: parse_spec(spec(dataset={"uri": "s3://b/houses.csv"})),
+     SpecError, ["dataset.uri: 'b' in 's3://b/houses.csv' is not an S3 bucket name"]),
     ("store-uri-dotdot", lambda: parse_s3_uri(f"s3://{BUCKET}/../secrets.csv"), StoreError,
      ["unsafe S3 key '../secrets.csv'"]),
     ("job-id-dotdot-spec", lambda: parse_spec(spec(job_id="../other-job")), SpecError,

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lambdagrad.spec import SpecError, parse_spec
 
@@ -81,3 +82,39 @@ def test_label_is_stripped_and_an_index_may_be_a_number():
         label("  ")
     with pytest.raises(SpecError, match=r"dataset.label"):
         label(True)
+
+
+def test_decay_rate_and_learning_rate_in_force_are_kept_in_the_saved_spec():
+    """exponential halves the rate after 69 rounds by default, not every round; the values
+    used are what the saved spec (model.json) records, and it reads back the same."""
+    for schedule, rate in (("step", 0.5), ("exponential", 0.99), ("inverse_time", 0.01)):
+        spec = parse_spec(
+            {"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": {"schedule": schedule}}
+        )
+        assert spec.optimizer.decay_rate == rate
+        assert parse_spec(spec.model_dump_json()) == spec
+    given = {"schedule": "exponential", "decay_rate": 0.5}
+    spec = parse_spec({"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": given})
+    assert spec.optimizer.decay_rate == 0.5
+    # a saved spec of any optimizer reads back: the fields it does not read hold defaults,
+    # and the learning rate it records is the one in force
+    for name, lr in (("sgd", 0.1), ("momentum", 0.05), ("adamw", 0.01), ("rmsprop", 0.01)):
+        spec = parse_spec({"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": {"name": name}})
+        assert json.loads(spec.model_dump_json())["optimizer"]["learning_rate"] == lr
+        assert parse_spec(spec.model_dump_json()) == spec
+
+
+def test_rmsprop_reads_its_eps():
+    """``--eps`` reaches rmsprop (it was read by adam and adamw only, silently)."""
+    from lambdagrad.models import build_model
+    from lambdagrad.training import optimizer_for
+
+    model = build_model("linear", 3, 1)
+    params, grad = np.zeros(model.n_params), np.full(model.n_params, 1e-3)
+    steps = []
+    for eps in (1e-8, 1e-2):
+        doc = {"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": {"name": "rmsprop", "eps": eps}}
+        optimizer = optimizer_for(parse_spec(doc), model, total=10)
+        updates, _ = optimizer.update(grad, optimizer.init(params), params)
+        steps.append(updates)
+    assert not np.allclose(steps[0], steps[1])

@@ -64,8 +64,8 @@ def test_grid_does_not_touch_the_base_spec_and_reaches_any_field():
     assert all(p["spec"]["model"]["l2"] == 0.0 for p in points)  # from the base
     # a group the base does not have is created
     del base["optimizer"]
-    (point,) = sweep.expand_grid(base, {"optimizer.momentum": [0.5]})
-    assert point["spec"]["optimizer"] == {"momentum": 0.5}
+    (point,) = sweep.expand_grid(base, {"optimizer.warmup": [5]})
+    assert point["spec"]["optimizer"] == {"warmup": 5}
 
 
 def test_invalid_points_are_named_with_their_field():

@@ -319,6 +319,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(out, directory=True)
     if (out / "model.json").exists() and not args.overwrite:
         raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
+    if not args.stack and (_local_jobs(out) / job_id / "claim.json").is_file():
+        # a job id is used once (its claim stays): say so now, not after the engine started
+        raise CliError(
+            f"job {job_id!r} already ran in {out}/ and a job id is used once: give "
+            f"--job-id NEW to train again there, or another --out"
+            + ("" if (out / "model.json").exists() else f" (or {_resume_command(job_id, out)})")
+        )
 
     started = time.monotonic()
     # a new job: of earlier jobs in this run directory only their claims come back (their
@@ -396,6 +403,8 @@ def _write_run(
         "job_id": job_id,
         "out": str(out),
         "rounds": status.get("round"),
+        "model_round": status.get("model_round"),
+        "stopped": status.get("stopped"),
         "seconds": round(seconds, 2),
     }
     summary.update(status.get("metrics") or {})
@@ -451,13 +460,31 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _write_run(args, out, args.job_id, status, files, cost, started)
 
 
+#: How a job that ended before its rounds says why (model.json's ``stopped``).
+_STOPPED_EARLY = {
+    "early_stopping": "stopped early: no validation gain for --patience rounds",
+    "tolerance": "stopped: the training loss changed less than --tolerance",
+}
+
+
+def _why_stopped(summary: dict[str, Any]) -> str:
+    """`` (stopped early: ...; the model is round 2)`` when the job ended before its rounds,
+    or kept an earlier round than its last; the losses printed are of the model's round."""
+    why = _STOPPED_EARLY.get(summary.get("stopped") or "")
+    kept = summary.get("model_round")
+    if kept is not None and kept != summary.get("rounds"):
+        why = f"{why}; " if why else ""
+        return f" ({why}the model is round {kept}, the best on validation)"
+    return f" ({why})" if why else ""
+
+
 def _print_train_summary(summary: dict[str, Any]) -> None:
     val = summary.get("validation") or {}
     parts = [f"{k} {v:.4g}" for k, v in val.items() if k != "rows" and isinstance(v, float)]
     train_loss = summary.get("train_loss")
     val_loss = summary.get("validation_loss")
     print(
-        f"done: {summary['rounds']} rounds in {summary['seconds']} s; "
+        f"done: {summary['rounds']} rounds in {summary['seconds']} s{_why_stopped(summary)}; "
         f"train loss {train_loss:.4g}"
         + (f", validation loss {val_loss:.4g}" if val_loss is not None else "")
         + (f" ({', '.join(parts)})" if parts else "")
@@ -949,7 +976,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "predict" and not any(arg.startswith("-") for arg in extra):
+        args.paths += extra  # `predict RUN --out X DATA`: argparse ends a list at a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(COMMANDS[args.command](args) or 0)
     except (CliError, *USER_ERRORS) as exc:

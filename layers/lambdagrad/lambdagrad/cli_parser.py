@@ -299,7 +299,11 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     o.add_argument(
         "--lr",
         type=_float_list if lists else number,
-        help="learning rate (default: "
+        help=(
+            "learning rates to try, a comma list such as 0.01,0.1 (default: "
+            if lists
+            else "learning rate (default: "
+        )
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATE.items())
         + ")",
     )
@@ -318,7 +322,8 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     o.add_argument(
         "--decay-rate",
         type=number,
-        help="step/exponential: factor per drop/round; inverse_time: decay",
+        help="step: factor per drop (default 0.5); exponential: factor per round (default "
+        "0.99); inverse_time: rate per round (default 0.01)",
     )
     o.add_argument("--final-lr", type=number, help="cosine schedule: learning rate at the end")
     o.add_argument(
@@ -328,7 +333,8 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     t.add_argument(
         "--batch-size",
         type=_batch_list if lists else _batch_size,
-        help="global batch per round: integer (1 = SGD) or 'full' (batch GD)",
+        help=("batch sizes to try, a comma list such as 32,full: " if lists else "")
+        + "global batch per round: integer (1 = SGD) or 'full' (batch GD)",
     )
     t.add_argument("--workers", type=whole_number, help="data shards, one Lambda worker each")
     length = t.add_mutually_exclusive_group()
@@ -499,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=_concurrency,
         default=5,
-        help="most points training at once (each uses --workers Lambdas)",
+        help="most points training at once (each uses --workers Lambdas; default: 5)",
     )
     sout = sw.add_argument_group("output")
     sout.add_argument("--out", help="output directory (default runs/SWEEP_ID)")

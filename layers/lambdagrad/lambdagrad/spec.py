@@ -111,7 +111,15 @@ class DatasetSpec(_Strict):
     @classmethod
     def _s3_uri(cls, value: str) -> str:
         if not re.match(r"^s3://[a-z0-9.\-]{3,63}/[^\s]+$", value):
-            raise ValueError(f"must look like s3://bucket/key, got {value!r}")
+            bucket, _, key = value.removeprefix("s3://").partition("/")
+            if not value.startswith("s3://") or not bucket or not key:
+                raise ValueError(f"must look like s3://bucket/key, got {value!r}")
+            if not re.match(r"^[a-z0-9.\-]{3,63}$", bucket):
+                raise ValueError(
+                    f"{bucket!r} in {value!r} is not an S3 bucket name (3-63 lowercase "
+                    "letters, digits, dots and hyphens)"
+                )
+            raise ValueError(f"the key of {value!r} has white space")
         key = value.split("/", 3)[3]
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"key {key!r} must be relative and contain no '..'")
@@ -152,9 +160,30 @@ class ModelSpec(_Strict):
     def _hidden_for_mlp(self) -> ModelSpec:
         if self.type != "mlp" and self.hidden:
             raise ValueError(f"hidden layers are for model type mlp, not {self.type}")
+        if self.type != "mlp" and self.activation != "relu":
+            raise ValueError(f"an activation is for model type mlp, not {self.type}")
         if self.type == "mlp" and not self.hidden:
             object.__setattr__(self, "hidden", [64])
         return self
+
+
+#: Hyper-parameters only some optimizers or schedules read: the field that picks them, and
+#: the choices that read them. Set to anything but its default elsewhere, one is refused
+#: (it would be ignored without a word).
+READ_ONLY_BY = {
+    "momentum": ("name", ("momentum", "nesterov")),
+    "beta1": ("name", ("adam", "adamw")),
+    "beta2": ("name", ("adam", "adamw")),
+    "eps": ("name", ("adam", "adamw", "rmsprop")),
+    "weight_decay": ("name", ("adamw",)),
+    "decay_steps": ("schedule", ("step",)),
+    "decay_rate": ("schedule", ("step", "exponential", "inverse_time")),
+    "final_lr": ("schedule", ("cosine",)),
+}
+#: decay_rate when not given, by schedule: a factor per drop (step, every decay_steps
+#: rounds), a factor per round (exponential: half the rate after 69 rounds), a rate per
+#: round (inverse_time: half after 100).
+DEFAULT_DECAY_RATE = {"step": 0.5, "exponential": 0.99, "inverse_time": 0.01}
 
 
 class OptimizerSpec(_Strict):
@@ -173,10 +202,31 @@ class OptimizerSpec(_Strict):
     schedule: Literal["constant", "step", "exponential", "inverse_time", "cosine"] = "constant"
     decay_steps: int = Field(100, ge=1, le=10_000_000, description="step schedule: rounds per drop")
     decay_rate: float = Field(
-        0.5, gt=0.0, le=1e3, description="step/exponential: factor; inverse_time: decay"
+        0.5,
+        gt=0.0,
+        le=1e3,
+        description="step: factor per drop (default 0.5); exponential: factor per round "
+        "(0.99); inverse_time: rate per round (0.01)",
     )
     final_lr: float = Field(0.0, ge=0.0, le=1e3, description="cosine: learning rate at the end")
     warmup: int = Field(0, ge=0, le=10_000_000, description="rounds of linear warm-up")
+
+    @model_validator(mode="after")
+    def _read_by_the_choice(self) -> OptimizerSpec:
+        # the values in force go into the saved spec (model.json), not nulls
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATE[self.name])
+        if "decay_rate" not in self.model_fields_set and self.schedule in DEFAULT_DECAY_RATE:
+            object.__setattr__(self, "decay_rate", DEFAULT_DECAY_RATE[self.schedule])
+        for field, (chooser, readers) in READ_ONLY_BY.items():
+            value, default = getattr(self, field), type(self).model_fields[field].default
+            if getattr(self, chooser) not in readers and value != default:
+                kind = "optimizer" if chooser == "name" else "schedule"
+                raise ValueError(
+                    f"{field} {value} is read by the {' / '.join(readers)} {kind} only, not "
+                    f"{getattr(self, chooser)} (it would be ignored)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _decay_factor(self) -> OptimizerSpec:

@@ -444,6 +444,8 @@ def optimizer_for(spec: JobSpec, model: Model, total: int) -> GradientTransforma
         hyper = {"b1": opt.beta1, "b2": opt.beta2, "eps": opt.eps}
         if opt.name == "adamw":
             hyper.update(weight_decay=opt.weight_decay, mask=model.weight_mask)
+    elif opt.name == "rmsprop":
+        hyper = {"eps": opt.eps}
     return make_optimizer(opt.name, schedule_for(spec, total), clip_norm=opt.clip_norm, **hyper)
 
 

@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard layers/lambdagrad/lambdagrad/native
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import lambdagrad.native as n; print('gradient kernels:', n.STATUS)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -542,6 +542,18 @@ def test_submit_without_a_stack_says_its_model_is_not_kept(tmp_path, capsys):
     ) in captured.err
     assert main(["submit", str(path), "--data", str(HOUSES), "--quiet"]) == 0
     assert "note:" not in capsys.readouterr().err
+    # without --data the embedded engine's empty bucket cannot hold the spec's dataset
+    assert main(["submit", str(path), "--quiet"]) == 1
+    assert "give --data FILE (it is uploaded), or --stack NAME" in capsys.readouterr().err
+
+
+def test_a_stack_without_a_region_says_to_give_one(monkeypatch, capsys):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    assert main(["status", "some-job", "--stack", "prod"]) == 1
+    err = capsys.readouterr().err
+    assert "no AWS region for stack 'prod': pass --region REGION" in err
 
 
 def test_model_name_without_a_stack_says_where_the_registry_stays(tmp_path, capsys):

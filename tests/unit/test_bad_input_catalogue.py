@@ -183,7 +183,8 @@ DATASET: list[Row] = [
      ["data.npy", "5 feature columns", "limit is 3"]),
     ("unknown-extension", lambda: load_dataset(
         b"a,y\n1,2\n", source="data.txt", fmt=None, label="y", task="regression"), DataError,
-     ["'data.txt'", "name it .csv, .npy or .npz"]),
+     ["'data.txt'", "name it .csv, .npy or .npz, or give the format (--format, or "
+      "dataset.format in a spec: csv, npy, npz)"]),
     ("npy-bad-magic", lambda: load_dataset(
         b"a,y\n1,2\n", source="data.npy", fmt=None, label=None, task="regression"), DataError,
      ["data.npy is not a .npy file"]),

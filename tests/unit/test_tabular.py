@@ -77,6 +77,13 @@ def test_the_format_given_decides_as_the_extension_would():
         read_features(_npy(X), source="rows.bin", fmt="npy", trained=on_npz)
 
 
+def test_a_label_that_is_a_feature_is_named_as_one():
+    with pytest.raises(DataError, match=r"new.csv: the label 'b' is one of the model's features"):
+        read_labelled(
+            b"a,b,price\n1,2,30\n", source="new.csv", fmt=None, label="b", trained=_linear("price")
+        )
+
+
 def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_column():
     # trained with the default label (the last column, name not recorded): in a new file
     # the label is the column that is not a feature, wherever it stands

@@ -639,6 +639,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.data:
         doc.setdefault("dataset", {})["uri"] = _placeholder_uri(args.data)
     parse_spec({**doc, "job_id": "check"})  # a bad spec fails here, before any upload
+    if not args.stack and not args.data:
+        raise CliError(
+            "without --stack the job runs on an embedded engine whose bucket starts empty: "
+            "give --data FILE (it is uploaded), or --stack NAME for a deployed stack"
+        )
     if not args.stack and not args.quiet:
         print(
             "note: without --stack the job runs on an embedded engine that ends with this "

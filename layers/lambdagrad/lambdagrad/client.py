@@ -107,6 +107,11 @@ class StackClient:
         from botocore.exceptions import BotoCoreError, ClientError
 
         session = boto3.session.Session(region_name=region)
+        if session.region_name is None:
+            raise StackError(
+                f"no AWS region for stack {stack_name!r}: pass --region REGION, or set "
+                "AWS_REGION or a region in your AWS config"
+            )
         try:
             stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)
         except (ClientError, BotoCoreError) as exc:

@@ -169,7 +169,8 @@ def resolve_format(source: str, fmt: str | None) -> str:
         if fmt not in FORMATS:
             raise DataError(
                 f"cannot tell the format of {source!r} from its extension; "
-                f"name it .csv, .npy or .npz or give the format ({', '.join(FORMATS)})"
+                f"name it .csv, .npy or .npz, or give the format (--format, or dataset.format "
+                f"in a spec: {', '.join(FORMATS)})"
             )
         return fmt
     if fmt.lower() not in FORMATS:

@@ -96,6 +96,12 @@ def read_labelled(
     """Features and labels; classifier labels become the model's class indices."""
     task = trained.model.task
     columns = _model_columns(trained, source, fmt)
+    if columns is not None and label in columns:
+        raise DataError(
+            f"{source}: the label {label!r} is one of the model's features; the label is the "
+            "column the model predicts"
+            + (f" ({trained.label!r} in training)" if trained.label else "")
+        )
     ds = load_dataset(
         data, source=source, fmt=fmt, label=label, task=task, min_classes=1, features=columns
     )

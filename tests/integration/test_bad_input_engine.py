@@ -384,8 +384,16 @@ def test_a_finished_jobs_replayed_input_fails_and_keeps_its_model(engine, client
 @pytest.mark.parametrize(
     ("raw", "error", "needle"),
     [
-        ([1, 2], "InvalidExecutionInput", "the execution input must be a JSON object"),
-        ("train please", "InvalidExecutionInput", "the execution input must be a JSON object"),
+        (
+            [1, 2],
+            "InvalidExecutionInput",
+            "the execution input is not a job: expected a JSON object",
+        ),
+        (
+            "train please",
+            "InvalidExecutionInput",
+            "the execution input is not a job: expected a JSON object",
+        ),
         ({}, "InvalidExecutionInput", "an S3 upload event of jobs/incoming/<name>.json"),
         ({"colour": "red"}, "InvalidExecutionInput", "or a continuation of a job"),
         ({"round": 1, "shards": [0], "segment_end": 3}, "ContinuationError", "progress: missing"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -345,7 +346,16 @@ def test_a_run_says_why_it_stopped_and_a_job_id_is_used_once(tmp_path, capsys):
     assert main(train_args(IRIS, out, *flags, "--overwrite")) == 1
     err = capsys.readouterr().err
     assert "job 'es-1' already ran in" in err and "give --job-id NEW" in err
+    assert "continue it" not in err  # it finished
     assert (out / "model.json").read_bytes() == before
+    # a job that stopped with a checkpoint and no model: the message names its resume
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    (stopped / "model.json").unlink()
+    (stopped / "state" / "DataBucket" / "jobs" / "es-1" / "model" / "model.json").unlink()
+    assert main(train_args(IRIS, stopped, *flags)) == 1
+    err = capsys.readouterr().err
+    assert f"(or continue it: lambdagrad resume es-1 --out {stopped})" in err
     predictions = tmp_path / "p.csv"
     assert main(["predict", str(out), "--out", str(predictions), str(IRIS)]) == 0
     assert len(predictions.read_text().splitlines()) == 151

@@ -84,24 +84,39 @@ def test_label_is_stripped_and_an_index_may_be_a_number():
         label(True)
 
 
-def test_decay_rate_and_learning_rate_in_force_are_kept_in_the_saved_spec():
-    """exponential halves the rate after 69 rounds by default, not every round; the values
-    used are what the saved spec (model.json) records, and it reads back the same."""
+def test_defaults_in_force_follow_the_optimizer_and_schedule_of_the_spec():
+    """exponential halves the rate after 69 rounds by default, not every round. The spec
+    keeps None for a default, so a saved spec reused with another optimizer or schedule
+    takes that one's default (model.json records the values used beside it)."""
+    uri = {"uri": "s3://bkt/d.csv"}
     for schedule, rate in (("step", 0.5), ("exponential", 0.99), ("inverse_time", 0.01)):
-        spec = parse_spec(
-            {"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": {"schedule": schedule}}
-        )
-        assert spec.optimizer.decay_rate == rate
-        assert parse_spec(spec.model_dump_json()) == spec
+        spec = parse_spec({"dataset": uri, "optimizer": {"schedule": schedule}})
+        assert (spec.optimizer.decay_rate, spec.optimizer.decay) == (None, rate)
+        reused = json.loads(spec.model_dump_json())
+        reused["optimizer"] |= {"schedule": "constant", "name": "adam"}
+        assert parse_spec(reused).optimizer.lr == 0.01  # adam's, not sgd's
     given = {"schedule": "exponential", "decay_rate": 0.5}
-    spec = parse_spec({"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": given})
-    assert spec.optimizer.decay_rate == 0.5
-    # a saved spec of any optimizer reads back: the fields it does not read hold defaults,
-    # and the learning rate it records is the one in force
+    assert parse_spec({"dataset": uri, "optimizer": given}).optimizer.decay == 0.5
     for name, lr in (("sgd", 0.1), ("momentum", 0.05), ("adamw", 0.01), ("rmsprop", 0.01)):
-        spec = parse_spec({"dataset": {"uri": "s3://bkt/d.csv"}, "optimizer": {"name": name}})
-        assert json.loads(spec.model_dump_json())["optimizer"]["learning_rate"] == lr
-        assert parse_spec(spec.model_dump_json()) == spec
+        spec = parse_spec({"dataset": uri, "optimizer": {"name": name}})
+        assert spec.optimizer.lr == lr and parse_spec(spec.model_dump_json()) == spec
+
+
+def test_a_stored_spec_with_ignored_hyper_parameters_still_reads_back():
+    """A job's spec written by an earlier version, which took --momentum with sgd or
+    --activation for a linear model and ignored them: its steps and resume read it as it
+    is; only a new job is refused."""
+    doc = {
+        "dataset": {"uri": "s3://bkt/d.csv"},
+        "model": {"type": "linear", "activation": "tanh"},
+        "optimizer": {"name": "sgd", "momentum": 0.5, "decay_rate": 0.5, "final_lr": 0.1},
+    }
+    spec = parse_spec(doc, stored=True)
+    assert spec.optimizer.momentum == 0.5 and spec.model.activation == "tanh"
+    with pytest.raises(SpecError, match="an activation is for model type mlp"):
+        parse_spec(doc)
+    with pytest.raises(SpecError, match=r"momentum 0\.5 is read by the momentum / nesterov"):
+        parse_spec({**doc, "model": {"type": "linear"}})
 
 
 def test_rmsprop_reads_its_eps():

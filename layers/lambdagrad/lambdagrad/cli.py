@@ -319,12 +319,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(out, directory=True)
     if (out / "model.json").exists() and not args.overwrite:
         raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
-    if not args.stack and (_local_jobs(out) / job_id / "claim.json").is_file():
+    ran = _local_jobs(out) / job_id
+    if not args.stack and (ran / "claim.json").is_file():
         # a job id is used once (its claim stays): say so now, not after the engine started
+        unfinished = not (ran / "model" / "model.json").is_file()
+        resumable = unfinished and any((ran / "params").glob("*"))
         raise CliError(
             f"job {job_id!r} already ran in {out}/ and a job id is used once: give "
             f"--job-id NEW to train again there, or another --out"
-            + ("" if (out / "model.json").exists() else f" (or {_resume_command(job_id, out)})")
+            + (f" (or continue it: {_resume_command(job_id, out)})" if resumable else "")
         )
 
     started = time.monotonic()

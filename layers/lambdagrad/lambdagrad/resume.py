@@ -83,7 +83,7 @@ def resumable_round(store: Store, job_id: str) -> tuple[int, list[dict[str, Any]
     """
     keys = JobKeys(job_id)
     try:
-        spec = parse_spec(store.get_json(keys.spec))
+        spec = parse_spec(store.get_json(keys.spec), stored=True)
         meta = store.get_json(keys.meta)
     except MissingObjectError:  # a damaged one is named as such (StoreError)
         raise NoCheckpointError(
@@ -132,7 +132,7 @@ def continuation_input(store: Store, job_id: str) -> dict[str, Any]:
             f"job {job_id!r} already finished: its model is s3://{store.bucket}/{keys.model_json}"
         )
     r, records = resumable_round(store, job_id)
-    spec = parse_spec(store.get_json(keys.spec))
+    spec = parse_spec(store.get_json(keys.spec), stored=True)
     meta = store.get_json(keys.meta)
     total, segment = int(meta["rounds"]), int(meta["segment_rounds"])
 

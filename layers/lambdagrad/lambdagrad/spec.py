@@ -58,6 +58,11 @@ class SpecError(ValueError):
     """A job spec failed validation; the message names every bad field."""
 
 
+def _stored(info: ValidationInfo) -> bool:
+    """Whether the spec being read is a job's stored one (``parse_spec(stored=True)``)."""
+    return bool(info.context and info.context.get("stored"))
+
+
 def _is_numeric(kind: Any) -> bool:
     """Whether a field's type is a number, or a union with one (``int | Literal["full"]``)."""
     options = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
@@ -157,10 +162,10 @@ class ModelSpec(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _hidden_for_mlp(self) -> ModelSpec:
+    def _hidden_for_mlp(self, info: ValidationInfo) -> ModelSpec:
         if self.type != "mlp" and self.hidden:
             raise ValueError(f"hidden layers are for model type mlp, not {self.type}")
-        if self.type != "mlp" and self.activation != "relu":
+        if self.type != "mlp" and self.activation != "relu" and not _stored(info):
             raise ValueError(f"an activation is for model type mlp, not {self.type}")
         if self.type == "mlp" and not self.hidden:
             object.__setattr__(self, "hidden", [64])
@@ -168,8 +173,8 @@ class ModelSpec(_Strict):
 
 
 #: Hyper-parameters only some optimizers or schedules read: the field that picks them, and
-#: the choices that read them. Set to anything but its default elsewhere, one is refused
-#: (it would be ignored without a word).
+#: the choices that read them. Set to anything but its default elsewhere, one is refused in
+#: a new job (it would be ignored without a word); a job's stored spec is read as it is.
 READ_ONLY_BY = {
     "momentum": ("name", ("momentum", "nesterov")),
     "beta1": ("name", ("adam", "adamw")),
@@ -201,8 +206,8 @@ class OptimizerSpec(_Strict):
     clip_norm: float | None = Field(None, gt=0.0, le=1e6, description="clip gradient norm")
     schedule: Literal["constant", "step", "exponential", "inverse_time", "cosine"] = "constant"
     decay_steps: int = Field(100, ge=1, le=10_000_000, description="step schedule: rounds per drop")
-    decay_rate: float = Field(
-        0.5,
+    decay_rate: float | None = Field(
+        None,
         gt=0.0,
         le=1e3,
         description="step: factor per drop (default 0.5); exponential: factor per round "
@@ -212,12 +217,9 @@ class OptimizerSpec(_Strict):
     warmup: int = Field(0, ge=0, le=10_000_000, description="rounds of linear warm-up")
 
     @model_validator(mode="after")
-    def _read_by_the_choice(self) -> OptimizerSpec:
-        # the values in force go into the saved spec (model.json), not nulls
-        if self.learning_rate is None:
-            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATE[self.name])
-        if "decay_rate" not in self.model_fields_set and self.schedule in DEFAULT_DECAY_RATE:
-            object.__setattr__(self, "decay_rate", DEFAULT_DECAY_RATE[self.schedule])
+    def _read_by_the_choice(self, info: ValidationInfo) -> OptimizerSpec:
+        if _stored(info):
+            return self
         for field, (chooser, readers) in READ_ONLY_BY.items():
             value, default = getattr(self, field), type(self).model_fields[field].default
             if getattr(self, chooser) not in readers and value != default:
@@ -230,7 +232,7 @@ class OptimizerSpec(_Strict):
 
     @model_validator(mode="after")
     def _decay_factor(self) -> OptimizerSpec:
-        if self.schedule in ("step", "exponential") and self.decay_rate > 1:
+        if self.schedule in ("step", "exponential") and (self.decay_rate or 0) > 1:
             raise ValueError(
                 f"decay_rate {self.decay_rate} would grow the learning rate; "
                 f"a {self.schedule} schedule needs a factor in (0, 1]"
@@ -243,6 +245,15 @@ class OptimizerSpec(_Strict):
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LEARNING_RATE[self.name]
+
+    @property
+    def decay(self) -> float | None:
+        """The schedule's decay rate in force (explicit or the schedule's default; None for
+        a schedule that has none). The spec keeps None, so a spec reused with another
+        schedule takes that one's default."""
+        if self.decay_rate is not None:
+            return self.decay_rate
+        return DEFAULT_DECAY_RATE.get(self.schedule)
 
 
 class TrainingSpec(_Strict):
@@ -353,15 +364,18 @@ def _check_size(data: Any) -> None:
         )
 
 
-def parse_spec(data: Any) -> JobSpec:
+def parse_spec(data: Any, *, stored: bool = False) -> JobSpec:
     """Validate a dict (or JSON text) into a JobSpec, raising SpecError that names each field.
 
     A spec larger than ``MAX_SPEC_BYTES`` as JSON is refused whole, whatever its source.
+    ``stored``: a job's own spec read back (its steps, resume), which an earlier version
+    may have written: the checks that refuse a new job's ignored hyper-parameters are off.
     """
     _check_size(data)
+    context = {"stored": stored}
     try:
         if isinstance(data, str | bytes):
-            return JobSpec.model_validate_json(data)
-        return JobSpec.model_validate(data)
+            return JobSpec.model_validate_json(data, context=context)
+        return JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
         raise SpecError(_format_errors(exc)) from None

@@ -167,7 +167,7 @@ def _cached(store: Store, key: str, loader: str) -> Any:
 
 def _job(store: Store, job_id: str) -> tuple[JobKeys, JobSpec, dict[str, Any]]:
     keys = JobKeys(job_id)
-    spec = parse_spec(_cached(store, keys.spec, "get_json"))
+    spec = parse_spec(_cached(store, keys.spec, "get_json"), stored=True)
     meta = _cached(store, keys.meta, "get_json")
     return keys, spec, meta
 
@@ -765,6 +765,11 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
         "data": {k: meta[k] for k in ("n_train", "n_validation", "global_batch")},
         "execution": event.get("execution"),  # who may write it again (a retry of it)
         "spec": json.loads(spec.model_dump_json()),
+        # what the spec's nulls stood for: the optimizer's and the schedule's defaults
+        "optimizer_in_force": {
+            "learning_rate": spec.optimizer.lr,
+            "decay_rate": spec.optimizer.decay,
+        },
         "lambdagrad_version": __version__,
     }
     npz_bytes, doc = trained.to_documents()

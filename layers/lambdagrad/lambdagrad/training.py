@@ -422,11 +422,11 @@ def schedule_for(spec: JobSpec, total: int) -> Schedule:
     opt = spec.optimizer
     params: dict[str, float] = {}
     if opt.schedule == "step":
-        params = {"step_size": opt.decay_steps, "gamma": opt.decay_rate}
+        params = {"step_size": opt.decay_steps, "gamma": opt.decay}
     elif opt.schedule == "exponential":
-        params = {"gamma": opt.decay_rate}
+        params = {"gamma": opt.decay}
     elif opt.schedule == "inverse_time":
-        params = {"decay": opt.decay_rate}
+        params = {"decay": opt.decay}
     elif opt.schedule == "cosine":
         params = {"final_lr": opt.final_lr}
     return make_schedule(

@@ -436,6 +436,24 @@ def test_an_input_that_is_no_job_fails_by_name_and_touches_no_job(
     engine.reset()
 
 
+def test_a_forged_continuation_of_no_job_fails_by_name_and_records_nothing(engine, client):
+    """Every field a continuation carries, of the wrong type, for a job that never started:
+    the worker names the field, and RecordFailure writes no status for a job that is not."""
+    name = unique("forged")
+    progress = {"finished_at": 0.0, "train_loss": None, "best_round": None, "best_loss": None}
+    forged = {"job_id": name, "round": "x", "shards": [0], "segment_end": 3}
+    forged["progress"] = {**progress, "since_best": 0, "stop": None}
+    client.sfn.start_execution(
+        stateMachineArn=client.state_machine_arn, name=name, input=json.dumps(forged)
+    )
+    arn = f"{client.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+    desc = client.wait_execution(arn, poll_seconds=0.05, timeout=60)
+    assert desc["status"] == "FAILED" and desc.get("error") == "EventError", desc
+    assert "round: expected an integer, got 'x'" in desc["cause"]
+    assert not [key for key in client.store.list_keys("jobs/") if name in key]
+    engine.reset()
+
+
 # ---- uploaded job files -----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("key", "body", "needles"),

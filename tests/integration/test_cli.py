@@ -337,7 +337,7 @@ def test_a_run_says_why_it_stopped_and_a_job_id_is_used_once(tmp_path, capsys):
     assert main(train_args(IRIS, out, *flags)) == 0
     doc = json.loads((out / "model.json").read_text())
     assert doc["stopped"] == "early_stopping" and doc["rounds"] < 80
-    why = "stopped early: no validation gain for --patience rounds"
+    why = "stopped early: no validation gain in 3 rounds (--patience)"
     if doc["model_round"] != doc["rounds"]:
         why += f"; the model is round {doc['model_round']}, the best on validation"
     assert f"done: {doc['rounds']} rounds in " in (text := capsys.readouterr().out)

@@ -589,6 +589,8 @@ def test_access_denied_names_the_object():
         ({"state": {"job_id": 123, "error": {"Error": "X", "Cause": "{}"}}}, False),
         ({"state": {"job_id": "../x", "error": {"Error": "X", "Cause": "{}"}}}, False),
         ({"state": {"spec": {"job_id": 7}, "error": "boom"}}, False),
+        # a continuation forged for a job that never started: its worker's EventError
+        ({"state": {"job_id": "j", "error": {"Error": "EventError", "Cause": "{}"}}}, False),
         (
             {"state": {"job_id": "j", "error": {"Error": None, "Cause": '{"errorMessage": 5}'}}},
             True,

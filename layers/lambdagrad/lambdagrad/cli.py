@@ -20,6 +20,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -418,7 +419,8 @@ def _write_run(
     if args.json:
         print(json.dumps(summary))
     else:
-        _print_train_summary(summary)
+        spec = json.loads(files["model.json"]).get("spec") or {}
+        _print_train_summary(summary, spec.get("training") or {})
         if cost:
             print(_cost_line(cost))
         if chaos is not None:
@@ -463,17 +465,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _write_run(args, out, args.job_id, status, files, cost, started)
 
 
-#: How a job that ended before its rounds says why (model.json's ``stopped``).
+#: How a job that ended before its rounds says why (model.json's ``stopped``), given its
+#: spec's training section.
 _STOPPED_EARLY = {
-    "early_stopping": "stopped early: no validation gain for --patience rounds",
-    "tolerance": "stopped: the training loss changed less than --tolerance",
+    "early_stopping": "stopped early: no validation gain in {patience} rounds (--patience)",
+    "tolerance": "stopped: the training loss changed by less than {tolerance} (--tolerance)",
 }
 
 
-def _why_stopped(summary: dict[str, Any]) -> str:
+def _why_stopped(summary: dict[str, Any], training: dict[str, Any]) -> str:
     """`` (stopped early: ...; the model is round 2)`` when the job ended before its rounds,
     or kept an earlier round than its last; the losses printed are of the model's round."""
     why = _STOPPED_EARLY.get(summary.get("stopped") or "")
+    why = why.format_map(defaultdict(str, training)) if why else why
     kept = summary.get("model_round")
     if kept is not None and kept != summary.get("rounds"):
         why = f"{why}; " if why else ""
@@ -481,13 +485,14 @@ def _why_stopped(summary: dict[str, Any]) -> str:
     return f" ({why})" if why else ""
 
 
-def _print_train_summary(summary: dict[str, Any]) -> None:
+def _print_train_summary(summary: dict[str, Any], training: dict[str, Any]) -> None:
     val = summary.get("validation") or {}
     parts = [f"{k} {v:.4g}" for k, v in val.items() if k != "rows" and isinstance(v, float)]
     train_loss = summary.get("train_loss")
     val_loss = summary.get("validation_loss")
+    why = _why_stopped(summary, training)
     print(
-        f"done: {summary['rounds']} rounds in {summary['seconds']} s{_why_stopped(summary)}; "
+        f"done: {summary['rounds']} rounds in {summary['seconds']} s{why}; "
         f"train loss {train_loss:.4g}"
         + (f", validation loss {val_loss:.4g}" if val_loss is not None else "")
         + (f" ({', '.join(parts)})" if parts else "")

@@ -818,9 +818,14 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
         keys = JobKeys(job_id)
     except StoreError:  # an invalid id (the failure was refusing it): no job to record it in
         return unrecorded
-    if _status(store, keys).get("state") == "SUCCEEDED":
+    status = _status(store, keys)
+    if status.get("state") == "SUCCEEDED":
         # a finished job (Finalize writes SUCCEEDED last): a replayed input of it failed, and
         # its status stays the one of its model
+        return unrecorded
+    if not status and name == EventError.__name__:
+        # a step's event made by hand for a job that never started (a job's steps run only
+        # after Prepare wrote its status): no job to record it in
         return unrecorded
     complete = last_complete_round(store, keys)
     checkpoint = None

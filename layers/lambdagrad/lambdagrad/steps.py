@@ -189,8 +189,12 @@ def _status(store: Store, keys: JobKeys) -> dict[str, Any]:
     return status if isinstance(status, dict) else {}
 
 
-def _update_status(store: Store, keys: JobKeys, **fields: Any) -> None:
-    status = _status(store, keys) or {"job_id": keys.job_id}
+def _update_status(
+    store: Store, keys: JobKeys, read: dict[str, Any] | None = None, /, **fields: Any
+) -> None:
+    """The job's status with ``fields`` changed; ``read``: the record as the caller just read
+    it (not read again)."""
+    status = {**(_status(store, keys) if read is None else read)} or {"job_id": keys.job_id}
     status.update(fields, updated_at=_now())
     store.put_json(keys.status, status)
 
@@ -552,8 +556,9 @@ def _refuse_finished(
         return
     written_by = doc.get("execution")
     if by_anyone or written_by != execution:
-        if _status(store, keys).get("state") != "SUCCEEDED":  # a replay's rounds rewrote it
-            _update_status(store, keys, **_finished_status(keys, doc), execution=written_by)
+        status = _status(store, keys)
+        if status.get("state") != "SUCCEEDED":  # a replay's rounds rewrote it
+            _update_status(store, keys, status, **_finished_status(keys, doc), execution=written_by)
         raise JobFinishedByAnotherExecution(
             f"job {keys.job_id!r} already finished: its model is s3://{store.bucket}/"
             f"{keys.model_json} (written by {written_by or 'another execution'}); "
@@ -838,6 +843,7 @@ def record_failure(store: Store, event: dict[str, Any], emit: MetricSink = _no_m
     _update_status(
         store,
         keys,
+        status,
         state="FAILED",
         error=name,
         message=message,

@@ -15,6 +15,7 @@ import pytest
 from lambdagrad.client import JobFailedError
 from lambdagrad.local import chaos as chaos_faults
 from lambdagrad.local import moto_fixes
+from lambdagrad.local.invoker import get_invoker
 from lambdagrad.registry import pointer_key
 from lambdagrad.store import JobKeys
 
@@ -82,6 +83,58 @@ def test_chaos_at_20_percent_gives_a_bit_identical_model(
     record_property("faults_by_kind", json.dumps(chaos.counts))
 
 
+def test_a_segment_cut_short_is_run_again_from_its_first_round_and_changes_nothing(
+    engine, stack, no_retry_waits, monkeypatch
+):
+    """AWS ends an Express segment at 5 minutes whatever it is doing (say, a round of hung
+    attempts); the training execution's RunSegment then fails with States.TaskFailed and
+    starts the segment once more from its first round, whose committed rounds are not
+    stepped twice. Here the running segment is stopped as round 3's first worker starts."""
+    uncut, uncut_params = run_job(
+        stack, job_doc("houses-linear.json", job_id="uncut", **GROUPS), "houses.csv"
+    )
+    worker, invoker = engine.function_name("WorkerFunction"), get_invoker()
+    segments = stack.outputs["SegmentStateMachineArn"]
+    admit, cut = invoker.admit, []
+
+    def cut_the_segment_at_round_3(function_name, body=None):
+        event = json.loads(body) if isinstance(body, (str, bytes)) else body or {}
+        if function_name == worker and (event["round"], event["shard"]) == (3, 0) and not cut:
+            running = stack.sfn.list_executions(stateMachineArn=segments, statusFilter="RUNNING")
+            for execution in running["executions"]:
+                stack.sfn.stop_execution(
+                    executionArn=execution["executionArn"], error="States.Timeout"
+                )
+                cut.append(execution["executionArn"])
+        return admit(function_name, body)
+
+    monkeypatch.setattr(invoker, "admit", cut_the_segment_at_round_3)
+    status, params = run_job(
+        stack, job_doc("houses-linear.json", job_id="cut", **GROUPS), "houses.csv"
+    )
+
+    assert len(cut) == 1  # (moto ends a Map stopped mid-iteration FAILED, not ABORTED)
+    assert stack.sfn.describe_execution(executionArn=cut[0])["status"] in ("ABORTED", "FAILED")
+    assert status["state"] == "SUCCEEDED" and status["round"] == uncut["round"] == 6
+    np.testing.assert_array_equal(params, uncut_params)
+    for r in range(1, 7):
+        a, b = JobKeys("uncut"), JobKeys("cut")
+        assert stack.store.get_bytes(a.params(r)) == stack.store.get_bytes(b.params(r))
+        assert stack.store.get_bytes(a.optimizer(r)) == stack.store.get_bytes(b.optimizer(r))
+    (execution,) = [
+        e
+        for e in stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)["executions"]
+        if e["name"] == "cut"
+    ]
+    events = stack.sfn.get_execution_history(
+        executionArn=execution["executionArn"], maxResults=1000
+    )["events"]
+    failed = [e["taskFailedEventDetails"]["error"] for e in events if e["type"] == "TaskFailed"]
+    assert failed == ["States.TaskFailed"]
+    started = [e for e in events if e["type"] == "TaskStateEntered"]
+    assert [e["stateEnteredEventDetails"]["name"] for e in started].count("RunSegment") == 1
+
+
 def test_straggler_fails_the_job_and_keeps_a_resumable_checkpoint(engine, stack, no_retry_waits):
     name = "straggle-model"
     pointer = {  # another job's model, as the registry writes it
@@ -101,8 +154,9 @@ def test_straggler_fails_the_job_and_keeps_a_resumable_checkpoint(engine, stack,
         run_job(stack, doc, "houses.csv")
     assert err.value.error == "Sandbox.Timedout"
     assert "Task timed out after" in err.value.message
-    # rounds 0-2: 3 workers each; round 3: shards 0 and 2 once, shard 1 on 1 + 6 retries
-    assert engine.invocations("WorkerFunction") - calls == 3 * 3 + 2 + 7
+    # rounds 0-2: 3 workers each; round 3: shards 0 and 2 once, shard 1 on 1 + 1 retry (a
+    # timeout is retried once: a segment has 5 minutes in all)
+    assert engine.invocations("WorkerFunction") - calls == 3 * 3 + 2 + 2
 
     keys = JobKeys("straggler")
     status = stack.status("straggler")

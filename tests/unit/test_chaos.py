@@ -25,6 +25,7 @@ from lambdagrad.local.chaos import (
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_ASL = ROOT / "statemachine" / "train.asl.json"
 SEGMENT_ASL = ROOT / "statemachine" / "segment.asl.json"
+SWEEP_ASL = ROOT / "statemachine" / "sweep.asl.json"
 
 #: What a Lambda task of the training loop must retry: transient service errors, the
 #: function timing out, the runtime dying (and Lambda.Unknown, the name Step Functions uses
@@ -83,6 +84,18 @@ def test_fraction_kinds_and_streak_cap():
     assert {f.run_handler for f in faults if f.kind == "timeout"} == {True, False}
     assert all(f.run_handler for f in faults if f.kind == "crash")
     assert not any(f.run_handler for f in faults if f.kind == "transient")
+
+
+def test_a_call_times_out_at_most_once_as_the_state_machine_retries_a_timeout_once():
+    chaos = Chaos(0.9, seed=4, functions=["w", "r"], max_consecutive=3)
+    seen = run(chaos, calls(100))
+    per_call = [sum(f is not None and f.kind == "timeout" for f in v) for v in seen.values()]
+    assert max(per_call) == 1 and per_call.count(1) > 50
+    assert max(len(v) for v in seen.values()) == 4  # still three faults in a row, then through
+    only_timeouts = run(Chaos(0.9, seed=4, functions=["w"], kinds=["timeout"]), calls(30))
+    assert max(len(v) for v in only_timeouts.values()) == 2  # one timeout, then through
+    with pytest.raises(ValueError):
+        Chaos(0.1, max_timeouts=-1)
 
 
 def test_labels_make_decisions_independent_of_physical_names():
@@ -157,15 +170,23 @@ def own_error_names() -> set[str]:
 
 def test_every_lambda_task_retries_transient_timeouts_and_crashes_only():
     tasks = lambda_tasks(json.loads(TRAIN_ASL.read_text())["States"])
-    tasks.update(lambda_tasks(json.loads(SEGMENT_ASL.read_text())["States"]))
+    segment = lambda_tasks(json.loads(SEGMENT_ASL.read_text())["States"])
+    tasks.update(segment)
+    tasks.update(lambda_tasks(json.loads(SWEEP_ASL.read_text())["States"]))
     assert {"Prepare", "Worker", "Reduce", "Finalize", "RecordFailure"} <= set(tasks)
+    assert {"PollPoint", "SelectBest"} <= set(tasks)
     own = own_error_names()
     assert {"ModelDiverged", "StoreError", "SpecError", "DataError", "JobExistsError"} <= own
     for name, task in tasks.items():
         retried = [e for r in task["Retry"] for e in r["ErrorEquals"]]
-        assert retried == LAMBDA_RETRY, name
+        assert sorted(retried) == sorted(LAMBDA_RETRY), name
         assert not set(retried) & (own | {"States.ALL", "States.TaskFailed"}), name
-        assert all(r["MaxAttempts"] >= 4 for r in task["Retry"]), name
+        for retrier in task["Retry"]:
+            # inside a segment (5 minutes in all) a timed-out attempt is retried once
+            once = name in segment and retrier["ErrorEquals"] == [TIMEOUT_ERROR]
+            assert retrier["MaxAttempts"] == 1 if once else retrier["MaxAttempts"] >= 4, name
+    for name in segment:
+        assert segment[name]["Retry"][0]["ErrorEquals"] == [TIMEOUT_ERROR], name
     # every fault the chaos switch injects is one of them
     injected = {f"Lambda.{e}" for e in TRANSIENT_ERRORS} | {TIMEOUT_ERROR, CRASH_ERROR}
     assert injected <= set(LAMBDA_RETRY)

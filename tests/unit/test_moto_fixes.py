@@ -1071,6 +1071,52 @@ def test_standard_parent_waits_on_express_child():
     assert inner["Cause"] == "too big"
 
 
+def test_a_retried_sync_task_waits_for_its_new_child():
+    """A parent that retries a failed child (the training execution's RunSegment) starts a
+    second child and waits for it; stock moto failed the retry at once with States.Timeout."""
+    sfn = client("stepfunctions")
+    child = sfn.create_state_machine(
+        name="express-child-fails",
+        type="EXPRESS",
+        roleArn=role_arn(),
+        definition=json.dumps(
+            {
+                "StartAt": "Work",
+                "States": {
+                    "Work": {"Type": "Wait", "Seconds": 1, "Next": "No"},
+                    "No": {"Type": "Fail", "Error": "Cut", "Cause": "5 min"},
+                },
+            }
+        ),
+    )["stateMachineArn"]
+    retry = {"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 1, "MaxAttempts": 1}
+    parent = create_machine(
+        "express-parent-retries",
+        {
+            "StartAt": "Run",
+            "States": {
+                "Run": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                    "Parameters": {"StateMachineArn": child, "Input.$": "$"},
+                    "Retry": [retry],
+                    "End": True,
+                }
+            },
+        },
+    )
+    previous = moto_fixes.set_retry_delay_scale(0.0)
+    try:
+        failed = run(parent, {"v": 1})
+    finally:
+        moto_fixes.set_retry_delay_scale(previous)
+    assert failed["status"] == "FAILED" and failed["error"] == "States.TaskFailed"
+    events = sfn.get_execution_history(executionArn=failed["executionArn"])["events"]
+    ends = [e["type"] for e in events if e["type"] in ("TaskFailed", "TaskTimedOut")]
+    assert ends == ["TaskFailed", "TaskFailed"]  # two children, each waited for
+    assert len(sfn.list_executions(stateMachineArn=child)["executions"]) == 2
+
+
 # ------------------------------------------- lambdagrad.local.mirror: S3 write-through
 def test_s3_put_object_internals_unchanged():
     from lambdagrad.local.mirror import install_put_hook

@@ -94,3 +94,32 @@ def test_layer_requirements_cover_runtime_imports():
     reqs = (ROOT / "layers" / "lambdagrad" / "requirements.txt").read_text()
     for dist in ("numpy", "pydantic", "aws-lambda-powertools"):
         assert dist in reqs
+
+
+class _RefLoader(yaml.SafeLoader):
+    """YAML loader that keeps ``!Ref X`` as ``{"Ref": "X"}`` (other short forms as None)."""
+
+
+_RefLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+_RefLoader.add_constructor("!Ref", lambda loader, node: {"Ref": loader.construct_scalar(node)})
+
+
+def test_a_segment_survives_one_hung_attempt_in_its_last_round_within_express_limit():
+    """Express runs 5 minutes at most; a segment's last round starts before SegmentSeconds and
+    may take a hung attempt, its retry and a reducer at their timeout: all inside the limit."""
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_RefLoader)
+    params, functions = doc["Parameters"], doc["Resources"]
+    segment = json.loads((ROOT / "statemachine" / "segment.asl.json").read_text())
+    assert segment["TimeoutSeconds"] == 300  # Express's limit, stated so the engine keeps it
+    for name in ("WorkerFunction", "ReduceFunction"):
+        assert functions[name]["Properties"]["Timeout"] == {"Ref": "RoundFunctionTimeout"}
+    timeout = params["RoundFunctionTimeout"]["Default"]
+    worker = segment["States"]["Workers"]["ItemProcessor"]["States"]["Worker"]
+    retried = 1 + sum(
+        r["MaxAttempts"] for r in worker["Retry"] if "Sandbox.Timedout" in r["ErrorEquals"]
+    )
+    assert retried == 2
+    assert params["SegmentSeconds"]["Default"] + retried * timeout + timeout <= 300
+    # a segment cut at its limit anyway is started again once by the training execution
+    run = json.loads((ROOT / "statemachine" / "train.asl.json").read_text())["States"]["RunSegment"]
+    assert any(r["ErrorEquals"] == ["States.TaskFailed"] for r in run["Retry"])

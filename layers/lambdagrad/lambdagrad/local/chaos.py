@@ -24,8 +24,9 @@ Three kinds of fault, each reported to Step Functions exactly as AWS reports it:
 Decisions are reproducible and independent of thread scheduling: whether an invocation fails
 is a hash of (seed, function, job, round, shard, attempt number), not a draw from a shared
 random stream that Map threads would consume in any order. At most ``max_consecutive``
-attempts of one call fail in a row (3 by default, below the state machine's 6 retries), so a
-chaos run tests recovery, not the retry budget; stragglers that exhaust it are made with
+attempts of one call fail in a row (3 by default, below the state machine's 6 retries) and at
+most one of them times out (a timeout is retried once), so a chaos run tests recovery, not
+the retry budget; stragglers that exhaust it are made with
 :meth:`InProcessInvoker.fail_matching <lambdagrad.local.invoker.InProcessInvoker.fail_matching>`.
 
 Example
@@ -136,6 +137,9 @@ class Chaos:
         Which of :data:`FAULT_KINDS` to inject, chosen uniformly per fault.
     max_consecutive
         At most this many attempts of one call fail in a row.
+    max_timeouts
+        At most this many attempts of one call time out (the state machine retries a timed-out
+        worker or reducer once); past them, its faults are of the other kinds.
 
     Attributes
     ----------
@@ -150,10 +154,12 @@ class Chaos:
     functions: Iterable[str] | Mapping[str, str] = ()
     kinds: Iterable[str] = FAULT_KINDS
     max_consecutive: int = 3
+    max_timeouts: int = 1
     counts: dict[str, int] = field(default_factory=dict)
     invocations: int = 0
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _streak: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    _timeouts: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _labels: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -171,6 +177,8 @@ class Chaos:
             raise ValueError(f"fault kinds must be some of {FAULT_KINDS}, got {self.kinds}")
         if self.max_consecutive < 1:
             raise ValueError("max_consecutive must be >= 1")
+        if self.max_timeouts < 0:
+            raise ValueError("max_timeouts must be >= 0")
         self.counts = {kind: 0 for kind in FAULT_KINDS}
 
     def decide(self, function_name: str, body: Any) -> Fault | None:
@@ -185,12 +193,17 @@ class Chaos:
             self._attempts[call] = attempt + 1
             streak = self._streak.get(call, 0)
             u = _unit(self.seed, *call, attempt)
-            if u >= self.fraction or streak >= self.max_consecutive:
+            pick = _unit(self.seed, *call, attempt, "kind")
+            kinds = self.kinds  # past its timeouts, a call fails only in the other ways
+            if self._timeouts.get(call, 0) >= self.max_timeouts:
+                kinds = tuple(k for k in kinds if k != "timeout")
+            if u >= self.fraction or streak >= self.max_consecutive or not kinds:
                 self._streak[call] = 0
                 return None
             self._streak[call] = streak + 1
-            pick = _unit(self.seed, *call, attempt, "kind")
-            kind = self.kinds[int(pick * len(self.kinds))]  # type: ignore[index]
+            kind = kinds[int(pick * len(kinds))]  # type: ignore[index]
+            if kind == "timeout":
+                self._timeouts[call] = self._timeouts.get(call, 0) + 1
             self.counts[kind] += 1
         if kind == "transient":
             return transient(TRANSIENT_ERRORS[int(pick * 1000) % len(TRANSIENT_ERRORS)])

@@ -32,7 +32,8 @@ fix_s3_value_spills_in_chunks          memory: a large object is copied twice in
                                        before it spills to disk
 fix_retry_delay_scale                  ASL retry waits always sleep for real (tests and
                                        chaos runs scale them)
-fix_sync_poll_backoff                  speed: ``.sync`` polls the child every 0.5 s
+fix_sync_poll_backoff                  speed: ``.sync`` polls the child every 0.5 s;
+                                       a retried ``.sync`` task times out at once
 =====================================  ==================================================
 
 Example
@@ -829,15 +830,23 @@ SYNC_POLL_MAX = 0.5
 
 @_once("sync_poll_backoff")
 def fix_sync_poll_backoff() -> None:
-    """A ``.sync``/``.sync:2`` task notices its child's end within milliseconds (speed).
+    """A ``.sync``/``.sync:2`` task notices its child's end within milliseconds (speed), and a
+    retried one waits for its new child (fidelity).
 
     ``StateTaskServiceCallback._eval_sync`` checks the child execution (``DescribeExecution``)
     and then sleeps ``_DELAY_SECONDS_SYNC_CONDITION_CHECK`` = 0.5 s, so every child costs its
     parent 0.25 s on average after it ended. The training state machine waits on one Express
     segment child per segment, so that was most of a short segment's time. The replacement
     polls with a doubling pause, from :data:`SYNC_POLL_FIRST` up to moto's 0.5 s: a short child
-    is seen at once, a long one (a sweep point) costs no more checks than before. The
-    ``waitForTaskToken`` listener thread is kept as moto starts it.
+    is seen at once, a long one (a sweep point) costs no more checks than before.
+
+    It also listened, beside the polling, on the task's ``waitForTaskToken`` endpoint, which
+    moto opens for every Step Functions task (the integration supports that pattern too) but
+    which a ``.sync`` task never receives on: AWS gives it no task token. The endpoint is made
+    once per state entry and interrupted when an attempt ends, so a ``.sync`` task retried
+    after its child failed found it interrupted and failed at once with ``States.Timeout``
+    instead of waiting for its new child. ``_eval_sync`` only runs for ``.sync``/``.sync:2``
+    (``waitForTaskToken`` waits elsewhere), so the replacement does not listen on it.
     """
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_callback as module,
@@ -856,10 +865,6 @@ def fix_sync_poll_backoff() -> None:
     ) -> Any:
         import time
 
-        if callback_endpoint is not None:  # .sync with a task token: moto's own loop
-            return stock(
-                self, env, sync_resolver, timeout_seconds, callback_endpoint, heartbeat_endpoint
-            )
         pause, sync_result = SYNC_POLL_FIRST, None
         while env.is_running():
             sync_result = sync_resolver()  # type: ignore[misc]

@@ -10,6 +10,7 @@ Each row: ``(id, call, error type, needles)``; the call must raise exactly that 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -98,12 +99,17 @@ def prepare(store: Store, doc: dict | None = None, event: dict | None = None) ->
     return steps.prepare(store, {"input": event or {"job_id": "j", "spec": doc}, "execution": "e"})
 
 
-def upload_event(key: str) -> dict:
+def upload_event(key: str, etag: str = "abc") -> dict:
     return {
         "detail-type": "Object Created",
         "source": "aws.s3",
-        "detail": {"bucket": {"name": BUCKET}, "object": {"key": key, "etag": "abc"}},
+        "detail": {"bucket": {"name": BUCKET}, "object": {"key": key, "etag": etag}},
     }
+
+
+def uploaded(store: Store, key: str) -> dict:
+    """The event of the upload that put ``key``'s bytes there (its ETag is theirs)."""
+    return upload_event(key, hashlib.md5(store.get_bytes(key)).hexdigest())
 
 
 def request(*instances: Any, model: str = "houses") -> dict:
@@ -314,7 +320,16 @@ def _invalid_upload() -> None:
     store = memory_store()
     key = "jobs/incoming/typo.json"
     store.put_bytes(key, json.dumps(spec(training={"wokers": 2})).encode())
-    prepare(store, event=upload_event(key))
+    prepare(store, event=uploaded(store, key))
+
+
+def _replaced_upload() -> None:
+    store = memory_store()
+    key = "jobs/incoming/houses.json"
+    store.put_bytes(key, json.dumps(spec(training={"workers": 2})).encode())
+    first = uploaded(store, key)  # uploaded again, corrected, before its job read it
+    store.put_bytes(key, json.dumps(spec(training={"workers": 3})).encode())
+    prepare(store, event=first)
 
 
 PREPARE: list[Row] = [
@@ -335,6 +350,9 @@ PREPARE: list[Row] = [
      ["jobs/incoming/huge.json", "a job spec is at most 65536"]),
     ("upload-invalid-spec", _invalid_upload, SpecError,
      ["jobs/incoming/typo.json", "training.wokers: unknown field"]),
+    ("upload-replaced-before-read", _replaced_upload, SpecError,
+     ["jobs/incoming/houses.json: replaced since the upload that started this job",
+      "the newer upload starts a job of its own"]),
     ("prepare-dataset-other-bucket", lambda: prepare(
         memory_store(), spec(dataset={"uri": "s3://someone-elses-bucket/datasets/data.csv"})),
      SpecError, ["dataset.uri: s3://someone-elses-bucket/datasets/data.csv is not in this "
@@ -566,7 +584,7 @@ def test_an_uploaded_job_file_with_a_byte_order_mark_trains_as_config_does():
     key = "jobs/incoming/bom.json"
     doc = spec(training={"workers": 2, "rounds": 2})
     store.put_bytes(key, b"\xef\xbb\xbf" + json.dumps(doc).encode())
-    assert prepare(store, event=upload_event(key))["round"] == 0
+    assert prepare(store, event=uploaded(store, key))["round"] == 0
 
 
 class DeniedS3(MemoryS3):

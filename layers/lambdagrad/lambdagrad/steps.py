@@ -73,7 +73,7 @@ from lambdagrad.training import (
     worker_update,
 )
 from lambdagrad.transfer import receive_gradients, send_gradient
-from lambdagrad.uploads import unsafe_upload_key, upload_from_event
+from lambdagrad.uploads import Upload, unsafe_upload_key, upload_from_event
 
 __all__ = [
     "ContinuationError",
@@ -232,6 +232,17 @@ def job_id_of(payload: dict[str, Any]) -> str | None:
     return given[0] or given[1]  # the input's over its spec's (a sweep names its points)
 
 
+def _refuse_replaced(upload: Upload, etag: str) -> None:
+    """The job of an upload trains that upload: if the key holds another one now (uploaded
+    again since), that one's own event starts its own job, and this one must not take it."""
+    wanted = upload.etag.strip('"')
+    if wanted and etag and etag != wanted:
+        raise SpecError(
+            f"{upload.key}: replaced since the upload that started this job (ETag {wanted}, "
+            f"now {etag}); the newer upload starts a job of its own"
+        )
+
+
 def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobSpec:
     upload = upload_from_event(payload)
     if upload is not None:
@@ -242,8 +253,9 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
             raise SpecError(f"{upload.key!r}: {problem}")
         size = store.size(upload.key)  # before reading: an upload can be any size
         if size <= MAX_SPEC_BYTES:
-            text = store.get_bytes(upload.key)
-            size = len(text)  # replaced since the HEAD: it is a new upload's job, checked anew
+            text, etag = store.get_bytes_and_etag(upload.key)
+            size = len(text)
+            _refuse_replaced(upload, etag)
         if size > MAX_SPEC_BYTES:
             raise SpecError(f"{upload.key}: {size} bytes; a job spec is at most {MAX_SPEC_BYTES}")
         text = text.removeprefix(codecs.BOM_UTF8)  # as --config reads a file: utf-8-sig

@@ -198,6 +198,12 @@ class Store:
         with _reading(bucket or self.bucket, key):
             return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
 
+    def get_bytes_and_etag(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and the ETag of those bytes (no quotes): which version was read."""
+        with _reading(self.bucket, key):
+            got = self.client.get_object(Bucket=self.bucket, Key=key)
+            return got["Body"].read(), str(got.get("ETag", "")).strip('"')
+
     def size(self, key: str) -> int:
         """The object's size in bytes (a HEAD: nothing is downloaded)."""
         with _reading(self.bucket, key):
@@ -337,7 +343,8 @@ class MemoryS3:
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:
             raise self._Missing()
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+        body = self.objects[(Bucket, Key)]
+        return {"Body": io.BytesIO(body), "ETag": '"' + hashlib.md5(body).hexdigest() + '"'}
 
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:

@@ -135,6 +135,20 @@ def test_a_segment_cut_short_is_run_again_from_its_first_round_and_changes_nothi
     assert [e["stateEnteredEventDetails"]["name"] for e in started].count("RunSegment") == 1
 
 
+def test_a_failure_that_cannot_be_recorded_still_fails_the_execution_by_its_name(
+    engine, stack, no_retry_waits
+):
+    """RecordFailure failing on every attempt (here: timing out before it writes) must not
+    put its own error in place of the job's: the execution fails with the original name."""
+    engine.fail_matching("RecordFailureFunction", {})  # times out before it writes, always
+    doc = job_doc("houses-linear.json", job_id="unrecorded", training={"batch_size": 5000})
+    with pytest.raises(JobFailedError) as err:
+        run_job(stack, doc, "houses.csv")
+    assert err.value.error == "SpecError", err.value
+    assert "training.batch_size: 5000 is larger than the 1800 training rows" in err.value.message
+    assert engine.invocations("RecordFailureFunction") == 7  # 1 + 6 retries, then caught
+
+
 def test_straggler_fails_the_job_and_keeps_a_resumable_checkpoint(engine, stack, no_retry_waits):
     name = "straggle-model"
     pointer = {  # another job's model, as the registry writes it

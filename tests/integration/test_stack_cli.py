@@ -250,3 +250,45 @@ def test_submit_checks_the_spec_before_uploading_the_data(engine, stack, tmp_pat
         assert main(argv) == 1
         assert expected.format(spec=spec) in error_line(capsys.readouterr().err)
     assert not [k for k in stack.store.list_keys("datasets/") if k.endswith(data.name)]
+
+
+def test_a_sweep_refuses_a_model_name_a_used_sweep_id_and_files_it_did_not_write(
+    engine, tmp_path, capsys
+):
+    out = tmp_path / "sweep"
+    # each point's Finalize would register under the name: the last to finish, not the best
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"output": {"model_name": "prod"}}))
+    rc = main(sweep_args(engine, out, "--batch-size", "32", "--config", str(config)))
+    assert rc == 1
+    assert error_line(capsys.readouterr().err) == (
+        "error: output.model_name: a sweep trains one model per point, and each would take "
+        "the name 'prod' in turn; leave it out and, after the sweep, point the name at the "
+        "best point's job: lambdagrad models promote NAME JOB_ID"
+    )
+    assert not out.exists()
+
+    assert main(sweep_args(engine, out, "--batch-size", "32", "--sweep-id", "once")) == 0
+    capsys.readouterr()
+    result = (out / "result.json").read_bytes()
+    # the same --sweep-id again (the README's command run twice): refused by name
+    again = tmp_path / "again"
+    rc = main(sweep_args(engine, again, "--batch-size", "32", "--sweep-id", "once"))
+    assert rc == 1
+    err = error_line(capsys.readouterr().err)
+    assert err.startswith("error: sweep 'once' already ran on this stack (its result: s3://")
+    assert err.endswith(
+        "/sweeps/once/result.json); nothing was started - choose another --sweep-id"
+    )
+    assert not again.exists()
+
+    # a file beside a sweep's output (the data, notes): --overwrite would delete it
+    (out / "houses.csv").write_bytes(HOUSES.read_bytes())
+    (out / "NOTES.md").write_text("keep")
+    rc = main(sweep_args(engine, out, "--batch-size", "32", "--sweep-id", "twice", "--overwrite"))
+    assert rc == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: {out} holds NOTES.md, houses.csv, which no sweep wrote, and --overwrite would "
+        "delete it: move it or choose another --out"
+    )
+    assert (out / "NOTES.md").read_text() == "keep" and (out / "result.json").read_bytes() == result

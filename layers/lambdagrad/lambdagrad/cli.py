@@ -789,6 +789,10 @@ def _readable(show: Callable[[], T], record: str) -> T:
         raise CliError(f"{record} is damaged: {exc}") from None
 
 
+#: What a sweep writes into its --out (all that --overwrite may replace).
+SWEEP_OUTPUTS = frozenset({"result.json", "curves.png", "heatmap.png", "best"})
+
+
 def _check_sweep_out(out: Path, *, overwrite: bool) -> None:
     """A sweep replaces its whole --out (no older best/ may stay beside a new result.json):
     an --out with files in it needs --overwrite, and holds an earlier sweep's result.json."""
@@ -804,6 +808,12 @@ def _check_sweep_out(out: Path, *, overwrite: bool) -> None:
         raise CliError(
             f"{out} holds files but no sweep's result.json; --overwrite replaces only "
             "a sweep's output: choose another --out"
+        )
+    others = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_OUTPUTS)
+    if others:
+        raise CliError(
+            f"{out} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which no "
+            "sweep wrote, and --overwrite would delete it: move it or choose another --out"
         )
 
 
@@ -823,6 +833,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     args.lr, args.batch_size = None, None
     local_data, spec = _spec_for(args)
+    if spec.output.model_name:
+        raise CliError(
+            f"output.model_name: a sweep trains one model per point, and each would take the "
+            f"name {spec.output.model_name!r} in turn; leave it out and, after the sweep, point "
+            "the name at the best point's job: lambdagrad models promote NAME JOB_ID"
+        )
     base = json.loads(spec.model_dump_json())
     base.pop("job_id", None)
     points = expand_grid(base, grid)
@@ -840,6 +856,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for point in points:
             point["spec"]["dataset"]["uri"] = uri
         arn = stack.start_sweep(sweep_input(sweep_id, points, args.concurrency))
+        if args.stack:
+            region = f" --region {args.region}" if args.region else ""
+            args.on_interrupt = (
+                f"sweep {sweep_id} goes on in stack {args.stack} (execution "
+                f"{arn.rsplit(':', 1)[-1]}); its result will be s3://{stack.bucket}/"
+                f"{result_key(sweep_id)}, and each point's status: lambdagrad status "
+                f"{sweep_id}-p000 --stack {args.stack}{region}"
+            )
         if not args.quiet and not args.json:
             _stderr_console().print(
                 f"sweep [bold]{sweep_id}[/]: {len(points)} points, "

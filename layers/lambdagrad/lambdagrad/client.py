@@ -360,11 +360,21 @@ class StackClient:
         return upload_job_id(key, put["ETag"])
 
     def start_sweep(self, sweep_input: dict[str, Any]) -> str:
-        started = self.sfn.start_execution(
-            stateMachineArn=self.output("SweepStateMachineArn"),
-            name=sweep_input["sweep_id"],
-            input=json.dumps(sweep_input),
-        )
+        sweep_id = sweep_input["sweep_id"]
+        try:
+            started = self.sfn.start_execution(
+                stateMachineArn=self.output("SweepStateMachineArn"),
+                name=sweep_id,
+                input=json.dumps(sweep_input),
+            )
+        except Exception as exc:
+            if _error_code(exc) == "ExecutionAlreadyExists":
+                raise StackError(
+                    f"sweep {sweep_id!r} already ran on this stack (its result: "
+                    f"s3://{self.bucket}/sweeps/{sweep_id}/result.json); nothing was "
+                    "started - choose another --sweep-id"
+                ) from None
+            raise
         return started["executionArn"]
 
     def wait_execution(

@@ -292,3 +292,36 @@ def test_a_sweep_refuses_a_model_name_a_used_sweep_id_and_files_it_did_not_write
         "delete it: move it or choose another --out"
     )
     assert (out / "NOTES.md").read_text() == "keep" and (out / "result.json").read_bytes() == result
+
+
+def test_predict_sends_as_many_rows_as_the_stack_takes_and_names_the_files_row(tmp_path, capsys):
+    """A stack deployed with PredictMaxRows=300 takes 300 rows a request: the CLI reads the
+    limit from the stack's outputs, and an error about a request's row names the file's."""
+    from lambdagrad.local.engine import LocalEngine
+
+    from tests.conftest import ROOT
+
+    with LocalEngine(
+        ROOT / "template.yaml",
+        stack_name="lambdagrad-test-rows",
+        parameters={"PredictMaxRows": 300},
+    ) as eng:
+        flags = ["--stack", eng.stack_name, "--region", eng.region]
+        model = ["--label", "price", "--rounds", "3", "--quiet", "--model-name", "houses"]
+        assert main(["train", str(HOUSES), *model, "--out", str(tmp_path / "m"), *flags]) == 0
+        calls = eng.invocations("PredictFunction")
+        preds = tmp_path / "preds.csv"
+        rc = main(["predict", "--model-name", "houses", str(HOUSES), "--out", str(preds), *flags])
+        assert rc == 0, capsys.readouterr().err
+        assert len(preds.read_text().split()) == 1 + 2000
+        assert eng.invocations("PredictFunction") - calls == 7  # 2,000 rows, 300 a request
+
+        lines = HOUSES.read_text().splitlines()
+        cells = lines[1600].split(",")  # data row 1600: instances[99] of the 6th request
+        lines[1600] = ",".join(["1e308"] * 4 + cells[4:])
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(lines) + "\n")
+        capsys.readouterr()
+        assert main(["predict", "--model-name", "houses", str(bad), *flags]) == 1
+        err = error_line(capsys.readouterr().err)
+        assert err.startswith("error: predict: bad.csv: data row 1600: "), err

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -578,6 +579,13 @@ def _predictions_csv(predictions: list[Any], out: str | None) -> None:
 PREDICT_CHUNK_ROWS = 1000
 
 
+def _rows_of_file(message: str, name: str, start: int) -> str:
+    """A predict request's error about ``instances[i]`` as the file's data row."""
+    return re.sub(
+        r"instances\[(\d+)\]", lambda m: f"{name}: data row {start + int(m.group(1)) + 1}", message
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         _check_out(Path(args.out), directory=False)
@@ -594,9 +602,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             trained = load_registered(stack.store, pointer)
             X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
             predictions: list[Any] = []
-            for start in range(0, len(X), PREDICT_CHUNK_ROWS):
-                rows = X[start : start + PREDICT_CHUNK_ROWS].tolist()
-                predictions += stack.predict(args.model_name, rows)["predictions"]
+            chunk = int(stack.outputs.get("PredictMaxRows", PREDICT_CHUNK_ROWS))
+            for start in range(0, len(X), chunk):
+                try:
+                    answer = stack.predict(args.model_name, X[start : start + chunk].tolist())
+                except StackError as exc:  # its rows are the chunk's: name the file's
+                    raise CliError(_rows_of_file(str(exc), path.name, start)) from None
+                predictions += answer["predictions"]
         _predictions_csv(predictions, args.out)
         return 0
     if len(args.paths) != 2:

@@ -19,12 +19,15 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """``accuracy`` and ``log_loss`` (probabilities clipped at 1e-15, as scikit-learn does)."""
+    """``accuracy`` and ``log_loss``, its probabilities clipped to [eps, 1 - eps] with eps the
+    machine epsilon of their dtype, as scikit-learn (>= 1.5) does."""
     y_true = np.asarray(y_true, dtype=np.int64)
     if y_true.size == 0:
         return {"accuracy": float("nan"), "log_loss": float("nan"), "rows": 0}
     pred = np.argmax(proba, axis=1)
-    picked = np.clip(proba[np.arange(y_true.size), y_true], 1e-15, 1.0)
+    proba = np.asarray(proba)
+    eps = np.finfo(proba.dtype if np.issubdtype(proba.dtype, np.floating) else np.float64).eps
+    picked = np.clip(proba[np.arange(y_true.size), y_true], eps, 1.0 - eps)
     return {
         "accuracy": float(np.mean(pred == y_true)),
         "log_loss": float(-np.mean(np.log(picked))),

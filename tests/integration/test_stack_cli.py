@@ -124,6 +124,38 @@ def test_registered_model_is_served_by_the_predict_function(engine, tmp_path, ca
     engine.reset()
 
 
+def test_a_file_submitted_twice_at_once_is_two_jobs_under_ascii_keys(
+    engine, tmp_path, capsys, monkeypatch
+):
+    from datetime import UTC, datetime
+
+    from lambdagrad import cli
+
+    class Frozen(datetime):  # both submits in the same second
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+    monkeypatch.setattr(cli, "datetime", Frozen)
+    flags = stack_flags(engine)
+    spec = tmp_path / "jöb é.json"
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["training"] = {"rounds": 3, "workers": 2}
+    spec.write_text(json.dumps(doc))
+    ids = []
+    for _ in range(2):
+        assert main(["submit", str(spec), "--data", str(HOUSES), "--quiet", *flags]) == 0
+        ids.append(capsys.readouterr().out.split()[0])
+    assert ids[0] != ids[1], ids
+    listing = engine.client("s3").list_objects_v2(Bucket=engine.outputs["BucketName"])
+    keys = [o["Key"] for o in listing["Contents"] if "20261128-120000" in o["Key"]]
+    assert len(keys) == 2 and all(k.isascii() and k.startswith("jobs/incoming/j-b-") for k in keys)
+    for job_id in ids:
+        assert main(["status", job_id, "--follow", "--json", *flags]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["state"] == "SUCCEEDED"
+    engine.reset()
+
+
 def test_submit_and_status(engine, tmp_path, capsys):
     flags = stack_flags(engine)
     spec = tmp_path / "job.json"

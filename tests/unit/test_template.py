@@ -123,3 +123,47 @@ def test_a_segment_survives_one_hung_attempt_in_its_last_round_within_express_li
     # a segment cut at its limit anyway is started again once by the training execution
     run = json.loads((ROOT / "statemachine" / "train.asl.json").read_text())["States"]["RunSegment"]
     assert any(r["ErrorEquals"] == ["States.TaskFailed"] for r in run["Retry"])
+
+
+class _TagLoader(yaml.SafeLoader):
+    """YAML loader that keeps every short form as ``{"Fn": [tag, value]}``."""
+
+
+def _tagged(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"Fn": [suffix, value]}
+
+
+_TagLoader.add_multi_constructor("!", _tagged)
+
+
+def test_a_reserved_concurrency_of_zero_is_refused_at_deploy():
+    """0 reserved executions disables a function: every worker throttled, every job failed."""
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_TagLoader)
+    reserved = [p for p in doc["Parameters"] if p.endswith("ReservedConcurrency")]
+    assert reserved == ["WorkerReservedConcurrency", "PredictReservedConcurrency"]
+    asserted = [a["Assert"] for rule in doc["Rules"].values() for a in rule["Assertions"]]
+    for name in reserved:
+        assert doc["Parameters"][name]["MinValue"] == -1
+        zero = {"Fn": ["Equals", [{"Fn": ["Ref", name]}, 0]]}
+        assert {"Fn": ["Not", [zero]]} in asserted, name
+
+
+def test_every_log_group_expires():
+    """Lambda's own /aws/lambda/<function> groups keep logs forever and outlive the stack:
+    every function logs to the stack's group, which expires after LogRetentionDays."""
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_RefLoader)
+    assert doc["Globals"]["Function"]["LoggingConfig"] == {"LogGroup": {"Ref": "FunctionLogGroup"}}
+    groups = resources_of("AWS::Logs::LogGroup")
+    assert set(groups) == {"FunctionLogGroup", "SegmentLogGroup"}
+    for name in groups:
+        props = doc["Resources"][name]["Properties"]
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+        assert doc["Resources"][name]["DeletionPolicy"] == "Delete", name
+    for name, fn in resources_of("AWS::Serverless::Function").items():
+        assert "LoggingConfig" not in fn["Properties"], name  # none opts out of the group

@@ -673,8 +673,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with open_stack(args) as stack:
         if args.data:
             doc["dataset"]["uri"] = stack.upload_dataset(Path(args.data))
-        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(args.spec).stem)
-        name = f"{stem[:24]}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+        # ASCII only (an event's key and the CLI's must be one string), and unique: the same
+        # file submitted twice in a second is two jobs, not one key overwritten
+        stem = "".join(
+            c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in Path(args.spec).stem
+        )
+        name = f"{stem[:24]}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         job_id = stack.submit(doc, name)
         print(job_id)
         if args.follow or not args.stack:  # the embedded engine ends with this process

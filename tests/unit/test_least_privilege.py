@@ -273,3 +273,30 @@ def test_kms_policies_follow_reads_and_writes():
         assert stmt["Condition"] == {
             "StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}
         }
+
+
+def test_no_function_may_write_where_an_upload_starts_a_job(recorded):
+    """IAM's ``*`` spans ``/``: ``jobs/*/status.json`` also grants
+    ``jobs/incoming/status.json``, whose write would start a job. Every function that writes
+    carries an explicit Deny there, and no step writes there."""
+    deny = resources()["NoJobStartWritesPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert deny == [
+        {
+            "Effect": "Deny",
+            "Action": "s3:PutObject",
+            "Resource": {"Fn::Sub": "${DataBucket.Arn}/jobs/incoming/*"},
+        }
+    ]
+    for logical_id in FUNCTIONS.values():
+        writes = any(a == "s3:PutObject" for a, _ in statements(logical_id))
+        attached = {"Ref": "NoJobStartWritesPolicy"} in resources()[logical_id]["Properties"][
+            "Policies"
+        ]
+        assert attached == writes, logical_id
+    incoming = f"{BUCKET_ARN}/jobs/incoming/*"
+    assert not [c for c in recorded.calls if c[1] == "s3:PutObject" and _matches(incoming, c[2])]
+    # and the grants it guards against do reach there
+    assert any(
+        _matches(r, f"{BUCKET_ARN}/jobs/incoming/status.json")
+        for _, r in statements("PrepareFunction")
+    )

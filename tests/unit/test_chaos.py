@@ -190,3 +190,28 @@ def test_every_lambda_task_retries_transient_timeouts_and_crashes_only():
     # every fault the chaos switch injects is one of them
     injected = {f"Lambda.{e}" for e in TRANSIENT_ERRORS} | {TIMEOUT_ERROR, CRASH_ERROR}
     assert injected <= set(LAMBDA_RETRY)
+
+
+def test_every_execution_start_retries_the_step_functions_service_errors():
+    """StartExecution of a segment, of the next execution or of a sweep point can be
+    throttled or fail in the service: retried, as Lambda's service errors are."""
+    service = {
+        "StepFunctions.SdkClientException",
+        "StepFunctions.ServiceException",
+        "StepFunctions.AWSStepFunctionsException",
+        "StepFunctions.ThrottlingException",
+    }
+    found = {}
+    for path in (TRAIN_ASL, SWEEP_ASL):
+        states = json.loads(path.read_text())["States"]
+        states = (
+            {**states, **states["Points"]["ItemProcessor"]["States"]}
+            if "Points" in states
+            else states
+        )
+        for name, st in states.items():
+            if st.get("Resource", "").startswith("arn:aws:states:::states:startExecution"):
+                found[name] = {e for r in st["Retry"] for e in r["ErrorEquals"]}
+    assert set(found) == {"RunSegment", "ContinueAsNew", "TrainPoint"}
+    for name, retried in found.items():
+        assert service <= retried, name

@@ -235,6 +235,16 @@ def test_predict_checks_features(tmp_path, capsys):
         warnings.simplefilter("error")
         assert main(["evaluate", str(out), str(huge), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"mse": None, "rmse": None, "r2": None, "rows": 2}
+    # --out beside the model it reads (a typo for the run directory): refused, model intact
+    model = (out / "model.json").read_bytes()
+    assert main(["predict", str(out), str(reordered), "--out", str(out / "model.json")]) == 1
+    assert f"is in the run directory {out}, beside the model it reads" in capsys.readouterr().err
+    assert (out / "model.json").read_bytes() == model
+    # a finished run whose model files were removed: not sent to resume, which refuses it
+    (out / "model.json").rename(tmp_path / "moved.json")
+    assert main(["predict", str(out), str(reordered)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} has no model.json, though its job (" in err and "resume" not in err, err
 
 
 def test_deep_model_flags_reach_the_spec_and_predict_rebuilds_the_model(tmp_path, capsys):

@@ -532,6 +532,17 @@ def _load_run(run: str) -> TrainedModel:
             )
         if held:
             raise CliError(f"{directory} has no model yet: its job ({job}) is still running")
+        if status.get("state") == "SUCCEEDED":  # its model files were moved or deleted
+            copy = jobs / job / "model"
+            where = (
+                f"its job's copy is in {copy}"
+                if (copy / "model.json").is_file()
+                else "train it again"
+            )
+            raise CliError(
+                f"{directory} has no model.json, though its job ({job}) finished: the model "
+                f"files were removed; {where}"
+            )
         raise CliError(
             f"{directory} has no model yet: its job ({job}) did not finish; continue it "
             f"with: {_resume_command(job, directory)}"
@@ -593,6 +604,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # the same file through another path or a link too
         if data.is_file() and Path(args.out).is_file() and os.path.samefile(args.out, data):
             raise CliError(f"--out {args.out} is the data file: the predictions would replace it")
+        run = Path(args.paths[0]) if len(args.paths) == 2 and not args.stack else None
+        if run and run.is_dir() and Path(args.out).resolve().parent == run.resolve():
+            raise CliError(
+                f"--out {args.out} is in the run directory {run}, beside the model it reads: "
+                "write the predictions elsewhere"
+            )
     if args.stack:
         if not args.model_name or len(args.paths) != 1:
             raise CliError("with --stack: lambdagrad predict --stack NAME --model-name MODEL DATA")

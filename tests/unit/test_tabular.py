@@ -40,9 +40,20 @@ def test_csv_reads_only_the_model_columns():
     assert _linear("price").predict(X) == [21.0, 35.0]
 
 
-def test_csv_names_the_missing_feature_columns():
-    with pytest.raises(DataError, match=r"new.csv: missing feature column\(s\) 'a'"):
+def test_csv_names_the_missing_feature_columns_and_the_header_it_found():
+    with pytest.raises(
+        DataError, match=r"new.csv: missing feature column\(s\) 'a'; its header has 'b', 'id'$"
+    ):
         read_features(b"b,id\n2,x\n", source="new.csv", fmt=None, trained=_linear(None))
+    # separated by semicolons or tabs (a spreadsheet's export): one column, named as such
+    for sep, said in ((";", "';'"), ("\t", "tabs")):
+        data = f"a{sep}b\n1{sep}2\n".encode()
+        with pytest.raises(DataError) as err:
+            read_features(data, source="new.csv", fmt=None, trained=_linear(None))
+        assert str(err.value) == (
+            f"new.csv: missing feature column(s) 'a', 'b'; its header has {f'a{sep}b'!r} "
+            f"(separated by {said}? lambdagrad reads comma-separated CSV)"
+        )
 
 
 def test_npy_with_the_label_column_drops_it_only_where_it_is_known():

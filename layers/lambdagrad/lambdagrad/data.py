@@ -201,6 +201,19 @@ def _check_feature_count(d: int, source: str, max_features: int) -> None:
 # --------------------------------------------------------------------------- csv
 
 
+def _columns_found(names: list[str]) -> str:
+    """What the header had instead, so a wrong separator or a missing header shows itself."""
+    shown = ", ".join(repr(n[:40]) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    text = f"; its header has {shown}"
+    if len(names) == 1:
+        seps = [
+            name for sep, name in (("\t", "tabs"), (";", "';'"), ("|", "'|'")) if sep in names[0]
+        ]
+        if seps:
+            text += f" (separated by {seps[0]}? lambdagrad reads comma-separated CSV)"
+    return text
+
+
 def _label_beside(names: list[str], wanted: Sequence[str], source: str) -> int:
     """The label column of a file read for a model that knows its feature columns but not
     its label's name: the one column that is not a feature (not "the last one": a file may
@@ -264,7 +277,10 @@ def _read_csv(
     if wanted is not None:
         missing = [name for name in wanted if name not in feature_names]
         if missing:
-            raise DataError(f"{source}: missing feature column(s) {', '.join(map(repr, missing))}")
+            raise DataError(
+                f"{source}: missing feature column(s) {', '.join(map(repr, missing))}"
+                + _columns_found(names)
+            )
         feature_names = list(wanted)
         picked = [names.index(name) for name in wanted]
     _check_feature_count(len(feature_names), source, max_features)

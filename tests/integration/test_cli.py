@@ -669,3 +669,21 @@ def test_an_s3_dataset_without_a_stack_is_refused_before_anything_starts(tmp_pat
     assert "(lambdagrad sweep --config FILE DATA)" in capsys.readouterr().err
     # with the file given, the same job file trains
     assert main(train_args(HOUSES, out, "--config", config, "--rounds", "1")) == 0
+
+
+def test_evaluate_looks_for_the_label_column_trained_on_when_the_spec_left_it_to_default(
+    tmp_path, capsys
+):
+    out = tmp_path / "m"
+    assert main(train_args(HOUSES, out, "--rounds", "3")) == 0  # the label: the last column
+    assert json.loads((out / "model.json").read_text())["label_name"] == "price"
+    # a file with an id where the label was: scored against the id before, now refused
+    lines = HOUSES.read_text().splitlines()
+    rows = [",".join(line.split(",")[:4] + [h]) for line, h in zip(lines, ["id", "7", "8"])]
+    withid = tmp_path / "withid.csv"
+    withid.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(withid)]) == 1
+    assert "withid.csv: no label column 'price'; columns are 'sqft'" in capsys.readouterr().err
+    assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2000

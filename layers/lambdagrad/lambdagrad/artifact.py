@@ -280,6 +280,13 @@ class TrainedModel:
         """The label column named in training; None: the default (the last column)."""
         return _training_label(self.info, _Place())
 
+    @property
+    def csv_label(self) -> str | None:
+        """The label column's name in the CSV trained on (recorded since 0.1: also when the
+        spec left it to the default), or None: what evaluate looks for in a CSV."""
+        name = self.info.get("label_name")
+        return self.label or (name if isinstance(name, str) and name else None)
+
     # ---- serialisation ---------------------------------------------------
     def to_documents(self) -> tuple[bytes, dict[str, Any]]:
         """The bytes of model.npz and the dict of model.json (which records their digest)."""

@@ -36,7 +36,7 @@ from lambdagrad.artifact import (
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
 from lambdagrad.client import JobFailedError, StackClient, StackError, dataset_key_name
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, check_label_applies
+from lambdagrad.data import DataError, check_label_applies, resolve_format
 from lambdagrad.local.mirror import is_held
 from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
@@ -552,8 +552,10 @@ def _load_run(run: str) -> TrainedModel:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = _load_run(args.run)
-    label = args.label or trained.label
     path = Path(args.data)
+    label = args.label or trained.label
+    if label is None and resolve_format(path.name, args.format) == "csv":
+        label = trained.csv_label  # the column trained on, found by its name
     check_label_applies(path.name, args.format, args.label, "--label")
     X, y = read_labelled(
         path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained

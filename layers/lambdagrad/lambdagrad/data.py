@@ -70,6 +70,8 @@ class Dataset:
     y: np.ndarray
     feature_names: list[str]
     classes: list | None = None
+    #: the label column's name in a CSV's header (None for arrays)
+    label_name: str | None = None
 
     @property
     def n_rows(self) -> int:
@@ -139,12 +141,13 @@ def load_dataset(
     _check_feature_count(len(feature_names), source, max_features)
     if fmt != "csv":
         X = _numeric_features(X, source)
+    header_label = label_name if fmt == "csv" else None
     if task == "regression":
-        return Dataset(X, _regression_labels(y_raw, source), feature_names, None)
+        return Dataset(X, _regression_labels(y_raw, source), feature_names, None, header_label)
     classes, y = _encode_classes(y_raw, source, label_name)
     if len(classes) < min_classes:
         raise DataError(f"{source}: label column {label_name!r} has only one class: {classes[0]!r}")
-    return Dataset(X, y, feature_names, classes)
+    return Dataset(X, y, feature_names, classes, header_label)
 
 
 def labels_from_indices(indices: Sequence[int] | np.ndarray, classes: Sequence) -> list:

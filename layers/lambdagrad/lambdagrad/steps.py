@@ -382,6 +382,7 @@ def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics)
         "n_features": int(data.X.shape[1]),
         "n_classes": model.n_classes,
         "feature_names": data.feature_names,
+        "label_name": data.label_name,
         "classes": data.classes,
         "standardizer": scaler.to_json(),
         "shard_sizes": [hi - lo for lo, hi in bounds],
@@ -780,6 +781,8 @@ def finalize(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics
             "validation": validation,
         },
         "data": {k: meta[k] for k in ("n_train", "n_validation", "global_batch")},
+        # the label column's name in the CSV trained on, also when the spec left it to default
+        "label_name": meta.get("label_name"),
         "execution": event.get("execution"),  # who may write it again (a retry of it)
         "spec": json.loads(spec.model_dump_json()),
         # what the spec's nulls stood for: the optimizer's and the schedule's defaults

@@ -58,6 +58,11 @@ def test_sweep_finds_the_lowest_validation_loss_and_keeps_diverged_points(engine
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best_model = json.loads((out / "best" / "model.json").read_text())
     assert best_model["job_id"] == best["job_id"]
+    # the sweep's --out given where a run directory goes: pointed at its best/
+    assert main(["predict", str(out), str(HOUSES)]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: {out} is a sweep's output: its best model is {out / 'best'}"
+    )
     engine.reset()
 
 

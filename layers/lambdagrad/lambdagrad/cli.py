@@ -514,6 +514,16 @@ def _scoring(path: Path) -> Iterator[None]:
 def _load_run(run: str) -> TrainedModel:
     """A run directory's model; one whose job has not finished says what became of it."""
     directory = Path(run)
+    if (directory / "result.json").is_file() and not (directory / "model.json").exists():
+        best = directory / "best"
+        raise CliError(
+            f"{directory} is a sweep's output: "
+            + (
+                f"its best model is {best}"
+                if (best / "model.json").is_file()
+                else "no point succeeded"
+            )
+        )
     jobs = _local_jobs(directory)
     if not (directory / "model.json").exists() and jobs.is_dir():
         ids = sorted(p.name for p in jobs.iterdir() if (p / "status.json").is_file())

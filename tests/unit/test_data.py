@@ -145,6 +145,15 @@ def test_string_classes_sorted_and_mapped_back():
     assert labels_from_indices(ds.y, ds.classes) == ["dog", "cat", "bird", "dog"]
 
 
+def test_labels_that_are_not_written_as_integers_keep_their_spelling():
+    ds = _csv("a,y\n1,01\n2,02\n3,10\n", task="classification")
+    assert ds.classes == ["01", "02", "10"]  # not 1, 2, 10: a prediction says "01"
+    ds = _csv("a,y\n1,1\n2,01\n3,1.0\n", task="classification")
+    assert ds.classes == ["01", "1", "1.0"]  # three spellings, never merged into one class
+    ds = _csv("a,y\n1,1.0\n2,2.0\n3,1.0\n", task="classification")
+    assert ds.classes == [1, 2] and ds.y.tolist() == [0, 1, 0]  # a float column's integers
+
+
 def test_int_classes_sorted_numerically():
     ds = _csv("a,y\n1,10\n2,9\n3,-1\n4,10\n5,2.0\n", task="classification")
     assert ds.classes == [-1, 2, 9, 10]

@@ -654,7 +654,9 @@ def _encode_classes(
             raise DataError(f"{source}: class labels must be integers or strings, got {kind}")
         y_raw = [v.decode() if isinstance(v, bytes) else v for v in y_raw.tolist()]
     as_int = {s: _parse_int(s) for s in set(y_raw)}
-    if all(v is not None for v in as_int.values()):
+    # integers only when written as integers ("3", or "3.0" as a float column writes them):
+    # "01" and "1" are two labels, and a prediction must spell a label as the data did
+    if all(v is not None and s in (str(v), f"{v}.0") for s, v in as_int.items()):
         classes: list = sorted(set(as_int.values()))
         pos = {c: k for k, c in enumerate(classes)}
         lookup = {s: pos[v] for s, v in as_int.items()}

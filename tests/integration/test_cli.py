@@ -687,3 +687,13 @@ def test_evaluate_looks_for_the_label_column_trained_on_when_the_spec_left_it_to
     assert "withid.csv: no label column 'price'; columns are 'sqft'" in capsys.readouterr().err
     assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 2000
+
+
+def test_an_out_that_holds_the_current_directory_is_refused(tmp_path, capsys, monkeypatch):
+    here = tmp_path / "e"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", str(tmp_path)):
+        assert main(train_args(HOUSES, Path(out), "--rounds", "2")) == 1
+        assert f"{out} holds the current directory" in capsys.readouterr().err
+    assert here.is_dir() and not any(here.iterdir())

@@ -191,6 +191,13 @@ def _check_out(out: Path, *, directory: bool) -> None:
     file goes. Found late, each would fail with a traceback or the name of a temp file."""
     if directory and out.exists() and not out.is_dir():
         raise CliError(f"{out} is a file, not a directory; choose another --out")
+    if directory and out.is_dir():
+        here, there = Path.cwd().resolve(), out.resolve()
+        if here == there or there in here.parents:  # the swap would leave the shell in a husk
+            raise CliError(
+                f"{out} holds the current directory, and the output replaces its --out whole: "
+                "choose a directory of its own (e.g. runs/NAME)"
+            )
     if not directory and out.is_dir():
         raise CliError(f"{out} is a directory; --out names the file to write")
     for parent in out.parents:

@@ -18,6 +18,7 @@ from lambdagrad.store import SCRATCH_TAGGING, JobKeys
 from tests.conftest import EVENTS, ROOT, job_doc
 
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+ALARM_TOPIC = "arn:aws:sns:us-east-1:123456789012:lambdagrad-ops"
 LOCKED = {
     "KmsKeyArn": KMS_KEY,
     "WorkerReservedConcurrency": 8,
@@ -29,6 +30,8 @@ LOCKED = {
     "PredictTimeout": 10,
     "ScratchExpirationDays": 1,
     "NoncurrentVersionExpirationDays": 7,
+    "AlarmTopicArn": ALARM_TOPIC,
+    "LogRetentionDays": 7,
 }
 
 
@@ -65,7 +68,9 @@ def test_default_stack_is_sse_s3_and_unreserved(engine):
         "ServerSideEncryptionConfiguration"
     ]["Rules"]
     assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
-    assert not {"KmsReadPolicy", "KmsReadWritePolicy"} & set(engine.resources)
+    assert not {"KmsReadPolicy", "KmsReadWritePolicy", "JobStartDeadLetterAlarm"} & set(
+        engine.resources
+    )
     lam = engine.client("lambda")
     for logical_id in ("WorkerFunction", "PredictFunction"):
         assert "Concurrency" not in lam.get_function(FunctionName=engine.function_name(logical_id))
@@ -109,6 +114,10 @@ def test_every_option_deploys_and_trains(locked_engine):
     assert status["state"] == "SUCCEEDED" and status["round"] == 2
     head = stack.s3.head_object(Bucket=bucket, Key=JobKeys("lockdown-kms").model_npz)
     assert head["ServerSideEncryption"] == "aws:kms"
+    logs = eng.client("logs").describe_log_groups(
+        logGroupNamePrefix="/aws/lambda/lambdagrad-locked"
+    )
+    assert [g["retentionInDays"] for g in logs["logGroups"]] == [7]
 
 
 def test_upload_rule_has_a_dead_letter_queue_and_retries(engine):

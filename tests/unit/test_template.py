@@ -167,3 +167,24 @@ def test_every_log_group_expires():
         assert doc["Resources"][name]["DeletionPolicy"] == "Delete", name
     for name, fn in resources_of("AWS::Serverless::Function").items():
         assert "LoggingConfig" not in fn["Properties"], name  # none opts out of the group
+
+
+def test_a_job_start_that_failed_alarms_the_topic_given_and_costs_nothing_without_one():
+    """moto's CloudFormation does not create alarms: the template is checked as written."""
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_TagLoader)
+    alarm = doc["Resources"]["JobStartDeadLetterAlarm"]
+    assert alarm["Condition"] == "AlarmOnFailedStarts"
+    assert doc["Conditions"]["AlarmOnFailedStarts"] == {
+        "Fn": ["Not", [{"Fn": ["Equals", [{"Fn": ["Ref", "AlarmTopicArn"]}, ""]]}]]
+    }
+    assert doc["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    props = alarm["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert props["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn": ["GetAtt", "JobStartDeadLetterQueue.QueueName"]}}
+    ]
+    assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert props["AlarmActions"] == [{"Fn": ["Ref", "AlarmTopicArn"]}]

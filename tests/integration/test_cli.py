@@ -235,11 +235,15 @@ def test_predict_checks_features(tmp_path, capsys):
         warnings.simplefilter("error")
         assert main(["evaluate", str(out), str(huge), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"mse": None, "rmse": None, "r2": None, "rows": 2}
-    # --out beside the model it reads (a typo for the run directory): refused, model intact
+    # --out naming a file of the run directory it reads: refused, model intact; a new file
+    # in it (the README's runs/price/predictions.csv) is fine
     model = (out / "model.json").read_bytes()
-    assert main(["predict", str(out), str(reordered), "--out", str(out / "model.json")]) == 1
-    assert f"is in the run directory {out}, beside the model it reads" in capsys.readouterr().err
+    for own in (out / "model.json", out / "state" / "x.csv"):
+        assert main(["predict", str(out), str(reordered), "--out", str(own)]) == 1
+        assert "is one of the run directory's own files" in capsys.readouterr().err
     assert (out / "model.json").read_bytes() == model
+    assert main(["predict", str(out), str(reordered), "--out", str(out / "predictions.csv")]) == 0
+    assert (out / "predictions.csv").read_text().startswith("prediction\n")
     # a finished run whose model files were removed: not sent to resume, which refuses it
     (out / "model.json").rename(tmp_path / "moved.json")
     assert main(["predict", str(out), str(reordered)]) == 1
@@ -689,11 +693,16 @@ def test_evaluate_looks_for_the_label_column_trained_on_when_the_spec_left_it_to
     assert json.loads(capsys.readouterr().out)["rows"] == 2000
 
 
-def test_an_out_that_holds_the_current_directory_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_sweep_out_that_holds_the_current_directory_is_refused(tmp_path, capsys, monkeypatch):
+    """A sweep swaps its --out whole: the shell would be left in a deleted directory."""
     here = tmp_path / "e"
     here.mkdir()
     monkeypatch.chdir(here)
+    sweep = ["sweep", str(HOUSES), "--label", "price", "--lr", "0.1,1", "--quiet"]
     for out in (".", str(tmp_path)):
-        assert main(train_args(HOUSES, Path(out), "--rounds", "2")) == 1
-        assert f"{out} holds the current directory" in capsys.readouterr().err
+        assert main([*sweep, "--out", out]) == 1
+        assert f"{out} holds the current directory, and a sweep replaces" in capsys.readouterr().err
     assert here.is_dir() and not any(here.iterdir())
+    # train and resume write file by file: --out . is theirs to use
+    assert main(train_args(HOUSES, Path("."), "--rounds", "2")) == 0
+    assert (here / "model.json").is_file()

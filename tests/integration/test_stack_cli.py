@@ -152,7 +152,9 @@ def test_a_file_submitted_twice_at_once_is_two_jobs_under_ascii_keys(
         assert main(["submit", str(spec), "--data", str(HOUSES), "--quiet", *flags]) == 0
         ids.append(capsys.readouterr().out.split()[0])
     assert ids[0] != ids[1], ids
-    listing = engine.client("s3").list_objects_v2(Bucket=engine.outputs["BucketName"])
+    listing = engine.client("s3").list_objects_v2(
+        Bucket=engine.outputs["BucketName"], Prefix="jobs/incoming/j-b-"
+    )
     keys = [o["Key"] for o in listing["Contents"] if "20261128-120000" in o["Key"]]
     assert len(keys) == 2 and all(k.isascii() and k.startswith("jobs/incoming/j-b-") for k in keys)
     for job_id in ids:

@@ -191,13 +191,6 @@ def _check_out(out: Path, *, directory: bool) -> None:
     file goes. Found late, each would fail with a traceback or the name of a temp file."""
     if directory and out.exists() and not out.is_dir():
         raise CliError(f"{out} is a file, not a directory; choose another --out")
-    if directory and out.is_dir():
-        here, there = Path.cwd().resolve(), out.resolve()
-        if here == there or there in here.parents:  # the swap would leave the shell in a husk
-            raise CliError(
-                f"{out} holds the current directory, and the output replaces its --out whole: "
-                "choose a directory of its own (e.g. runs/NAME)"
-            )
     if not directory and out.is_dir():
         raise CliError(f"{out} is a directory; --out names the file to write")
     for parent in out.parents:
@@ -616,6 +609,19 @@ def _rows_of_file(message: str, name: str, start: int) -> str:
     )
 
 
+#: What train writes into a run directory (and its state/): never a predict --out.
+RUN_FILES = frozenset({"model.json", "model.npz", "history.csv", "loss.png", "cost.json"})
+
+
+def _is_run_file(out: Path, run: Path) -> bool:
+    """Whether ``out`` is a file of the run directory ``run`` (a model file, or its state)."""
+    there, run = out.resolve(), run.resolve()
+    return (there.parent == run and there.name in RUN_FILES) or (run / STATE_DIRNAME) in [
+        there,
+        *there.parents,
+    ]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         _check_out(Path(args.out), directory=False)
@@ -624,10 +630,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if data.is_file() and Path(args.out).is_file() and os.path.samefile(args.out, data):
             raise CliError(f"--out {args.out} is the data file: the predictions would replace it")
         run = Path(args.paths[0]) if len(args.paths) == 2 and not args.stack else None
-        if run and run.is_dir() and Path(args.out).resolve().parent == run.resolve():
+        if run and run.is_dir() and _is_run_file(Path(args.out), run):
             raise CliError(
-                f"--out {args.out} is in the run directory {run}, beside the model it reads: "
-                "write the predictions elsewhere"
+                f"--out {args.out} is one of the run directory's own files, which the "
+                "predictions would replace: name a new file (e.g. predictions.csv)"
             )
     if args.stack:
         if not args.model_name or len(args.paths) != 1:
@@ -849,6 +855,13 @@ def _check_sweep_out(out: Path, *, overwrite: bool) -> None:
     """A sweep replaces its whole --out (no older best/ may stay beside a new result.json):
     an --out with files in it needs --overwrite, and holds an earlier sweep's result.json."""
     _check_out(out, directory=True)
+    if out.is_dir():
+        here, there = Path.cwd().resolve(), out.resolve()
+        if here == there or there in here.parents:  # the swap would leave the shell in a husk
+            raise CliError(
+                f"{out} holds the current directory, and a sweep replaces its --out whole: "
+                "choose a directory of its own (e.g. runs/NAME)"
+            )
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:

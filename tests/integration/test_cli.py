@@ -683,12 +683,18 @@ def test_evaluate_looks_for_the_label_column_trained_on_when_the_spec_left_it_to
     assert json.loads((out / "model.json").read_text())["label_name"] == "price"
     # a file with an id where the label was: scored against the id before, now refused
     lines = HOUSES.read_text().splitlines()
-    rows = [",".join(line.split(",")[:4] + [h]) for line, h in zip(lines, ["id", "7", "8"])]
+    ids = ["id", "7", "8"]  # the header and two rows
+    rows = [",".join([*line.split(",")[:4], i]) for line, i in zip(lines[:3], ids, strict=True)]
     withid = tmp_path / "withid.csv"
     withid.write_text("\n".join(rows) + "\n")
     capsys.readouterr()
     assert main(["evaluate", str(out), str(withid)]) == 1
-    assert "withid.csv: no label column 'price'; columns are 'sqft'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "withid.csv: no label column 'price'; columns are 'sqft'" in err
+    assert err.rstrip().endswith("(the label column in training; name this file's with --label)")
+    # named, another column is the label: the file's own name for it
+    assert main(["evaluate", str(out), str(withid), "--label", "id", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2
     assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 2000
 

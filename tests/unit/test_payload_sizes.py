@@ -104,3 +104,14 @@ def test_worker_and_reducer_outputs_have_the_fields_the_size_test_assumes():
     results = [steps.worker(store, {"job_id": "sizes", "round": 0, "shard": k}) for k in range(4)]
     reduced = steps.reduce(store, {**prepared, "results": results})
     assert set(reduced) == {"job_id", "round", "shards", "segment_end", "next", "progress"}
+
+
+def test_predict_requests_stay_under_lambdas_six_megabytes_however_wide_the_rows():
+    from lambdagrad.cli import PREDICT_CHUNK_BYTES, _predict_chunk
+
+    assert _predict_chunk(1000, [[1500.0, 3.0, 20.0, 2.5]]) == 1000  # the stack's limit
+    for width in (100, 300, 3000, 100_000):
+        row = [[-1.2345678901234567e-300] * width]  # the widest JSON a float64 takes
+        rows = _predict_chunk(100_000, row)
+        assert rows >= 1 and len(json.dumps(row * rows)) <= PREDICT_CHUNK_BYTES, width
+    assert _predict_chunk(50, []) == 50

@@ -172,3 +172,15 @@ def test_record_failure_names_the_last_complete_checkpoint(after_one_reduce):
         "params": KEYS.params(1),
         "optimizer": KEYS.optimizer(1),
     }
+
+
+def test_a_replayed_round_does_not_move_the_status_back(after_one_reduce, monkeypatch):
+    """A segment run again after a cut replays its committed rounds: the job's status keeps
+    the furthest round, not the replayed one (a --follow would see training go backwards)."""
+    store, event, out, _ = after_one_reduce
+    assert out["next"] == "round"
+    ahead = {**store.get_json(KEYS.status), "round": 4}  # where the cut segment had got to
+    store.put_json(KEYS.status, ahead)
+    monkeypatch.setattr(steps, "_STATUS_WRITTEN", {})  # as in a new container: due at once
+    assert steps.reduce(store, event)["round"] == 1
+    assert store.get_json(KEYS.status) == ahead

@@ -141,6 +141,23 @@ def test_labels_match_the_model_classes_as_text():
                       trained=trained)  # fmt: skip
 
 
+def test_a_models_integer_classes_match_labels_by_value():
+    # trained on 0/1 (an .npy, or a CSV of 0 and 1); scored on a CSV that writes 0.00 and 01
+    model = build_model("softmax", 1, 2)
+    trained = TrainedModel(
+        model=model,
+        params=np.zeros(model.n_params),
+        standardizer=Standardizer.identity(1),
+        feature_names=["a"],
+        classes=[0, 1],
+    )
+    data = b"a,y\n1,0.00\n2,01\n3,1.00\n"
+    _, y = read_labelled(data, source="eval.csv", fmt=None, label="y", trained=trained)
+    np.testing.assert_array_equal(y, [0, 1, 1])
+    with pytest.raises(DataError, match=r"label\(s\) 2 were not seen in training"):
+        read_labelled(b"a,y\n1,2.0\n1,0\n", source="e.csv", fmt=None, label="y", trained=trained)
+
+
 @pytest.mark.parametrize(
     ("labels", "task"),
     [

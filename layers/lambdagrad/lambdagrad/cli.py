@@ -564,12 +564,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = _load_run(args.run)
     path = Path(args.data)
     label = args.label or trained.label
+    named = False
     if label is None and resolve_format(path.name, args.format) == "csv":
-        label = trained.csv_label  # the column trained on, found by its name
+        label, named = trained.csv_label, True  # the column trained on, found by its name
     check_label_applies(path.name, args.format, args.label, "--label")
-    X, y = read_labelled(
-        path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained
-    )
+    try:
+        X, y = read_labelled(
+            path.read_bytes(), source=path.name, fmt=args.format, label=label, trained=trained
+        )
+    except DataError as exc:
+        if named and f"no label column {label!r}" in str(exc):
+            hint = "the label column in training; name this file's with --label"
+            raise DataError(f"{exc} ({hint})") from None
+        raise
     with _scoring(path):
         metrics = trained.evaluate(X, y)
     if args.json:  # inf and nan are not JSON: null
@@ -600,6 +607,15 @@ def _predictions_csv(predictions: list[Any], out: str | None) -> None:
 
 
 PREDICT_CHUNK_ROWS = 1000
+#: Most request bytes a chunk may take: a synchronous Lambda invoke carries at most 6 MB.
+PREDICT_CHUNK_BYTES = 5_000_000
+
+
+def _predict_chunk(max_rows: int, first: list[Any]) -> int:
+    """Rows per predict request: the stack's limit, and fewer for wide rows, whose JSON
+    (about 20 bytes a number) would pass Lambda's 6 MB request limit."""
+    row_bytes = len(json.dumps(first)) + 2 if first else 1
+    return max(1, min(max_rows, PREDICT_CHUNK_BYTES // (2 * row_bytes)))
 
 
 def _rows_of_file(message: str, name: str, start: int) -> str:
@@ -644,7 +660,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             trained = load_registered(stack.store, pointer)
             X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
             predictions: list[Any] = []
-            chunk = int(stack.outputs.get("PredictMaxRows", PREDICT_CHUNK_ROWS))
+            chunk = _predict_chunk(
+                int(stack.outputs.get("PredictMaxRows", PREDICT_CHUNK_ROWS)), X[:1].tolist()
+            )
             for start in range(0, len(X), chunk):
                 try:
                     answer = stack.predict(args.model_name, X[start : start + chunk].tolist())

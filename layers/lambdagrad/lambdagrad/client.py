@@ -419,9 +419,15 @@ class StackClient:
             "body": body,
             "isBase64Encoded": False,
         }
-        answer = self.make_client("lambda").invoke(
-            FunctionName=self.output("PredictFunctionName"), Payload=json.dumps(event).encode()
-        )
+        try:
+            answer = self.make_client("lambda").invoke(
+                FunctionName=self.output("PredictFunctionName"), Payload=json.dumps(event).encode()
+            )
+        except Exception as exc:  # botocore's ClientError: a request too large, throttled, ...
+            code = _error_code(exc)
+            if not code:
+                raise
+            raise StackError(f"predict function could not be called: {code}: {exc}") from None
         payload = json.loads(answer["Payload"].read())
         if answer.get("FunctionError"):
             raise StackError(f"predict function failed: {payload.get('errorMessage', payload)}")

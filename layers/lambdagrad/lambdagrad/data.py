@@ -653,7 +653,7 @@ def _encode_classes(
         if kind not in "US":
             raise DataError(f"{source}: class labels must be integers or strings, got {kind}")
         y_raw = [v.decode() if isinstance(v, bytes) else v for v in y_raw.tolist()]
-    as_int = {s: _parse_int(s) for s in set(y_raw)}
+    as_int = {s: parse_int(s) for s in set(y_raw)}
     # integers only when written as integers ("3", or "3.0" as a float column writes them):
     # "01" and "1" are two labels, and a prediction must spell a label as the data did
     if all(v is not None and s in (str(v), f"{v}.0") for s, v in as_int.items()):
@@ -667,7 +667,7 @@ def _encode_classes(
     return classes, y
 
 
-def _parse_int(s: str) -> int | None:
+def parse_int(s: str) -> int | None:
     """``"3"``, ``"-1"`` and ``"3.0"`` are integers; ``"3.5"``, ``"cat"`` and ``"1_0"``
     are not."""
     if _odd_text(s):

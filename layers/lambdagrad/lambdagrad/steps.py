@@ -608,7 +608,8 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     checkpoint = (
         None if committed is None else sound_checkpoint(store, keys, next_round, model.n_params)
     )
-    if committed is not None and checkpoint is not None:
+    replayed = committed is not None and checkpoint is not None
+    if replayed:
         # A retried reducer (or a resume): round t+1 is complete; never apply the optimizer
         # twice. Or a finished job's input replayed, which stops here (no execution of a
         # job runs its reducer after Finalize).
@@ -683,9 +684,11 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     else:
         step = "round"
     # Progress, at most once a second per job (and at every hand-over): a round can take
-    # tens of milliseconds, and nobody polls faster. Written whole, not read-modified.
+    # tens of milliseconds, and nobody polls faster. Written whole, not read-modified. A
+    # replayed round (a segment run again after a cut) does not move the status back.
     now = _now()
-    if step != "round" or now - _STATUS_WRITTEN.get(job_id, 0.0) >= STATUS_INTERVAL_SECONDS:
+    due = step != "round" or now - _STATUS_WRITTEN.get(job_id, 0.0) >= STATUS_INTERVAL_SECONDS
+    if due and not (replayed and step == "round"):
         _STATUS_WRITTEN[job_id] = now
         store.put_json(
             keys.status,

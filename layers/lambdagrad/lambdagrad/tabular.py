@@ -8,10 +8,12 @@ position and must have the model's width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from lambdagrad.artifact import TrainedModel
-from lambdagrad.data import DataError, Dataset, load_dataset, resolve_format
+from lambdagrad.data import DataError, Dataset, load_dataset, parse_int, resolve_format
 
 __all__ = ["read_features", "read_labelled"]
 
@@ -110,13 +112,21 @@ def read_labelled(
     if task != "classification":
         return X, ds.y
     # matched as text: a file holding only the classes "1" and "2" reads them as integers,
-    # where the model's classes may be the strings "1", "2", "3+"
-    index = {str(cls): k for k, cls in enumerate(trained.classes or [])}
-    unknown = [c for c in ds.classes or [] if str(c) not in index]
+    # where the model's classes may be the strings "1", "2", "3+"; a model's integer classes
+    # are matched by value ("1.00" or "01" in this file is class 1)
+    classes = trained.classes or []
+    numeric = bool(classes) and all(isinstance(c, int) for c in classes)
+
+    def key(label: Any) -> Any:
+        value = parse_int(str(label)) if numeric else None
+        return str(label) if value is None else value
+
+    index = {key(cls): k for k, cls in enumerate(classes)}
+    unknown = [c for c in ds.classes or [] if key(c) not in index]
     if unknown:
         raise DataError(
             f"{source}: label(s) {', '.join(map(repr, unknown[:5]))} were not seen in training "
-            f"(classes: {', '.join(map(repr, trained.classes or []))})"
+            f"(classes: {', '.join(map(repr, classes))})"
         )
-    remap = np.array([index[str(c)] for c in ds.classes], dtype=np.int64)
+    remap = np.array([index[key(c)] for c in ds.classes], dtype=np.int64)
     return X, remap[ds.y]

@@ -354,14 +354,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _write_run(args, out, job_id, status, files, cost, started)
 
 
+def _stack_flags(args: argparse.Namespace) -> str:
+    """`` --stack NAME [--region R]`` as given, for a command to run next."""
+    return f" --stack {args.stack}" + (f" --region {args.region}" if args.region else "")
+
+
 def _interrupt_hint(args: argparse.Namespace, job_id: str, out: Path) -> str:
     """What to do after Ctrl-C while following a job: a local job stops with this process and
     resumes from its run directory; a job on a stack goes on without us."""
     if args.stack:
-        region = f" --region {args.region}" if args.region else ""
         return (
             f"job {job_id} goes on in stack {args.stack}: "
-            f"lambdagrad status {job_id} --stack {args.stack}{region} --follow"
+            f"lambdagrad status {job_id}{_stack_flags(args)} --follow"
         )
     template = f" --template {args.template}" if args.template else ""
     return f"job {job_id} stopped; continue it with: {_resume_command(job_id, out)}{template}"
@@ -940,12 +944,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             point["spec"]["dataset"]["uri"] = uri
         arn = stack.start_sweep(sweep_input(sweep_id, points, args.concurrency))
         if args.stack:
-            region = f" --region {args.region}" if args.region else ""
             args.on_interrupt = (
                 f"sweep {sweep_id} goes on in stack {args.stack} (execution "
                 f"{arn.rsplit(':', 1)[-1]}); its result will be s3://{stack.bucket}/"
                 f"{result_key(sweep_id)}, and each point's status: lambdagrad status "
-                f"{sweep_id}-p000 --stack {args.stack}{region}"
+                f"{sweep_id}-p000{_stack_flags(args)}"
             )
         if not args.quiet and not args.json:
             _stderr_console().print(

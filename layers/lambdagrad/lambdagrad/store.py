@@ -195,13 +195,12 @@ class Store:
         )
 
     def get_bytes(self, key: str, bucket: str | None = None) -> bytes:
-        with _reading(bucket or self.bucket, key):
-            return self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+        return self.get_bytes_and_etag(key, bucket)[0]
 
-    def get_bytes_and_etag(self, key: str) -> tuple[bytes, str]:
+    def get_bytes_and_etag(self, key: str, bucket: str | None = None) -> tuple[bytes, str]:
         """The object's bytes and the ETag of those bytes (no quotes): which version was read."""
-        with _reading(self.bucket, key):
-            got = self.client.get_object(Bucket=self.bucket, Key=key)
+        with _reading(bucket or self.bucket, key):
+            got = self.client.get_object(Bucket=bucket or self.bucket, Key=key)
             return got["Body"].read(), str(got.get("ETag", "")).strip('"')
 
     def size(self, key: str) -> int:

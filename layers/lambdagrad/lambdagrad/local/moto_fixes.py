@@ -846,7 +846,9 @@ def fix_sync_poll_backoff() -> None:
     once per state entry and interrupted when an attempt ends, so a ``.sync`` task retried
     after its child failed found it interrupted and failed at once with ``States.Timeout``
     instead of waiting for its new child. ``_eval_sync`` only runs for ``.sync``/``.sync:2``
-    (``waitForTaskToken`` waits elsewhere), so the replacement does not listen on it.
+    (``waitForTaskToken`` waits elsewhere), so the replacement does not listen on it. (A task's
+    ``TimeoutSeconds`` still bounds the wait: ``ExecutionState._evaluate_with_timeout`` runs
+    it in a thread it gives up on at that time.)
     """
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_callback as module,

@@ -19,7 +19,7 @@ import time
 import tracemalloc
 import zipfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import boto3
 import moto
@@ -1023,45 +1023,37 @@ def test_sync_poll_internals_unchanged():
     assert "time.sleep(_DELAY_SECONDS_SYNC_CONDITION_CHECK)" in inspect.getsource(stock_eval)
 
 
+def express_machine(name: str, states: dict, start: str) -> str:
+    """An EXPRESS state machine, as the segment is."""
+    return client("stepfunctions").create_state_machine(
+        name=name,
+        type="EXPRESS",
+        roleArn=role_arn(),
+        definition=json.dumps({"StartAt": start, "States": states}),
+    )["stateMachineArn"]
+
+
+def sync2_parent(name: str, child: str, **task: Any) -> str:
+    """A Standard parent whose one task starts ``child`` with .sync:2 and waits for it."""
+    resource = "arn:aws:states:::states:startExecution.sync:2"
+    run_child = {"Type": "Task", "Resource": resource, "End": True, **task}
+    run_child["Parameters"] = {"StateMachineArn": child, "Input.$": "$"}
+    return create_machine(name, {"StartAt": "Run", "States": {"Run": run_child}})
+
+
 def test_standard_parent_waits_on_express_child():
     """The training execution's pattern: an EXPRESS child started with .sync:2, its output
     as JSON; a failed child is States.TaskFailed with the child's error inside the cause."""
     sfn = client("stepfunctions")
-    child = sfn.create_state_machine(
-        name="express-child",
-        type="EXPRESS",
-        roleArn=role_arn(),
-        definition=json.dumps(
-            {
-                "StartAt": "Check",
-                "States": {
-                    "Check": {
-                        "Type": "Choice",
-                        "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "No"}],
-                        "Default": "Yes",
-                    },
-                    "Yes": {"Type": "Pass", "Parameters": {"got.$": "$.v"}, "End": True},
-                    "No": {"Type": "Fail", "Error": "ModelDiverged", "Cause": "too big"},
-                },
-            }
-        ),
-    )["stateMachineArn"]
+    check = {"Variable": "$.fail", "BooleanEquals": True, "Next": "No"}
+    states = {
+        "Check": {"Type": "Choice", "Choices": [check], "Default": "Yes"},
+        "Yes": {"Type": "Pass", "Parameters": {"got.$": "$.v"}, "End": True},
+        "No": {"Type": "Fail", "Error": "ModelDiverged", "Cause": "too big"},
+    }
+    child = express_machine("express-child", states, "Check")
     assert sfn.describe_state_machine(stateMachineArn=child)["type"] == "EXPRESS"
-    parent = create_machine(
-        "express-parent",
-        {
-            "StartAt": "Run",
-            "States": {
-                "Run": {
-                    "Type": "Task",
-                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
-                    "Parameters": {"StateMachineArn": child, "Input.$": "$"},
-                    "ResultSelector": {"output.$": "$.Output"},
-                    "End": True,
-                }
-            },
-        },
-    )
+    parent = sync2_parent("express-parent", child, ResultSelector={"output.$": "$.Output"})
     ok = run(parent, {"v": 7, "fail": False})
     assert json.loads(ok["output"]) == {"output": {"got": 7}}
     failed = run(parent, {"v": 7, "fail": True})
@@ -1075,36 +1067,13 @@ def test_a_retried_sync_task_waits_for_its_new_child():
     """A parent that retries a failed child (the training execution's RunSegment) starts a
     second child and waits for it; stock moto failed the retry at once with States.Timeout."""
     sfn = client("stepfunctions")
-    child = sfn.create_state_machine(
-        name="express-child-fails",
-        type="EXPRESS",
-        roleArn=role_arn(),
-        definition=json.dumps(
-            {
-                "StartAt": "Work",
-                "States": {
-                    "Work": {"Type": "Wait", "Seconds": 1, "Next": "No"},
-                    "No": {"Type": "Fail", "Error": "Cut", "Cause": "5 min"},
-                },
-            }
-        ),
-    )["stateMachineArn"]
+    states = {
+        "Work": {"Type": "Wait", "Seconds": 1, "Next": "No"},
+        "No": {"Type": "Fail", "Error": "Cut", "Cause": "5 min"},
+    }
+    child = express_machine("express-child-fails", states, "Work")
     retry = {"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 1, "MaxAttempts": 1}
-    parent = create_machine(
-        "express-parent-retries",
-        {
-            "StartAt": "Run",
-            "States": {
-                "Run": {
-                    "Type": "Task",
-                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
-                    "Parameters": {"StateMachineArn": child, "Input.$": "$"},
-                    "Retry": [retry],
-                    "End": True,
-                }
-            },
-        },
-    )
+    parent = sync2_parent("express-parent-retries", child, Retry=[retry])
     previous = moto_fixes.set_retry_delay_scale(0.0)
     try:
         failed = run(parent, {"v": 1})

@@ -123,16 +123,21 @@ def test_csv_label_of_a_model_trained_without_a_label_name_is_the_one_other_colu
     np.testing.assert_array_equal(y, [30.0])
 
 
-def test_labels_match_the_model_classes_as_text():
-    # the model's classes are strings; a file holding only "1" and "2" reads them as ints
-    model = build_model("softmax", 1, 3)
-    trained = TrainedModel(
+def _classifier(feature: str, classes: list) -> TrainedModel:
+    """A softmax model of one feature over ``classes`` (its weights do not matter here)."""
+    model = build_model("softmax", 1, len(classes))
+    return TrainedModel(
         model=model,
         params=np.zeros(model.n_params),
         standardizer=Standardizer.identity(1),
-        feature_names=["rooms_area"],
-        classes=["1", "2", "3+"],
+        feature_names=[feature],
+        classes=classes,
     )
+
+
+def test_labels_match_the_model_classes_as_text():
+    # the model's classes are strings; a file holding only "1" and "2" reads them as ints
+    trained = _classifier("rooms_area", ["1", "2", "3+"])
     data = b"rooms_area,rooms\n30,1\n50,2\n45,2\n"
     _, y = read_labelled(data, source="sub.csv", fmt=None, label="rooms", trained=trained)
     np.testing.assert_array_equal(y, [0, 1, 1])
@@ -143,14 +148,7 @@ def test_labels_match_the_model_classes_as_text():
 
 def test_a_models_integer_classes_match_labels_by_value():
     # trained on 0/1 (an .npy, or a CSV of 0 and 1); scored on a CSV that writes 0.00 and 01
-    model = build_model("softmax", 1, 2)
-    trained = TrainedModel(
-        model=model,
-        params=np.zeros(model.n_params),
-        standardizer=Standardizer.identity(1),
-        feature_names=["a"],
-        classes=[0, 1],
-    )
+    trained = _classifier("a", [0, 1])
     data = b"a,y\n1,0.00\n2,01\n3,1.00\n"
     _, y = read_labelled(data, source="eval.csv", fmt=None, label="y", trained=trained)
     np.testing.assert_array_equal(y, [0, 1, 1])

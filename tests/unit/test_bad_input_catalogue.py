@@ -10,7 +10,6 @@ Each row: ``(id, call, error type, needles)``; the call must raise exactly that 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -109,7 +108,7 @@ def upload_event(key: str, etag: str = "abc") -> dict:
 
 def uploaded(store: Store, key: str) -> dict:
     """The event of the upload that put ``key``'s bytes there (its ETag is theirs)."""
-    return upload_event(key, hashlib.md5(store.get_bytes(key)).hexdigest())
+    return upload_event(key, store.size_and_etag(key)[1])
 
 
 def request(*instances: Any, model: str = "houses") -> dict:
@@ -313,7 +312,7 @@ def _oversized_upload() -> None:
     store = memory_store()
     key = "jobs/incoming/huge.json"
     store.put_bytes(key, json.dumps(spec(dataset={"label": "y" * MAX_SPEC_BYTES})).encode())
-    prepare(store, event=upload_event(key))
+    prepare(store, event=uploaded(store, key))
 
 
 def _invalid_upload() -> None:
@@ -323,12 +322,12 @@ def _invalid_upload() -> None:
     prepare(store, event=uploaded(store, key))
 
 
-def _replaced_upload() -> None:
+def _replaced_upload(again: bytes | None = None) -> None:
     store = memory_store()
     key = "jobs/incoming/houses.json"
     store.put_bytes(key, json.dumps(spec(training={"workers": 2})).encode())
     first = uploaded(store, key)  # uploaded again, corrected, before its job read it
-    store.put_bytes(key, json.dumps(spec(training={"workers": 3})).encode())
+    store.put_bytes(key, again or json.dumps(spec(training={"workers": 3})).encode())
     prepare(store, event=first)
 
 
@@ -353,6 +352,8 @@ PREPARE: list[Row] = [
     ("upload-replaced-before-read", _replaced_upload, SpecError,
      ["jobs/incoming/houses.json: replaced since the upload that started this job",
       "the newer upload starts a job of its own"]),
+    ("upload-replaced-by-an-oversized-file", lambda: _replaced_upload(b" " * (MAX_SPEC_BYTES + 1)),
+     SpecError, ["jobs/incoming/houses.json: replaced since the upload that started this job"]),
     ("prepare-dataset-other-bucket", lambda: prepare(
         memory_store(), spec(dataset={"uri": "s3://someone-elses-bucket/datasets/data.csv"})),
      SpecError, ["dataset.uri: s3://someone-elses-bucket/datasets/data.csv is not in this "
@@ -575,7 +576,7 @@ def test_an_oversized_upload_is_refused_without_being_read():
     key = "jobs/incoming/huge.json"
     store.put_bytes(key, b" " * (64 << 20))  # 64 MiB of spaces: it would parse as nothing
     with pytest.raises(SpecError, match=f"{key}: {64 << 20} bytes; a job spec is at most"):
-        prepare(store, event=upload_event(key))
+        prepare(store, event=uploaded(store, key))
     assert key not in store.client.read
 
 

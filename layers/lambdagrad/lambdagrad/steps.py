@@ -251,7 +251,8 @@ def _spec_from_input(store: Store, payload: dict[str, Any], job_id: str) -> JobS
         problem = unsafe_upload_key(upload.key)
         if problem:
             raise SpecError(f"{upload.key!r}: {problem}")
-        size = store.size(upload.key)  # before reading: an upload can be any size
+        size, etag = store.size_and_etag(upload.key)  # before reading: it can be any size
+        _refuse_replaced(upload, etag)
         if size <= MAX_SPEC_BYTES:
             text, etag = store.get_bytes_and_etag(upload.key)
             size = len(text)

@@ -203,10 +203,11 @@ class Store:
             got = self.client.get_object(Bucket=bucket or self.bucket, Key=key)
             return got["Body"].read(), str(got.get("ETag", "")).strip('"')
 
-    def size(self, key: str) -> int:
-        """The object's size in bytes (a HEAD: nothing is downloaded)."""
+    def size_and_etag(self, key: str) -> tuple[int, str]:
+        """The object's size in bytes and its ETag (no quotes): a HEAD, nothing downloaded."""
         with _reading(self.bucket, key):
-            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            return int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
 
     def download(self, key: str, out: BinaryIO, chunk: int = 1 << 20) -> int:
         """Stream an object into a binary file in chunks (never whole in memory); bytes."""
@@ -348,7 +349,8 @@ class MemoryS3:
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:
             raise self._Missing()
-        return {"ContentLength": len(self.objects[(Bucket, Key)])}
+        body = self.objects[(Bucket, Key)]
+        return {"ContentLength": len(body), "ETag": '"' + hashlib.md5(body).hexdigest() + '"'}
 
     def list_objects_v2(self, Bucket: str, Prefix: str = "", **_: Any) -> dict:
         keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix))

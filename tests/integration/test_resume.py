@@ -151,6 +151,21 @@ def test_resume_after_a_worker_failed_past_its_retries(
         moto_fixes.set_retry_delay_scale(previous)
     assert not stack.store.exists(JobKeys("failed-job").model_json)
 
+    # another process has just claimed a resume and not started its execution yet: this one
+    # stops before starting a second (the job would train twice at once, billed twice)
+    from lambdagrad.resume import claim_resume, continuation_input
+
+    start = continuation_input(stack.store, "failed-job")
+    racing = claim_resume(stack.store, "failed-job", start)
+    rc = main(["resume", "failed-job", "--quiet", *stack_flags(engine)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "job 'failed-job' is being resumed by another process right now" in err
+    assert f"(resume 1, execution {racing})" in err
+    # ... which died before starting it: once its claim is old, resuming goes ahead
+    key = JobKeys("failed-job").prefix + "resumes/1.json"
+    stack.store.put_json(key, {**stack.store.get_json(key), "claimed_at": 0.0})
+
     out = tmp_path / "failed"
     rc = main(["resume", "failed-job", "--out", str(out), "--quiet", *stack_flags(engine)])
     assert rc == 0, capsys.readouterr().err

@@ -181,6 +181,7 @@ class StackClient:
             )
         start = continuation_input(self.store, job_id)
         name = claim_resume(self.store, job_id, start)
+        self._refuse_a_racing_resume(job_id, int(name.rsplit("-", 1)[-1]))
         # a stopped execution's status names it: never mistake its end for the new one's
         if self.status(job_id).get("execution"):
             self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
@@ -190,6 +191,26 @@ class StackClient:
         )
         self.attach(job_id, started["executionArn"])
         return start
+
+    def _refuse_a_racing_resume(self, job_id: str, n: int) -> None:
+        """Another resume claimed a lower number moments ago and its execution has not ended
+        (or not started yet): that one goes ahead, this one stops before starting anything."""
+        from lambdagrad.resume import ResumeError, starting_resumes, withdraw_resume
+
+        for m, name in starting_resumes(self.store, job_id, below=n):
+            arn = self.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+            try:
+                status = self.sfn.describe_execution(executionArn=arn)["status"]
+            except Exception as exc:
+                if _error_code(exc) != "ExecutionDoesNotExist":
+                    raise
+                status = "STARTING"
+            if status in ("STARTING", "RUNNING"):
+                withdraw_resume(self.store, job_id, n)
+                raise ResumeError(
+                    f"job {job_id!r} is being resumed by another process right now "
+                    f"(resume {m}, execution {name}); follow it with: lambdagrad status {job_id}"
+                )
 
     def _running_segments(self) -> list[str]:
         """RUNNING executions of the Express segment machine, where they can be listed: a

@@ -170,10 +170,39 @@ def claim_resume(store: Store, job_id: str, start: dict[str, Any]) -> str:
     """
     keys = JobKeys(job_id)
     n = len(store.list_keys(keys.prefix + "resumes/")) + 1
-    claim = {"round": start["round"], "n": n}
+    claim = {"round": start["round"], "n": n, "claimed_at": time.time()}
     if not store.put_json_if_absent(f"{keys.prefix}resumes/{n}.json", claim):
         raise ResumeError(f"job {job_id!r} is being resumed by another process right now")
     return f"{job_id}-resume-{n}"
+
+
+#: How long a resume's claim counts as "starting" while its execution does not exist yet.
+RESUME_START_SECONDS = 120.0
+
+
+def starting_resumes(store: Store, job_id: str, below: int) -> list[tuple[int, str]]:
+    """Claims numbered below ``below`` made in the last :data:`RESUME_START_SECONDS`, with
+    the execution names they will start: two resumes claim different numbers, so each looks
+    at the lower ones, and the lowest goes ahead (a claim whose process died before starting
+    its execution stops counting once it is old)."""
+    keys = JobKeys(job_id)
+    found = []
+    for key in store.list_keys(keys.prefix + "resumes/"):
+        try:
+            claim = store.get_json(key)
+            n, claimed_at = int(claim["n"]), float(claim.get("claimed_at", 0.0))
+        except (MissingObjectError, KeyError, TypeError, ValueError):
+            continue
+        recent = time.time() - claimed_at < RESUME_START_SECONDS
+        if n < below and recent and not claim.get("withdrawn"):
+            found.append((n, f"{job_id}-resume-{n}"))
+    return sorted(found)
+
+
+def withdraw_resume(store: Store, job_id: str, n: int) -> None:
+    """Mark claim ``n`` as one that started nothing, so that it holds no later resume back."""
+    key = f"{JobKeys(job_id).prefix}resumes/{n}.json"
+    store.put_json(key, {**store.get_json(key), "withdrawn": True})
 
 
 def mark_resuming(store: Store, job_id: str, start: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 from lambdagrad import steps
 from lambdagrad.cli import main
 from lambdagrad.cost import (
+    DEFAULT_DURATIONS,
     STATUS_INTERVAL_SECONDS,
     CostError,
     DurationModel,
@@ -155,8 +156,11 @@ def test_express_segments_end_on_time_and_too_long_rounds_are_flagged():
         == 1
     )
     slow = replace(FLAT, worker_overhead_s=200.0)
-    (warning,) = estimate_cost(shape, durations=slow, orchestration="express").details["warnings"]
+    over_timeout, warning = estimate_cost(shape, durations=slow, orchestration="express").details[
+        "warnings"
+    ]
     assert "300 s" in warning and "SegmentSeconds" in warning
+    assert "over the 55 s RoundFunctionTimeout" in over_timeout
 
 
 def test_actual_cost_from_measured_seconds():
@@ -273,6 +277,10 @@ def test_estimate_for_data_in_s3_takes_its_size(capsys):
             "20 workers for 9",
         ),
         ([str(HOUSES), "--label", "price", "--batch-size", "5000"], "5000 is larger than the 1800"),
+        (
+            [str(HOUSES), "--label", "price", "--rows", "1000", "--features", "20000"],
+            "20000 feature columns; the limit is 10000 (dataset.max_features",
+        ),
     ],
 )
 def test_estimate_bad_input_is_one_clear_line(argv, message, capsys):
@@ -305,3 +313,19 @@ def test_estimate_prices_a_job_larger_than_its_sample_file(capsys):
     argv = ["estimate", houses, "--label", "price", "--rows", "1000000", "--batch-size", "4096"]
     assert main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dollars"] > 0
+
+
+def test_local_steps_multiply_a_workers_work_and_an_overlong_call_is_flagged():
+    doc = job_doc("houses-linear.json", training={"workers": 2, "rounds": 4, "batch_size": 512})
+    one = JobShape.from_spec(parse_spec(doc), rows=2000, features=4, n_classes=1)
+    doc["training"]["steps_per_round"] = 8
+    eight = JobShape.from_spec(parse_spec(doc), rows=2000, features=4, n_classes=1)
+    assert eight.steps_per_round == 8
+    w1 = estimate_cost(one).details["seconds"]["worker"]
+    w8 = estimate_cost(eight).details["seconds"]["worker"]
+    per_row = DEFAULT_DURATIONS.worker_per_row_param_s * one.n_params * 512 / 2
+    assert w8 - w1 == pytest.approx(7 * per_row)  # 7 more batches of 256 rows each
+    assert not estimate_cost(one).details["warnings"]
+    slow = replace(DEFAULT_DURATIONS, worker_overhead_s=60.0)
+    (warning,) = estimate_cost(one, durations=slow).details["warnings"]
+    assert "a worker call takes about 60 s, over the 55 s RoundFunctionTimeout" in warning

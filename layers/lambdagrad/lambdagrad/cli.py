@@ -1066,6 +1066,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         durations = replace(durations, s3_request_s=args.s3_latency)
     shape = JobShape.from_spec(spec, rows, features, classes)
     check_sizes(spec, shape.rows)  # the job train would refuse is not priced either
+    if features > spec.dataset.max_features:
+        raise CliError(
+            f"{features} feature columns; the limit is {spec.dataset.max_features} "
+            "(dataset.max_features, which Prepare enforces: raise it in the spec)"
+        )
     bill = estimate(
         shape,
         orchestration=args.orchestration,

@@ -75,6 +75,8 @@ EXPRESS_MEMORY_MB = 64
 EXPRESS_BILLING_SECONDS = 0.1
 #: An Express execution may run at most 5 minutes.
 EXPRESS_MAX_SECONDS = 300.0
+#: template.yaml's RoundFunctionTimeout default: a worker or reducer call longer than this fails.
+DEFAULT_ROUND_FUNCTION_TIMEOUT = 55.0
 #: template.yaml's ``SegmentSeconds`` default: a segment ends after the round that passes it.
 DEFAULT_SEGMENT_SECONDS = 120.0
 #: Inline Map runs at most this many iterations at once (DESIGN.md §7).
@@ -310,6 +312,7 @@ class JobShape:
     batch_rows: int  # the global batch of one round
     register_model: bool = False
     itemsize: int = 8  # bytes per gradient element sent (training.dtype)
+    steps_per_round: int = 1  # K local steps: each worker computes K batches a round
 
     @property
     def segments(self) -> int:
@@ -348,6 +351,7 @@ class JobShape:
             batch_rows=global_batch(spec, n_train),
             register_model=bool(spec.output.model_name),
             itemsize=_gradient_itemsize(spec),
+            steps_per_round=spec.training.steps_per_round,
         )
 
 
@@ -495,6 +499,7 @@ def estimate(
     durations: DurationModel = DEFAULT_DURATIONS,
     prices: Prices = DEFAULT_PRICES,
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
+    round_function_timeout: float = DEFAULT_ROUND_FUNCTION_TIMEOUT,
 ) -> CostBreakdown:
     """The bill of a job before it runs: exact counts, modelled durations.
 
@@ -506,7 +511,7 @@ def estimate(
     w, p = shape.workers, shape.n_params
     if inline_gradients is None:  # as the workers decide it
         inline_gradients = shape.inline_gradients
-    worker_s = durations.worker(shape.batch_rows / w, p, inline_gradients)
+    worker_s = durations.worker(shape.batch_rows * shape.steps_per_round / w, p, inline_gradients)
     reduce_s = durations.reduce(w, p, inline_gradients)
     waves = math.ceil(w / INLINE_MAP_CONCURRENCY)
     round_s = waves * (durations.invoke_s + worker_s) + durations.invoke_s + reduce_s
@@ -537,6 +542,13 @@ def estimate(
         prices,
     )
     warnings = []
+    for step, seconds in (("worker", worker_s), ("reducer", reduce_s)):
+        if seconds > round_function_timeout:
+            warnings.append(
+                f"a {step} call takes about {seconds:.0f} s, over the {round_function_timeout:.0f}"
+                " s RoundFunctionTimeout: every round would time out; use more workers, smaller"
+                " batches or fewer local steps"
+            )
     if orchestration == "express" and segment_seconds + round_s > EXPRESS_MAX_SECONDS:
         warnings.append(
             f"a segment runs up to {segment_seconds:.0f} s plus one round of about "

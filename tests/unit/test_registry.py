@@ -162,3 +162,16 @@ def test_list_models_is_sorted_with_metrics(store):
     assert (
         zeta["trained_at"] == 1795726402.0 and zeta["version"] == lookup(store, "zeta")["version"]
     )
+
+
+@pytest.mark.parametrize("damaged", [{"name": "houses"}, ["houses"], {"model_key": 3}])
+def test_a_damaged_pointer_is_named_and_promote_repairs_it(store, damaged):
+    write_model(store, "job-1")
+    store.put_json(pointer_key("houses"), damaged)
+    message = rf"s3://{BUCKET}/models/houses/current.json is damaged: it needs the strings"
+    with pytest.raises(RegistryError, match=message):
+        lookup(store, "houses")
+    with pytest.raises(RegistryError, match=message):
+        list_models(store)
+    assert promote(store, "houses", "job-1")["job_id"] == "job-1"
+    assert lookup(store, "houses")["job_id"] == "job-1"

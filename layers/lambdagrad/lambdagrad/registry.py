@@ -97,7 +97,7 @@ def _write_pointer(
 ) -> dict[str, Any]:
     keys = _complete_model(store, job_id)
     registered_at = time.time() if now is None else float(now)
-    prev_version = (previous or {}).get("version", "")
+    prev_version = previous.get("version", "") if isinstance(previous, dict) else ""
     digest = hashlib.sha256(
         f"{name}\n{job_id}\n{registered_at!r}\n{prev_version}".encode()
     ).hexdigest()
@@ -148,6 +148,18 @@ def lookup(store: Store, name: str) -> dict[str, Any]:
     pointer = _read_pointer(store, validate_name(name))
     if pointer is None:
         raise RegistryError(f"no model named {name!r}")
+    return _checked(store, name, pointer)
+
+
+def _checked(store: Store, name: str, pointer: Any) -> dict[str, Any]:
+    """A pointer as promote writes it, or RegistryError naming the damaged document."""
+    keys = ("job_id", "model_key", "npz_key", "version")
+    if not isinstance(pointer, dict) or not all(isinstance(pointer.get(k), str) for k in keys):
+        raise RegistryError(
+            f"s3://{store.bucket}/{pointer_key(name)} is damaged: it needs the strings "
+            f"{', '.join(keys)}; point the name at a job again with: lambdagrad models "
+            f"promote {name} JOB_ID"
+        )
     return pointer
 
 
@@ -176,7 +188,8 @@ def list_models(store: Store) -> list[dict[str, Any]]:
     names = [n for n in names if _NAME.match(n)]
     pointers = store.get_json_many([pointer_key(n) for n in names])
     out = []
-    for pointer in pointers:
+    for name, pointer in zip(names, pointers, strict=True):
+        pointer = _checked(store, name, pointer)
         try:
             doc = store.get_json(pointer["model_key"])
         except StoreError:

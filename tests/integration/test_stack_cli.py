@@ -163,7 +163,7 @@ def test_a_file_submitted_twice_at_once_is_two_jobs_under_ascii_keys(
     engine.reset()
 
 
-def test_submit_and_status(engine, tmp_path, capsys):
+def test_submit_and_status(engine, tmp_path, capsys, monkeypatch):
     flags = stack_flags(engine)
     spec = tmp_path / "job.json"
     doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
@@ -174,8 +174,15 @@ def test_submit_and_status(engine, tmp_path, capsys):
     assert main(["status", job_id, "--json", *flags]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "SUCCEEDED" and status["round"] == 5
-    assert main(["status", "no-such-job", *flags]) == 0
-    assert "PENDING" in capsys.readouterr().out
+    assert main(["status", "no-such-job", *flags]) == 0  # may be a job just submitted
+    out, err = capsys.readouterr()
+    assert "PENDING" in out and "nothing is recorded for job no-such-job in stack" in err
+    # followed, it gives up once nothing has been recorded for NO_RECORD_SECONDS
+    from lambdagrad import cli
+
+    monkeypatch.setattr(cli, "NO_RECORD_SECONDS", 0.5)
+    assert main(["status", "no-such-job", "--follow", "--quiet", *flags]) == 1
+    assert "or no such job; gave up after 0 s" in capsys.readouterr().err
     assert main(["models", "list"]) == 1
     assert "pass --stack NAME" in capsys.readouterr().err
     engine.reset()

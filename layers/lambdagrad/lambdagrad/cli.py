@@ -712,9 +712,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow_with_progress(stack: StackClient, job_id: str, quiet: bool) -> dict[str, Any]:
+#: How long ``status --follow`` waits for a job with no record at all before giving up.
+NO_RECORD_SECONDS = 300.0
+
+
+def _follow_with_progress(
+    stack: StackClient, job_id: str, quiet: bool, give_up: str | None = None
+) -> dict[str, Any]:
+    """Follow a job with a progress bar; with ``give_up`` (a message), stop with it when the
+    job has left no record at all for :data:`NO_RECORD_SECONDS` (no such job, most likely)."""
+    since = time.monotonic()
+
+    def update(status: dict[str, Any]) -> None:
+        if give_up and _no_record(status) and time.monotonic() - since > NO_RECORD_SECONDS:
+            raise CliError(give_up)
+        progress.update(status)
+
     with Progress(enabled=not quiet) as progress:
-        return stack.follow(job_id, on_status=progress.update)
+        return stack.follow(job_id, on_status=update)
+
+
+def _no_record(status: dict[str, Any]) -> bool:
+    """The status a stack gives a job it has no record of (see StackClient.status)."""
+    return status == {"job_id": status.get("job_id"), "state": "PENDING"}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -817,11 +837,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         records = f"{folder}/"
     else:
         with open_stack(args) as stack:
-            status = (
-                _follow_with_progress(stack, args.job_id, args.quiet)
-                if args.follow
-                else stack.status(args.job_id)
+            unknown = (
+                f"nothing is recorded for job {args.job_id} in stack {args.stack}: a job "
+                "submitted moments ago (its record appears when Prepare runs), or no such job"
             )
+            if args.follow:
+                give_up = f"{unknown}; gave up after {NO_RECORD_SECONDS:.0f} s"
+                status = _follow_with_progress(stack, args.job_id, args.quiet, give_up)
+            else:
+                status = stack.status(args.job_id)
+                if _no_record(status) and not args.json:
+                    print(f"note: {unknown}", file=sys.stderr)
             cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None
             records = f"s3://{stack.store.bucket}/{JobKeys(args.job_id).prefix}"
     if args.json:  # the records as they are

@@ -40,10 +40,8 @@ def cost_table(doc: dict[str, Any]) -> Any:
     table = Table(title=title, title_justify="left")
     table.add_column("item")
     table.add_column("unit")
-    table.add_column("per round", justify="right")
-    table.add_column("$ per round", justify="right")
-    table.add_column("total", justify="right")
-    table.add_column("$ total", justify="right")
+    for name in ("per round", "$ per round", "total", "$ total"):  # a number is never cut
+        table.add_column(name, justify="right", no_wrap=True, overflow="ignore")
     for line in doc["lines"]:
         table.add_row(
             line["item"],

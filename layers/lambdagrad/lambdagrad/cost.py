@@ -66,8 +66,8 @@ __all__ = [
 Orchestration = Literal["standard", "express"]
 ORCHESTRATIONS = ("standard", "express")
 
-#: ``WorkerMemorySize``'s default in template.yaml (prepare, worker, reduce, finalize);
-#: ``lambdagrad estimate`` reads the template itself, a Lambda reads its own setting.
+#: ``WorkerMemorySize``'s default in template.yaml (and ``ReduceMemorySize``'s), which prices
+#: every function; ``lambdagrad estimate`` reads the template, a Lambda its own setting.
 DEFAULT_MEMORY_MB = 1769
 #: Express workflows bill memory in 64 MB chunks; a round's state is far below one chunk.
 EXPRESS_MEMORY_MB = 64
@@ -676,8 +676,9 @@ def actual_cost_of_job(
     Segments are counted as ``segment_rounds`` each; a segment the time limit cut short
     adds one Express request (a millionth of a dollar) that this does not see.
 
-    Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``): every
-    training function has ``WorkerMemorySize``.
+    Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, from
+    ``ReduceMemorySize``), for every function: with the template's defaults that is the
+    workers' and the reducer's too; only Prepare (3,008 MB, once per job) differs.
     """
     memory = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or DEFAULT_MEMORY_MB)
     workers = spec.training.workers

@@ -329,3 +329,15 @@ def test_local_steps_multiply_a_workers_work_and_an_overlong_call_is_flagged():
     slow = replace(DEFAULT_DURATIONS, worker_overhead_s=60.0)
     (warning,) = estimate_cost(one, durations=slow).details["warnings"]
     assert "a worker call takes about 60 s, over the 55 s RoundFunctionTimeout" in warning
+
+
+def test_cost_json_counts_the_segments_that_ran_time_cut_ones_too():
+    from lambdagrad.cost import actual_cost_of_job
+
+    spec = parse_spec(job_doc("houses-linear.json", training={"workers": 2, "rounds": 6}))
+    meta = {"segment_rounds": 1000, "prepare_seconds": 0.1}
+    starts = ["t0", "t0", "t1", "t1", "t1", "t2"]  # cut on time twice, not by rounds
+    records = [{"round": r + 1, "segment_started": s} for r, s in enumerate(starts)]
+    assert actual_cost_of_job(spec, meta, records, 6, 0.1, n_params=5).segments == 3
+    older = [{"round": r + 1} for r in range(6)]  # records of an earlier version
+    assert actual_cost_of_job(spec, meta, older, 6, 0.1, n_params=5).segments == 1

@@ -673,8 +673,10 @@ def actual_cost_of_job(
 ) -> CostBreakdown:
     """The bill of a finished job from its metrics records (one per round run) and meta.
 
-    Segments are counted as ``segment_rounds`` each; a segment the time limit cut short
-    adds one Express request (a millionth of a dollar) that this does not see.
+    Segments are the distinct ``segment_started`` of the rounds' records (a segment the time
+    limit cut short, or a resumed job's new one, counts); records without it (written by an
+    earlier version) count ``segment_rounds`` rounds a segment. Not counted: the training
+    execution's 3 transitions of a continue-as-new, and a resume's own.
 
     Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, from
     ``ReduceMemorySize``), for every function: with the template's defaults that is the
@@ -697,7 +699,11 @@ def actual_cost_of_job(
         "finalize": _billed_ms(finalize_seconds),
     }
     invocations = {"prepare": 1, "worker": workers * rounds, "reduce": rounds, "finalize": 1}
-    segments = max(1, math.ceil(rounds / max(1, int(meta.get("segment_rounds") or 1))))
+    started = [r.get("segment_started") for r in records[:rounds]]
+    if started and all(isinstance(s, str) for s in started):
+        segments = len(set(started))
+    else:
+        segments = max(1, math.ceil(rounds / max(1, int(meta.get("segment_rounds") or 1))))
     return actual_cost(
         workers=workers,
         rounds=rounds,

@@ -660,6 +660,8 @@ def reduce(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
             "validation_loss": validation_loss,
             "finished_at": _now(),
             "lambda_seconds": handler_seconds(results, time.perf_counter() - started),
+            # which segment ran it: cost.json counts the segments that ran, time-cut ones too
+            "segment_started": event.get("segment_started"),
         }
         store.put_json(keys.metrics(next_round), record)  # last: commits round t+1
 

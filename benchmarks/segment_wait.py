@@ -1,4 +1,4 @@
-"""Milliseconds per segment the embedded engine spends noticing that a segment ended.
+"""Seconds per segment of a job on the embedded engine, with and without the fast wait.
 
 The training execution waits on each Express segment with ``startExecution.sync:2``. Stock
 moto checks the child, then sleeps 0.5 s between checks; ``moto_fixes.fix_sync_poll_backoff``

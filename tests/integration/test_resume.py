@@ -106,10 +106,15 @@ def test_killed_train_process_resumes_bit_identical(small, uninterrupted, tmp_pa
     assert len(list(metrics.glob("*.json"))) < ROUNDS
     assert not list((out / "state").rglob("grads/*"))  # scratch is not mirrored
 
+    # a resume of it was killed a moment ago, between its claim and its execution: locally
+    # that is no race (the run directory's lock keeps one process), so it holds nothing back
+    claims = metrics.parent / "resumes"
+    claims.mkdir()
+    (claims / "1.json").write_text(json.dumps({"round": 3, "n": 1, "claimed_at": time.time()}))
     assert main(["resume", "killed", "--out", str(out), "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rounds"] == ROUNDS
-    claim = json.loads((metrics.parent / "resumes" / "1.json").read_text())
+    claim = json.loads((claims / "2.json").read_text())
     assert 10 <= claim["round"] < ROUNDS
     np.testing.assert_array_equal(params_of(out), uninterrupted)
     # the history has every round once, across the kill
@@ -157,8 +162,9 @@ def test_resume_after_a_worker_failed_past_its_retries(
 
     start = continuation_input(stack.store, "failed-job")
     racing = claim_resume(stack.store, "failed-job", start)
-    rc = main(["resume", "failed-job", "--quiet", *stack_flags(engine)])
-    assert rc == 1
+    refused = tmp_path / "refused"
+    rc = main(["resume", "failed-job", "--out", str(refused), "--quiet", *stack_flags(engine)])
+    assert rc == 1 and not refused.exists()
     err = capsys.readouterr().err
     assert "job 'failed-job' is being resumed by another process right now" in err
     assert f"(resume 1, execution {racing})" in err

@@ -371,3 +371,26 @@ def test_predict_sends_as_many_rows_as_the_stack_takes_and_names_the_files_row(t
         assert main(["predict", "--model-name", "houses", str(bad), *flags]) == 1
         err = error_line(capsys.readouterr().err)
         assert err.startswith("error: predict: bad.csv: data row 1600: "), err
+
+
+def test_a_queued_sweep_point_is_waited_for_while_its_sweep_runs():
+    """Points of a sweep wait for a slot with no record; status --follow must not give up."""
+    from types import SimpleNamespace
+
+    from lambdagrad.cli import _may_still_start
+
+    asked = []
+
+    def describe_execution(executionArn):
+        asked.append(executionArn)
+        return {"status": "RUNNING" if executionArn.endswith(":grid") else "SUCCEEDED"}
+
+    stack = SimpleNamespace(
+        outputs={"SweepStateMachineArn": "arn:aws:states:r:1:stateMachine:s-sweep"},
+        sfn=SimpleNamespace(describe_execution=describe_execution),
+        running_executions=lambda job_id: [],
+    )
+    assert _may_still_start(stack, "grid-p003")
+    assert asked == ["arn:aws:states:r:1:execution:s-sweep:grid"]
+    assert not _may_still_start(stack, "done-p001")  # its sweep has ended
+    assert not _may_still_start(stack, "no-such-job")  # not a point

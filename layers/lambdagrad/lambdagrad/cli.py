@@ -114,7 +114,7 @@ def open_stack(
 
             args.chaos_run = start_for_cli(engine, args.chaos)
         stack = StackClient.from_outputs(engine.outputs, engine.client)
-        stack.put_file = engine.put_file
+        stack.put_file, stack.embedded = engine.put_file, True
         if state_dir is not None:  # messages name the mirror on disk, not a bucket that is gone
             args.local_paths = {
                 f"s3://{bucket}/": f"{state_dir / logical_id}/"
@@ -724,12 +724,31 @@ def _follow_with_progress(
     since = time.monotonic()
 
     def update(status: dict[str, Any]) -> None:
+        nonlocal since
         if give_up and _no_record(status) and time.monotonic() - since > NO_RECORD_SECONDS:
-            raise CliError(give_up)
+            if not _may_still_start(stack, job_id):
+                raise CliError(give_up)
+            since = time.monotonic()  # a sweep point waiting for its turn: wait on
         progress.update(status)
 
     with Progress(enabled=not quiet) as progress:
         return stack.follow(job_id, on_status=update)
+
+
+def _may_still_start(stack: StackClient, job_id: str) -> bool:
+    """Whether a job with no record may yet start: it has a running execution, or it is a
+    point (``<sweep>-pNNN``) of a sweep that is still running (points queue for a slot)."""
+    if stack.running_executions(job_id):
+        return True
+    point = re.match(r"^(.+)-p\d{3}$", job_id)
+    arn = stack.outputs.get("SweepStateMachineArn")
+    if not point or not arn:
+        return False
+    sweep = arn.replace(":stateMachine:", ":execution:") + f":{point.group(1)}"
+    try:
+        return stack.sfn.describe_execution(executionArn=sweep)["status"] == "RUNNING"
+    except Exception:  # no such sweep (or not allowed to look): nothing to wait for
+        return False
 
 
 def _no_record(status: dict[str, Any]) -> bool:

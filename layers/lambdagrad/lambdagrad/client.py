@@ -8,6 +8,7 @@ works across continue-as-new executions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -84,6 +85,8 @@ class StackClient:
     _executions: dict[str, str] = field(default_factory=dict, repr=False)
     _fresh: dict[str, str] = field(default_factory=dict, repr=False)
     _stale: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    #: an embedded engine's stack: this process is its only client
+    embedded: bool = field(default=False, repr=False)
 
     @classmethod
     def from_outputs(
@@ -170,6 +173,7 @@ class StackClient:
             claim_resume,
             continuation_input,
             mark_resuming,
+            withdraw_resume,
         )
 
         JobKeys(job_id)  # a clear error for an invalid id
@@ -181,21 +185,28 @@ class StackClient:
             )
         start = continuation_input(self.store, job_id)
         name = claim_resume(self.store, job_id, start)
-        self._refuse_a_racing_resume(job_id, int(name.rsplit("-", 1)[-1]))
-        # a stopped execution's status names it: never mistake its end for the new one's
-        if self.status(job_id).get("execution"):
-            self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
-        mark_resuming(self.store, job_id, start)
-        started = self.sfn.start_execution(
-            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(start)
-        )
+        n = int(name.rsplit("-", 1)[-1])
+        try:
+            if not self.embedded:  # one process owns an embedded stack (and its run dir lock)
+                self._refuse_a_racing_resume(job_id, n)
+            # a stopped execution's status names it: never mistake its end for the new one's
+            if self.status(job_id).get("execution"):
+                self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
+            mark_resuming(self.store, job_id, start)
+            started = self.sfn.start_execution(
+                stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(start)
+            )
+        except BaseException:  # started nothing (refused, throttled, Ctrl-C): hold none back
+            with contextlib.suppress(Exception):
+                withdraw_resume(self.store, job_id, n)
+            raise
         self.attach(job_id, started["executionArn"])
         return start
 
     def _refuse_a_racing_resume(self, job_id: str, n: int) -> None:
         """Another resume claimed a lower number moments ago and its execution has not ended
         (or not started yet): that one goes ahead, this one stops before starting anything."""
-        from lambdagrad.resume import ResumeError, starting_resumes, withdraw_resume
+        from lambdagrad.resume import ResumeError, starting_resumes
 
         for m, name in starting_resumes(self.store, job_id, below=n):
             arn = self.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
@@ -206,10 +217,10 @@ class StackClient:
                     raise
                 status = "STARTING"
             if status in ("STARTING", "RUNNING"):
-                withdraw_resume(self.store, job_id, n)
                 raise ResumeError(
                     f"job {job_id!r} is being resumed by another process right now "
-                    f"(resume {m}, execution {name}); follow it with: lambdagrad status {job_id}"
+                    f"(resume {m}, execution {name}); follow it with: lambdagrad status "
+                    f"{job_id} --follow"
                 )
 
     def _running_segments(self) -> list[str]:

@@ -673,10 +673,11 @@ def actual_cost_of_job(
 ) -> CostBreakdown:
     """The bill of a finished job from its metrics records (one per round run) and meta.
 
-    Segments are the distinct ``segment_started`` of the rounds' records (a segment the time
-    limit cut short, or a resumed job's new one, counts); records without it (written by an
-    earlier version) count ``segment_rounds`` rounds a segment. Not counted: the training
-    execution's 3 transitions of a continue-as-new, and a resume's own.
+    Segments are the distinct ``segment_started`` of the rounds' records: every segment that
+    committed a round (one the time limit cut short, or a resumed job's, included); records
+    without it (written by an earlier version) count ``segment_rounds`` rounds a segment.
+    Not counted: the training execution's 3 transitions of a continue-as-new, and a
+    resume's own.
 
     Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, from
     ``ReduceMemorySize``), for every function: with the template's defaults that is the

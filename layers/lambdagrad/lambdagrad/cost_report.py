@@ -40,7 +40,7 @@ def cost_table(doc: dict[str, Any]) -> Any:
     table = Table(title=title, title_justify="left")
     table.add_column("item")
     table.add_column("unit")
-    for name in ("per round", "$ per round", "total", "$ total"):  # a number is never cut
+    for name in ("per round", "$ per round", "total", "$ total"):  # a number keeps one line
         table.add_column(name, justify="right", no_wrap=True, overflow="ignore")
     for line in doc["lines"]:
         table.add_row(

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from lambdagrad.artifact import TrainedModel
-from lambdagrad.store import JobKeys, Store, StoreError
+from lambdagrad.store import JobKeys, MissingObjectError, Store, StoreError
 
 __all__ = [
     "MODELS_PREFIX",
@@ -84,12 +84,22 @@ def _complete_model(store: Store, job_id: str) -> JobKeys:
     return keys
 
 
-def _read_pointer(store: Store, name: str) -> dict[str, Any] | None:
+def _read_pointer(store: Store, name: str, *, repairing: bool = False) -> Any:
+    """The pointer document, None when the name is not registered. One that is not JSON is
+    named as damaged (promote, ``repairing`` it, takes it for none)."""
     key = pointer_key(name)
     try:
         return store.get_json(key)
-    except StoreError:
+    except MissingObjectError:
         return None
+    except StoreError as exc:
+        if repairing:
+            return None
+        raise RegistryError(f"{exc}; {_repair_hint(name)}") from None
+
+
+def _repair_hint(name: str) -> str:
+    return f"point the name at a job again with: lambdagrad models promote {name} JOB_ID"
 
 
 def _write_pointer(
@@ -124,6 +134,7 @@ def register(store: Store, name: str, job_id: str, *, now: float | None = None) 
     _complete_model(store, job_id)
     previous = _read_pointer(store, name)
     if previous is not None:
+        previous = _checked(store, name, previous)
         if previous.get("job_id") == job_id:
             return previous
         raise RegistryError(
@@ -140,7 +151,7 @@ def promote(store: Store, name: str, job_id: str, *, now: float | None = None) -
     """
     validate_name(name)
     _complete_model(store, job_id)
-    return _write_pointer(store, name, job_id, _read_pointer(store, name), now)
+    return _write_pointer(store, name, job_id, _read_pointer(store, name, repairing=True), now)
 
 
 def lookup(store: Store, name: str) -> dict[str, Any]:
@@ -157,8 +168,7 @@ def _checked(store: Store, name: str, pointer: Any) -> dict[str, Any]:
     if not isinstance(pointer, dict) or not all(isinstance(pointer.get(k), str) for k in keys):
         raise RegistryError(
             f"s3://{store.bucket}/{pointer_key(name)} is damaged: it needs the strings "
-            f"{', '.join(keys)}; point the name at a job again with: lambdagrad models "
-            f"promote {name} JOB_ID"
+            f"{', '.join(keys)}; {_repair_hint(name)}"
         )
     return pointer
 
@@ -186,7 +196,7 @@ def list_models(store: Store) -> list[dict[str, Any]]:
         if key.endswith("/current.json") and key.count("/") == 2
     )
     names = [n for n in names if _NAME.match(n)]
-    pointers = store.get_json_many([pointer_key(n) for n in names])
+    pointers = [_read_pointer(store, n) for n in names]
     out = []
     for name, pointer in zip(names, pointers, strict=True):
         pointer = _checked(store, name, pointer)

@@ -34,7 +34,13 @@ from lambdagrad.artifact import (
     write_directory_atomically,
 )
 from lambdagrad.cli_parser import STATE_DIRNAME, CliError, build_parser, read_config, spec_from_args
-from lambdagrad.client import JobFailedError, StackClient, StackError, dataset_key_name
+from lambdagrad.client import (
+    JobFailedError,
+    StackClient,
+    StackError,
+    dataset_key_name,
+    execution_arn,
+)
 from lambdagrad.cost import CostError
 from lambdagrad.data import DataError, check_label_applies, resolve_format
 from lambdagrad.local.mirror import is_held
@@ -744,7 +750,7 @@ def _may_still_start(stack: StackClient, job_id: str) -> bool:
     arn = stack.outputs.get("SweepStateMachineArn")
     if not point or not arn:
         return False
-    sweep = arn.replace(":stateMachine:", ":execution:") + f":{point.group(1)}"
+    sweep = execution_arn(arn, point.group(1))
     try:
         return stack.sfn.describe_execution(executionArn=sweep)["status"] == "RUNNING"
     except Exception:  # no such sweep (or not allowed to look): nothing to wait for

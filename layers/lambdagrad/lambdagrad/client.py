@@ -40,6 +40,11 @@ class StackError(RuntimeError):
     """The stack cannot be found or lacks an expected output."""
 
 
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN of the execution ``name`` of a state machine (to describe it by name)."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+
+
 def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
@@ -209,7 +214,7 @@ class StackClient:
         from lambdagrad.resume import ResumeError, starting_resumes
 
         for m, name in starting_resumes(self.store, job_id, below=n):
-            arn = self.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+            arn = execution_arn(self.state_machine_arn, name)
             try:
                 status = self.sfn.describe_execution(executionArn=arn)["status"]
             except Exception as exc:

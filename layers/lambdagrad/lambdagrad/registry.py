@@ -196,7 +196,10 @@ def list_models(store: Store) -> list[dict[str, Any]]:
         if key.endswith("/current.json") and key.count("/") == 2
     )
     names = [n for n in names if _NAME.match(n)]
-    pointers = [_read_pointer(store, n) for n in names]
+    try:
+        pointers = store.get_json_many([pointer_key(n) for n in names])
+    except StoreError:  # one is not JSON: read them one by one, to name it
+        pointers = [_read_pointer(store, n) for n in names]
     out = []
     for name, pointer in zip(names, pointers, strict=True):
         pointer = _checked(store, name, pointer)

@@ -173,6 +173,11 @@ def claim_resume(store: Store, job_id: str, start: dict[str, Any]) -> str:
     claim = {"round": start["round"], "n": n, "claimed_at": time.time()}
     if not store.put_json_if_absent(f"{keys.prefix}resumes/{n}.json", claim):
         raise ResumeError(f"job {job_id!r} is being resumed by another process right now")
+    return resume_execution_name(job_id, n)
+
+
+def resume_execution_name(job_id: str, n: int) -> str:
+    """The execution resume number ``n`` of a job starts (execution names are unique)."""
     return f"{job_id}-resume-{n}"
 
 
@@ -195,7 +200,7 @@ def starting_resumes(store: Store, job_id: str, below: int) -> list[tuple[int, s
             continue
         recent = time.time() - claimed_at < RESUME_START_SECONDS
         if n < below and recent and not claim.get("withdrawn"):
-            found.append((n, f"{job_id}-resume-{n}"))
+            found.append((n, resume_execution_name(job_id, n)))
     return sorted(found)
 
 

@@ -318,6 +318,11 @@ class Store:
             return {name: npz[name] for name in npz.files}
 
 
+def _md5_etag(body: bytes) -> str:
+    """S3's ETag of an object uploaded in one part: its MD5, quoted."""
+    return '"' + hashlib.md5(body).hexdigest() + '"'
+
+
 class MemoryS3:
     """A dict-backed stand-in for the boto3 S3 client, for unit tests and reference runs."""
 
@@ -338,19 +343,19 @@ class MemoryS3:
         if kw.get("IfNoneMatch") == "*" and (Bucket, Key) in self.objects:
             raise self._Taken()
         self.objects[(Bucket, Key)] = bytes(Body)
-        return {"ETag": '"' + hashlib.md5(bytes(Body)).hexdigest() + '"'}
+        return {"ETag": _md5_etag(self.objects[(Bucket, Key)])}
 
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:
             raise self._Missing()
         body = self.objects[(Bucket, Key)]
-        return {"Body": io.BytesIO(body), "ETag": '"' + hashlib.md5(body).hexdigest() + '"'}
+        return {"Body": io.BytesIO(body), "ETag": _md5_etag(body)}
 
     def head_object(self, Bucket: str, Key: str, **_: Any) -> dict:
         if (Bucket, Key) not in self.objects:
             raise self._Missing()
         body = self.objects[(Bucket, Key)]
-        return {"ContentLength": len(body), "ETag": '"' + hashlib.md5(body).hexdigest() + '"'}
+        return {"ContentLength": len(body), "ETag": _md5_etag(body)}
 
     def list_objects_v2(self, Bucket: str, Prefix: str = "", **_: Any) -> dict:
         keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix))

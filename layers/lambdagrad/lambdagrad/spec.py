@@ -6,7 +6,7 @@ so a typo in a job file fails before any Lambda runs.
 
 Example
 -------
->>> spec = JobSpec.model_validate({"dataset": {"uri": "s3://b/d.csv", "label": "y"}})
+>>> spec = JobSpec.model_validate({"dataset": {"uri": "s3://my-bucket/d.csv", "label": "y"}})
 >>> spec.model.type, spec.training.batch_size
 ('linear', 64)
 """

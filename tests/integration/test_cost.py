@@ -165,6 +165,13 @@ def test_round_structure_matches_a_real_job(stack, engine, s3_calls, monkeypatch
         "finalize": 1,
     }
     assert cost["dollars"] == pytest.approx(sum(line["dollars"] for line in cost["lines"]))
+    # each function at its own memory: the template's, passed to the functions
+    assert cost["details"]["memory_mb_by_function"] == {
+        "prepare": 3008,
+        "worker": 1769,
+        "reduce": 1769,
+        "finalize": 1769,
+    }
     assert status["state"] == "SUCCEEDED"
 
 

@@ -10,15 +10,21 @@ from lambdagrad import steps
 from lambdagrad.cli import main
 from lambdagrad.cost import (
     DEFAULT_DURATIONS,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_PREPARE_MEMORY_MB,
+    DEFAULT_ROUND_FUNCTION_TIMEOUT,
+    DEFAULT_SEGMENT_SECONDS,
     STATUS_INTERVAL_SECONDS,
     CostError,
     DurationModel,
+    FunctionMemory,
     JobShape,
     actual_cost,
     function_memory_mb,
     handler_seconds,
     price_overrides,
     round_structure,
+    template_parameter,
 )
 from lambdagrad.cost import estimate as estimate_cost
 from lambdagrad.local.sam import load_template
@@ -209,6 +215,77 @@ def test_memory_from_the_template():
     )
 
 
+def test_each_function_is_priced_at_its_own_memory():
+    memory = FunctionMemory(prepare=4096, worker=1024, reduce=2048)
+    bill = estimate_cost(
+        SHAPE, memory_mb=memory, durations=FLAT, inline_gradients=False, orchestration="standard"
+    )
+    gb_s = bill.line("Lambda compute")
+    # a round: 2 workers x 0.5 s x 1 GB + reducer 0.25 s x 2 GB;
+    # once: prepare 1 s x 4 GB, finalize 2 s x 2 GB
+    assert gb_s.per_round == pytest.approx(2 * 0.5 + 0.25 * 2)
+    assert gb_s.total == pytest.approx(1.5 * 10 + 1.0 * 4 + 2.0 * 2)
+    assert bill.details["memory_mb_by_function"] == {
+        "prepare": 4096,
+        "worker": 1024,
+        "reduce": 2048,
+        "finalize": 2048,
+    }
+    measured = actual_cost(
+        workers=2,
+        rounds=4,
+        segments=1,
+        seconds={"prepare": 0.1, "worker": 0.05, "reduce": 0.004, "finalize": 0.01},
+        billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
+        invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
+        memory_mb=memory,
+        orchestration="standard",
+    )
+    total = 0.1 * 4 + 0.052 + 0.004 * 2 + 0.01 * 2
+    assert measured.line("Lambda compute").total == pytest.approx(total)
+    assert measured.line("Lambda compute").per_round == pytest.approx((0.052 + 0.008) / 4)
+
+
+def test_function_memory_from_the_environment():
+    env = {"LAMBDAGRAD_FUNCTION_MEMORY": "prepare=3008,worker=1769,reduce=2048"}
+    assert FunctionMemory.from_env(env) == FunctionMemory(3008, 1769, 2048)
+    # a stack deployed before the variable: the running function's own memory for all
+    old = {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}
+    assert FunctionMemory.from_env(old) == FunctionMemory.uniform(1024)
+    broken = {**old, "LAMBDAGRAD_FUNCTION_MEMORY": "prepare=3008,worker=x"}
+    assert FunctionMemory.from_env(broken) == FunctionMemory.uniform(1024)
+    assert FunctionMemory.from_env({}) == FunctionMemory.uniform(DEFAULT_MEMORY_MB)
+
+
+def test_the_template_tells_every_function_each_memory():
+    """The variable FunctionMemory.from_env reads is set, from the three parameters."""
+    template = load_template(ROOT / "template.yaml")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    sizes = "prepare=${PrepareMemorySize},worker=${WorkerMemorySize},reduce=${ReduceMemorySize}"
+    assert variables["LAMBDAGRAD_FUNCTION_MEMORY"] == {"Fn::Sub": sizes}
+    assert FunctionMemory.from_template(template) == FunctionMemory(
+        prepare=template["Parameters"]["PrepareMemorySize"]["Default"],
+        worker=template["Parameters"]["WorkerMemorySize"]["Default"],
+        reduce=template["Parameters"]["ReduceMemorySize"]["Default"],
+    )
+    assert function_memory_mb(template, "FinalizeFunction") == FunctionMemory.from_template(
+        template
+    ).of("finalize")
+
+
+def test_defaults_are_the_templates():
+    """The constants the bill falls back on without a template are the template's defaults."""
+    template = load_template(ROOT / "template.yaml")
+    assert FunctionMemory.from_template(template) == FunctionMemory()
+    assert FunctionMemory().prepare == DEFAULT_PREPARE_MEMORY_MB
+    for name, value in (
+        ("SegmentSeconds", DEFAULT_SEGMENT_SECONDS),
+        ("RoundFunctionTimeout", DEFAULT_ROUND_FUNCTION_TIMEOUT),
+    ):
+        assert template_parameter(template, name, -1.0) == value
+    assert template_parameter(template, "NoSuchParameter", 7.0) == 7.0
+
+
 def test_price_overrides():
     prices = price_overrides(P, ["lambda_gb_second=0.0000166667", "s3_get=0"])
     assert (prices.lambda_gb_second, prices.s3_get, prices.as_of) == (0.0000166667, 0.0, P.as_of)
@@ -240,6 +317,37 @@ def test_estimate_command_prints_the_bill(capsys):
     assert rc == 0 and doc["rounds"] == 50 and doc["orchestration"] == "express"
     assert doc["prices"]["standard_transition"] == 0
     assert doc["details"]["memory_mb"] == 1769
+    assert doc["details"]["memory_mb_by_function"]["prepare"] == 3008
+
+
+def test_estimate_reads_the_limits_and_memory_from_the_template(tmp_path, capsys):
+    """A stack deployed with other settings is priced with them: the template given."""
+    text = (ROOT / "template.yaml").read_text()
+    for name, default, value in (
+        ("RoundFunctionTimeout", 55, 20),
+        ("PrepareMemorySize", 3008, 4096),
+    ):
+        block = text.index(f"  {name}:")
+        at = text.index(f"Default: {default}", block)
+        text = text[:at] + f"Default: {value}" + text[at + len(f"Default: {default}") :]
+    template = tmp_path / "template.yaml"
+    template.write_text(text)
+    # a reducer call of ~32 s (4 requests at 8 s): over 20 s, under the default 55 s
+    slow = [str(HOUSES), "--label", "price", "--rounds", "5", "--s3-latency", "8", "--json"]
+    assert main(["estimate", *slow]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["details"]["warnings"] == []
+    assert main(["estimate", *slow, "--template", str(template), "--memory", "1024"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    warning = "reducer call takes about 32 s, over the 20 s RoundFunctionTimeout"
+    assert any(warning in w for w in doc["details"]["warnings"])
+    assert doc["details"]["memory_mb_by_function"] == {
+        "prepare": 4096,
+        "worker": 1024,
+        "reduce": 1769,
+        "finalize": 1769,
+    }
+    assert doc["details"]["memory_from"] == f"--memory, {template}"
 
 
 def test_estimate_for_data_in_s3_takes_its_size(capsys):

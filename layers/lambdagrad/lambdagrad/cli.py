@@ -1068,20 +1068,37 @@ def _cost_line(cost: dict[str, Any]) -> str:
     )
 
 
-def _template_memory(args: argparse.Namespace) -> tuple[int, str]:
-    """WorkerMemorySize from the template (its default), and where it came from."""
-    from lambdagrad.cost import DEFAULT_MEMORY_MB, function_memory_mb
+def _template_settings(args: argparse.Namespace) -> tuple[Any, dict[str, float], str]:
+    """What the bill depends on in the template: each function's memory, SegmentSeconds
+    and RoundFunctionTimeout (their defaults), and where they came from."""
+    from lambdagrad.cost import (
+        DEFAULT_ROUND_FUNCTION_TIMEOUT,
+        DEFAULT_SEGMENT_SECONDS,
+        FunctionMemory,
+        template_parameter,
+    )
 
     try:
-        template = Path(args.template) if args.template else find_template()
+        path = Path(args.template) if args.template else find_template()
     except CliError:
-        return DEFAULT_MEMORY_MB, "default (no template.yaml found)"
+        limits = {
+            "segment_seconds": DEFAULT_SEGMENT_SECONDS,
+            "round_function_timeout": DEFAULT_ROUND_FUNCTION_TIMEOUT,
+        }
+        return FunctionMemory(), limits, "default (no template.yaml found)"
     from lambdagrad.local.sam import TemplateError, load_template
 
     try:
-        return function_memory_mb(load_template(template)), str(template)
+        template = load_template(path)
     except TemplateError as exc:
         raise CliError(f"--template: {exc}") from None
+    limits = {
+        "segment_seconds": template_parameter(template, "SegmentSeconds", DEFAULT_SEGMENT_SECONDS),
+        "round_function_timeout": template_parameter(
+            template, "RoundFunctionTimeout", DEFAULT_ROUND_FUNCTION_TIMEOUT
+        ),
+    }
+    return FunctionMemory.from_template(template), limits, str(path)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -1111,7 +1128,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise CliError(f"--memory: {args.memory} MB (Lambda allows 128 to 10240)")
     if args.s3_latency is not None and not 0 <= args.s3_latency < math.inf:
         raise CliError(f"--s3-latency: {args.s3_latency} (seconds, at least 0)")
-    memory, memory_from = (args.memory, "--memory") if args.memory else _template_memory(args)
+    memory, limits, memory_from = _template_settings(args)
+    if args.memory:
+        memory, memory_from = replace(memory, worker=args.memory), f"--memory, {memory_from}"
     durations = DEFAULT_DURATIONS
     if args.s3_latency is not None:
         durations = replace(durations, s3_request_s=args.s3_latency)
@@ -1129,6 +1148,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         memory_mb=memory,
         durations=durations,
         prices=prices,
+        **limits,
     ).to_json()
     bill["details"]["memory_from"] = memory_from
     if args.json:

@@ -402,7 +402,12 @@ def _add_estimate_parser(sub: Any) -> None:
         help="gradients travel in the workers' results (--no-...: via S3); default: as the "
         "workers decide, inline when parameters x bytes x workers <= 32 KiB",
     )
-    c.add_argument("--memory", type=whole_number, help="Lambda MB (default: the template's)")
+    c.add_argument(
+        "--memory",
+        type=whole_number,
+        help="the workers' Lambda MB (default: the template's WorkerMemorySize; the other "
+        "functions' come from the template)",
+    )
     c.add_argument("--s3-latency", type=number, help="seconds per S3 request in the duration model")
     c.add_argument(
         "--price",
@@ -411,7 +416,11 @@ def _add_estimate_parser(sub: Any) -> None:
         help="override a unit price, e.g. lambda_gb_second=0.0000166667 (repeatable)",
     )
     c.add_argument("--json", action="store_true", help="print the bill as one JSON object")
-    c.add_argument("--template", help="template.yaml to read WorkerMemorySize from")
+    c.add_argument(
+        "--template",
+        help="template.yaml to read the functions' memory, SegmentSeconds and "
+        "RoundFunctionTimeout from",
+    )
     _show_spec_defaults(es)
     es.set_defaults(job_id=None, model_name=None)
 

@@ -25,7 +25,7 @@ handler seconds the steps measured (``jobs/<id>/cost.json``).
 
 Example
 -------
->>> s = round_structure(10)
+>>> s = round_structure(10, orchestration="standard")
 >>> s.transitions_per_round, s.s3_get_per_round, s.s3_put_per_round
 (13, 22.0, 14.0)
 >>> round_structure(10, orchestration="express").transitions_per_round
@@ -50,6 +50,7 @@ __all__ = [
     "CostBreakdown",
     "CostError",
     "DurationModel",
+    "FunctionMemory",
     "JobShape",
     "RoundStructure",
     "actual_cost",
@@ -60,22 +61,29 @@ __all__ = [
     "handler_seconds",
     "price_overrides",
     "round_structure",
+    "template_parameter",
     "write_cost",
 ]
 
 Orchestration = Literal["standard", "express"]
 ORCHESTRATIONS = ("standard", "express")
 
-#: ``WorkerMemorySize``'s default in template.yaml (and ``ReduceMemorySize``'s), which prices
-#: every function; ``lambdagrad estimate`` reads the template, a Lambda its own setting.
+#: ``WorkerMemorySize``'s default in template.yaml (and ``ReduceMemorySize``'s); see
+#: :class:`FunctionMemory` for each function's.
 DEFAULT_MEMORY_MB = 1769
+#: ``PrepareMemorySize``'s default in template.yaml.
+DEFAULT_PREPARE_MEMORY_MB = 3008
+#: The environment variable (template.yaml's Globals) that tells every function the
+#: memory of each: ``prepare=3008,worker=1769,reduce=1769``.
+MEMORY_ENV = "LAMBDAGRAD_FUNCTION_MEMORY"
 #: Express workflows bill memory in 64 MB chunks; a round's state is far below one chunk.
 EXPRESS_MEMORY_MB = 64
 #: Express duration is rounded up to the next 100 ms, per execution.
 EXPRESS_BILLING_SECONDS = 0.1
 #: An Express execution may run at most 5 minutes.
 EXPRESS_MAX_SECONDS = 300.0
-#: template.yaml's RoundFunctionTimeout default: a worker or reducer call longer than this fails.
+#: template.yaml's RoundFunctionTimeout default: a worker or reducer call longer than this
+#: fails. ``lambdagrad estimate`` reads the template's; this is for when there is none.
 DEFAULT_ROUND_FUNCTION_TIMEOUT = 55.0
 #: template.yaml's ``SegmentSeconds`` default: a segment ends after the round that passes it.
 DEFAULT_SEGMENT_SECONDS = 120.0
@@ -224,6 +232,55 @@ def round_structure(
         s3_get_per_job=float(3 + 3 * w + 5 + 6 + (2 if register_model else 0)),
         s3_put_per_job=float((8 + w) + 5 + (1 if register_model else 0)),
     )
+
+
+# ---- memory -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FunctionMemory:
+    """Each function's memory (MB): Lambda bills an invocation's seconds at its own
+    function's size, and Prepare (once per job, the whole dataset) has more than the
+    round's functions. ``reduce`` is also Finalize's (both take ``ReduceMemorySize``).
+
+    >>> FunctionMemory.from_env({MEMORY_ENV: "prepare=4096,worker=1024,reduce=2048"})
+    FunctionMemory(prepare=4096, worker=1024, reduce=2048)
+    """
+
+    prepare: int = DEFAULT_PREPARE_MEMORY_MB
+    worker: int = DEFAULT_MEMORY_MB
+    reduce: int = DEFAULT_MEMORY_MB
+
+    @classmethod
+    def uniform(cls, memory_mb: int) -> FunctionMemory:
+        return cls(prepare=memory_mb, worker=memory_mb, reduce=memory_mb)
+
+    @classmethod
+    def from_template(cls, template: dict[str, Any]) -> FunctionMemory:
+        """Each function's MemorySize in a parsed SAM template (its parameters' defaults)."""
+        return cls(
+            prepare=function_memory_mb(template, "PrepareFunction"),
+            worker=function_memory_mb(template, "WorkerFunction"),
+            reduce=function_memory_mb(template, "ReduceFunction"),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Any) -> FunctionMemory:
+        """From :data:`MEMORY_ENV`; a stack deployed before it existed gives only the
+        running function's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``), for every function."""
+        fields = {}
+        for item in str(environ.get(MEMORY_ENV) or "").split(","):
+            name, _, value = item.partition("=")
+            if name.strip() in ("prepare", "worker", "reduce") and value.strip().isdigit():
+                fields[name.strip()] = int(value)
+        if len(fields) == 3:
+            return cls(**fields)
+        return cls.uniform(int(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or DEFAULT_MEMORY_MB))
+
+    def of(self, step: str) -> int:
+        """The memory of a step's function: prepare, worker, reduce or finalize."""
+        return self.reduce if step == "finalize" else getattr(self, step)
+
+    def by_step(self) -> dict[str, int]:
+        return {step: self.of(step) for step in ("prepare", "worker", "reduce", "finalize")}
 
 
 # ---- seconds ------------------------------------------------------------------------
@@ -427,6 +484,11 @@ class CostBreakdown:
         }
 
 
+def _memory(memory_mb: int | FunctionMemory) -> FunctionMemory:
+    """A number is every function's memory (the scale model prices one size)."""
+    return memory_mb if isinstance(memory_mb, FunctionMemory) else FunctionMemory.uniform(memory_mb)
+
+
 def _gb_seconds(seconds: float, memory_mb: int) -> float:
     """Lambda bills each invocation's duration rounded up to 1 ms, times its memory."""
     return math.ceil(seconds * 1000 - 1e-9) / 1000 * memory_mb / 1024
@@ -495,7 +557,7 @@ def estimate(
     *,
     orchestration: Orchestration = RUNNING_ORCHESTRATION,
     inline_gradients: bool | None = None,
-    memory_mb: int = DEFAULT_MEMORY_MB,
+    memory_mb: int | FunctionMemory = FunctionMemory(),
     durations: DurationModel = DEFAULT_DURATIONS,
     prices: Prices = DEFAULT_PRICES,
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
@@ -522,10 +584,11 @@ def estimate(
         status_writes_per_round=min(1.0, round_s / STATUS_INTERVAL_SECONDS),
         register_model=shape.register_model,
     )
-    per_round_gb_s = w * _gb_seconds(worker_s, memory_mb) + _gb_seconds(reduce_s, memory_mb)
+    memory = _memory(memory_mb)
+    per_round_gb_s = w * _gb_seconds(worker_s, memory.worker) + _gb_seconds(reduce_s, memory.reduce)
     job_gb_s = _gb_seconds(
-        durations.prepare(shape.rows, shape.features, w), memory_mb
-    ) + _gb_seconds(durations.finalize(shape.rounds), memory_mb)
+        durations.prepare(shape.rows, shape.features, w), memory.prepare
+    ) + _gb_seconds(durations.finalize(shape.rounds), memory.reduce)
     total_gb_s = per_round_gb_s * shape.rounds + job_gb_s
     requests = (w + 1) * shape.rounds + 2
     segments = shape.segments
@@ -565,7 +628,8 @@ def estimate(
         prices=prices,
         basis="estimate",
         details={
-            "memory_mb": memory_mb,
+            "memory_mb": memory.worker,
+            "memory_mb_by_function": memory.by_step(),
             "rows": shape.rows,
             "features": shape.features,
             "n_params": p,
@@ -591,7 +655,7 @@ def actual_cost(
     seconds: dict[str, float],
     billed_ms: dict[str, int],
     invocations: dict[str, int],
-    memory_mb: int = DEFAULT_MEMORY_MB,
+    memory_mb: int | FunctionMemory = FunctionMemory(),
     orchestration: Orchestration = RUNNING_ORCHESTRATION,
     inline_gradients: bool = False,
     register_model: bool = False,
@@ -612,16 +676,15 @@ def actual_cost(
         status_writes_per_round=1.0,
         register_model=register_model,
     )
-    gb = memory_mb / 1024
-    loop_ms = billed_ms.get("worker", 0) + billed_ms.get("reduce", 0)
-    total_ms = sum(billed_ms.values())
-    per_round_gb_s = loop_ms / 1000 * gb / max(rounds, 1)
+    memory = _memory(memory_mb)
+    gb_s = {step: ms / 1000 * memory.of(step) / 1024 for step, ms in billed_ms.items()}
+    per_round_gb_s = (gb_s.get("worker", 0.0) + gb_s.get("reduce", 0.0)) / max(rounds, 1)
     loop_seconds = seconds.get("worker", 0.0) / max(workers, 1) + seconds.get("reduce", 0.0)
     lines = _bill(
         structure,
         rounds,
         segments,
-        (per_round_gb_s, total_ms / 1000 * gb),
+        (per_round_gb_s, sum(gb_s.values())),
         sum(invocations.values()),
         loop_seconds / max(rounds, 1),
         prices,
@@ -636,7 +699,8 @@ def actual_cost(
         prices=prices,
         basis="measured",
         details={
-            "memory_mb": memory_mb,
+            "memory_mb": memory.worker,
+            "memory_mb_by_function": memory.by_step(),
             "invocations": invocations,
             "handler_seconds": seconds,
             "billed_ms": billed_ms,
@@ -679,11 +743,10 @@ def actual_cost_of_job(
     Not counted: the training execution's 3 transitions of a continue-as-new, and a
     resume's own.
 
-    Memory is the finalizing Lambda's own (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, from
-    ``ReduceMemorySize``), for every function: with the template's defaults that is the
-    workers' and the reducer's too; only Prepare (3,008 MB, once per job) differs.
+    Each function's memory comes from the stack's configuration (:data:`MEMORY_ENV`, set
+    by template.yaml for every function): what it is when the job finishes.
     """
-    memory = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or DEFAULT_MEMORY_MB)
+    memory = FunctionMemory.from_env(os.environ)
     workers = spec.training.workers
     measured = [r.get("lambda_seconds") or {} for r in records[:rounds]]
     prepare_s = float(meta.get("prepare_seconds") or 0.0)
@@ -741,6 +804,12 @@ def function_memory_mb(template: dict[str, Any], logical_id: str = "WorkerFuncti
     if memory is None:
         memory = resolve(template.get("Globals", {}).get("Function", {}).get("MemorySize"))
     return memory if memory is not None else 128
+
+
+def template_parameter(template: dict[str, Any], name: str, default: float) -> float:
+    """A parameter's default in a parsed SAM template (``SegmentSeconds``), else ``default``."""
+    value = template.get("Parameters", {}).get(name, {}).get("Default")
+    return default if value is None else float(value)
 
 
 def price_overrides(prices: Prices, assignments: list[str]) -> Prices:

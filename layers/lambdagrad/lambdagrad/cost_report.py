@@ -82,17 +82,27 @@ def print_cost(doc: dict[str, Any], console: Any = None, *, notes: bool = True) 
     )
     for warning in details.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
-    memory = details.get("memory_mb")
+    memory = _memory_text(details)
     if doc.get("basis") == "measured":
         console.print(
-            f"Lambda seconds as measured by the handlers at {memory} MB; transitions and S3 "
+            f"Lambda seconds as measured by the handlers at {memory}; transitions and S3 "
             "requests counted by the round structure (lambdagrad.cost)"
         )
     else:
         sec = details.get("seconds", {})
         console.print(
             f"counts are exact for the rounds above; Lambda durations are an estimate at "
-            f"{memory} MB: worker {sec.get('worker', 0):.3g} s, reducer "
+            f"{memory}: worker {sec.get('worker', 0):.3g} s, reducer "
             f"{sec.get('reduce', 0):.3g} s, round {sec.get('round', 0):.3g} s "
             "(compute measured on a 2-core dev machine + S3 latency per request; see docs/cost.md)"
         )
+
+
+def _memory_text(details: dict[str, Any]) -> str:
+    """``1769 MB`` when every function has it, else each function's (cost.json written
+    before they were recorded has only ``memory_mb``)."""
+    by_function = details.get("memory_mb_by_function") or {}
+    sizes = set(by_function.values())
+    if len(sizes) <= 1:
+        return f"{details.get('memory_mb')} MB"
+    return ", ".join(f"{step} {mb} MB" for step, mb in by_function.items())

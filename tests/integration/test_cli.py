@@ -80,6 +80,15 @@ def test_train_evaluate_predict_regression(tmp_path, capsys):
     lines = preds.read_text().splitlines()
     assert lines[0] == "prediction" and len(lines) == 2001
 
+    # an --out that is a symlink is written through, as a shell's > would: the link stays
+    target, link = tmp_path / "kept" / "predictions.csv", tmp_path / "latest.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link.symlink_to(target)
+    assert main(["predict", str(out), str(HOUSES), "--out", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_text().splitlines() == lines
+
 
 def test_train_classifier_with_config_and_flag_override(tmp_path, capsys):
     out = tmp_path / "iris"

@@ -208,7 +208,10 @@ def _check_out(out: Path, *, directory: bool) -> None:
 
 def _write_file_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file beside it: a reader never sees half a
-    file, and a failure leaves the old file (or none) and no temp file behind."""
+    file, and a failure leaves the old file (or none) and no temp file behind. A symlink
+    is written through, as a shell's ``>`` would: its target is replaced, the link kept."""
+    if path.is_symlink():
+        path = path.resolve()
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

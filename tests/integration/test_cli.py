@@ -721,3 +721,35 @@ def test_a_sweep_out_that_holds_the_current_directory_is_refused(tmp_path, capsy
     # train and resume write file by file: --out . is theirs to use
     assert main(train_args(HOUSES, Path("."), "--rounds", "2")) == 0
     assert (here / "model.json").is_file()
+
+
+def test_a_loss_that_rose_a_thousandfold_is_warned_of():
+    from lambdagrad.cli import _loss_rose
+
+    def history(losses):
+        rows = "".join(f"{i},{x},,0.1\n" for i, x in enumerate(losses))
+        return ("round,train_loss,validation_loss,seconds\n" + rows).encode()
+
+    rose = _loss_rose(history([1.4, 1.5, 17584.0, 5.6e87]), 1000.0)
+    assert rose is not None and rose.startswith("the training loss rose from 1.4 to 5.6e+87")
+    assert "smaller learning rate (now 1000)" in rose
+    # noisy mini-batches, a falling loss, a short job: no warning
+    noisy = [0.01 if i % 2 else 5.0 for i in range(200)]
+    assert _loss_rose(history(noisy), 0.1) is None
+    assert _loss_rose(history([2.0, 1.0, 0.5]), 0.1) is None
+    assert _loss_rose(history([2.0]), 0.1) is None
+
+
+def test_train_warns_when_the_job_diverged_without_overflowing(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 3))
+    data = tmp_path / "cls3.csv"
+    data.write_text(
+        "a,b,c,y\n" + "".join(f"{a},{b},{c},{int(a > 0) + int(b > 0)}\n" for a, b, c in X)
+    )
+    flags = ["--label", "y", "--model", "mlp", "--hidden", "3", "--rounds", "20", "--workers", "2"]
+    assert main(train_args(data, tmp_path / "run", *flags, "--lr", "1000", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["warnings"]) == 1 and "the job diverged" in summary["warnings"][0]
+    assert main(train_args(data, tmp_path / "ok", *flags, "--lr", "0.05", "--json")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["warnings"] == []

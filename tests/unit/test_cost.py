@@ -449,3 +449,47 @@ def test_cost_json_counts_the_segments_that_ran_time_cut_ones_too():
     assert actual_cost_of_job(spec, meta, records, 6, 0.1, n_params=5).segments == 3
     older = [{"round": r + 1} for r in range(6)]  # records of an earlier version
     assert actual_cost_of_job(spec, meta, older, 6, 0.1, n_params=5).segments == 1
+
+
+def test_estimate_prices_an_auto_mlp_on_a_regression_label_as_a_regression(capsys):
+    """task auto on a continuous label is a regression (one output), as train decides."""
+    flags = [str(HOUSES), "--label", "price", "--model", "mlp", "--hidden", "8", "--json"]
+    n_params = {}
+    for task in ("auto", "regression"):
+        assert main(["estimate", *flags, "--task", task]) == 0
+        n_params[task] = json.loads(capsys.readouterr().out)["details"]["n_params"]
+    assert n_params["auto"] == n_params["regression"] == 4 * 8 + 8 + 8 + 1
+
+
+def test_estimate_warns_of_a_model_the_functions_cannot_hold(capsys):
+    """8 layers of 4096 with adam: 122 M parameters, 6.6 GB in the reducer."""
+    flags = [
+        *("estimate", "s3://bucket-name/big.csv", "--rows", "100000", "--features", "1000"),
+        *("--classes", "10", "--model", "mlp", "--hidden", ",".join(["4096"] * 8)),
+        *("--optimizer", "adam", "--epochs", "1", "--workers", "8", "--batch-size", "512"),
+        *("--task", "classification", "--json"),
+    ]
+    assert main(flags) == 0
+    warnings = json.loads(capsys.readouterr().out)["details"]["warnings"]
+    assert any(
+        w.startswith(
+            "the reducer needs about 6,645 MB (parameters, gradient sum, optimizer "
+            "state; 121,610,250 parameters as float64): more than its 1769 MB"
+        )
+        and "raise ReduceMemorySize (now 1769 MB)" in w
+        for w in warnings
+    ), warnings
+    assert any(w.startswith("a worker needs about") for w in warnings), warnings
+    small = [f if f != ",".join(["4096"] * 8) else "64,64" for f in flags]
+    assert main(small) == 0
+    assert json.loads(capsys.readouterr().out)["details"]["warnings"] == []
+
+
+def test_memory_needs_count_the_optimizers_state():
+    shape = JobShape(
+        rows=1000, features=10, n_params=2**20, workers=2, rounds=1, segment_rounds=1,
+        batch_rows=100,
+    )  # fmt: skip
+    sgd, adam = shape.memory_mb(), replace(shape, state_vectors=2).memory_mb()
+    assert adam["reduce"] - sgd["reduce"] == pytest.approx(4 * 8)  # 2 vectors, read + written
+    assert adam["worker"] == sgd["worker"]

@@ -39,6 +39,23 @@ def test_defaults_train_without_tuning():
         ({"dataset": {"uri": URI}, "training": {"epochs": 2, "rounds": 3}}, "epochs or rounds"),
         ({"dataset": {"uri": URI}, "job_id": "../x"}, "job_id"),
         ({}, "dataset: Field required"),
+        # [true, true] was two layers of width 1; [] silently became the default [64]
+        (
+            {"dataset": {"uri": URI}, "model": {"type": "mlp", "hidden": [True, True]}},
+            "model.hidden: expected layer sizes (whole numbers), got [true, true]",
+        ),
+        (
+            {"dataset": {"uri": URI}, "model": {"type": "mlp", "hidden": []}},
+            "hidden: [] gives an mlp no hidden layer",
+        ),
+        # a cosine schedule that would raise the rate to final_lr
+        (
+            {
+                "dataset": {"uri": URI},
+                "optimizer": {"schedule": "cosine", "learning_rate": 0.1, "final_lr": 0.5},
+            },
+            "final_lr 0.5 is above the learning rate 0.1",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(doc, field):
@@ -133,3 +150,10 @@ def test_rmsprop_reads_its_eps():
         updates, _ = optimizer.update(grad, optimizer.init(params), params)
         steps.append(updates)
     assert not np.allclose(steps[0], steps[1])
+
+
+def test_an_mlp_left_without_hidden_layers_gets_the_default_and_cosine_may_end_lower():
+    mlp = parse_spec({"dataset": {"uri": URI}, "model": {"type": "mlp"}})
+    assert mlp.model.hidden == [64]
+    cosine = {"schedule": "cosine", "learning_rate": 0.1, "final_lr": 0.01}
+    assert parse_spec({"dataset": {"uri": URI}, "optimizer": cosine}).optimizer.final_lr == 0.01

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from lambdagrad import steps
 from lambdagrad.artifact import TrainedModel
-from lambdagrad.data import DataError
+from lambdagrad.data import DataError, Dataset
 from lambdagrad.spec import SpecError, parse_spec
 from lambdagrad.store import JobKeys, MemoryS3, Store, StoreError
 
@@ -296,3 +296,54 @@ def test_local_sgd_is_model_averaging(optimizer):
     expected, losses = reference_train(parse_spec(doc), data, "houses.csv")
     assert len(losses) == result["rounds"] == 12
     np.testing.assert_allclose(params, expected, rtol=1e-9, atol=0)
+
+
+def test_a_warm_up_longer_than_the_job_is_refused():
+    """The rate would never reach the one asked for (0.001 .. 0.01 of 0.1)."""
+    spec = parse_spec(
+        {
+            "dataset": {"uri": "s3://bucket-name/d.csv"},
+            "optimizer": {"learning_rate": 0.1, "warmup": 100},
+            "training": {"rounds": 10, "batch_size": 4},
+        }
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"optimizer\.warmup: 100 rounds of warm-up in a job of "
+        r"10 rounds: the learning rate would never reach 0\.1",
+    ):
+        steps.check_sizes(spec, 50)
+    steps.check_sizes(
+        spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"warmup": 10})}), 50
+    )
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_float32_shards_refuse_values_float32_cannot_hold(standardize):
+    """A feature beyond 3.4e38 became inf in a float32 shard and failed the first round as
+    ModelDiverged, telling the user to lower the learning rate."""
+    X = np.ones((40, 2))
+    X[::2, 1] = 4e38
+    data = Dataset(X, np.arange(40.0), ["a", "big"], None, "y")
+    spec = parse_spec(
+        {
+            "dataset": {"uri": "s3://bucket-name/d.csv", "standardize": standardize},
+            "training": {"dtype": "float32", "batch_size": 8},
+        }
+    )
+    if standardize:  # scaled, the values are small
+        steps.split_and_scaler(spec, data, "d.csv")
+    else:
+        with pytest.raises(
+            DataError,
+            match=r"d\.csv: feature column 'big': values up to 4e\+38 "
+            r"overflow float32 \(training\.dtype\) unscaled",
+        ):
+            steps.split_and_scaler(spec, data, "d.csv")
+    label = Dataset(np.ones((40, 2)), np.full(40, -5e38), ["a", "b"], None, "y")
+    with pytest.raises(DataError, match=r"d\.csv: label values up to 5e\+38 overflow float32"):
+        steps.split_and_scaler(spec, label, "d.csv")
+    float64 = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"dtype": "float64"})}
+    )
+    steps.split_and_scaler(float64, data, "d.csv")

@@ -108,6 +108,23 @@ def test_bad_grids_are_refused(grid, message):
 
 
 # ---- ids and input ------------------------------------------------------------------------
+def test_a_grid_of_mini_batches_without_a_validation_split_is_refused():
+    """Ranked by the last round's training loss, a 4-row batch's loss beat full batches."""
+    doc = base_spec()
+    doc["dataset"] = {**doc["dataset"], "validation": 0}
+    with pytest.raises(
+        SweepError,
+        match=r"grid point 0 .* has no validation split and trains "
+        r"on mini-batches: .*set dataset\.validation",
+    ):
+        sweep.expand_grid(doc, {LR: [0.01, 0.1], BS: [4, "full"]})
+    # full batches only: the last round's loss is the loss on all the training rows
+    points = sweep.expand_grid(doc, {LR: [0.01, 0.1], BS: ["full"]})
+    assert len(points) == 2
+    doc["dataset"]["validation"] = 0.1
+    assert len(sweep.expand_grid(doc, {LR: [0.01, 0.1], BS: [4, "full"]})) == 4
+
+
 def test_point_job_ids_are_deterministic_valid_job_ids():
     assert sweep.point_job_id("lr-sweep", 0) == "lr-sweep-p000"
     assert sweep.point_job_id("lr-sweep", 42) == "lr-sweep-p042"

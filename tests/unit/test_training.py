@@ -179,3 +179,35 @@ def test_prepare_refuses_a_label_an_npz_would_ignore():
         read_training_data(buf.getvalue(), source="d.npz", spec=spec)
     spec = parse_spec({"dataset": {"uri": "s3://bucket/in/d.npz"}})
     assert read_training_data(buf.getvalue(), source="d.npz", spec=spec)[1].X.shape == (6, 2)
+
+
+def _csv(labels) -> bytes:
+    rows = "".join(f"{i},{i % 7},{label}\n" for i, label in enumerate(labels))
+    return ("a,b,y\n" + rows).encode()
+
+
+@pytest.mark.parametrize(
+    ("model", "fix"),
+    [
+        ({"type": "softmax"}, "--model linear"),
+        ({"type": "mlp", "task": "classification"}, "--task regression"),
+    ],
+)
+def test_a_classifier_refuses_a_continuous_label(model, fix):
+    """200 distinct fractional numbers were 200 classes (accuracy 0, no word)."""
+    labels = [f"{0.37 * i - 20:.6f}" for i in range(200)]
+    spec = parse_spec({"dataset": {"uri": URI, "label": "y"}, "model": model})
+    with pytest.raises(
+        DataError,
+        match=rf"d\.csv: label 'y' holds 200 distinct numbers, some "
+        rf"with fractions .*a continuous target, not classes; .*{fix}",
+    ):
+        read_training_data(_csv(labels), source="d.csv", spec=spec)
+
+
+def test_a_classifier_keeps_few_fractional_or_many_whole_classes():
+    spec = parse_spec({"dataset": {"uri": URI, "label": "y"}, "model": {"type": "softmax"}})
+    stars = [f"{(i % 10) / 2 + 0.5}" for i in range(200)]  # 0.5 .. 5.0: ten classes
+    assert len(read_training_data(_csv(stars), source="d.csv", spec=spec)[1].classes) == 10
+    codes = [str(i % 40) for i in range(200)]  # forty whole-number classes
+    assert len(read_training_data(_csv(codes), source="d.csv", spec=spec)[1].classes) == 40

@@ -427,14 +427,18 @@ def _write_run(
     }
     summary.update(status.get("metrics") or {})
     summary["aws_dollars"] = cost["dollars"] if cost else None
+    spec = json.loads(files["model.json"]).get("spec") or {}
+    rose = _loss_rose(files["history.csv"], (spec.get("optimizer") or {}).get("learning_rate"))
+    summary["warnings"] = [rose] if rose else []
     chaos = getattr(args, "chaos_run", None)
     if chaos is not None:
         summary["chaos"] = {**chaos.counts, "invocations": chaos.invocations, "survived": True}
     if args.json:
         print(json.dumps(summary))
     else:
-        spec = json.loads(files["model.json"]).get("spec") or {}
         _print_train_summary(summary, spec.get("training") or {})
+        if rose:
+            _stderr_console().print(f"[yellow]warning:[/] {rose}")
         if cost:
             print(_cost_line(cost))
         if chaos is not None:
@@ -497,6 +501,31 @@ def _why_stopped(summary: dict[str, Any], training: dict[str, Any]) -> str:
         why = f"{why}; " if why else ""
         return f" ({why}the model is round {kept}, the best on validation)"
     return f" ({why})" if why else ""
+
+
+#: How much the training loss may grow, start to end, before the summary calls it diverged.
+LOSS_ROSE_FACTOR = 1000.0
+
+
+def _loss_rose(history_csv: bytes, learning_rate: float | None) -> str | None:
+    """A warning when the training loss ended far above where it started: the job diverged
+    without overflowing (a job whose loss overflows fails with ModelDiverged), yet it
+    succeeded, and a user reading only "done" would take the model. The means of the first
+    and last rounds (a tenth of them, at most 20) smooth out single mini-batches."""
+    rows = list(csv.DictReader(io.StringIO(history_csv.decode())))
+    losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    k = min(20, len(losses) // 10 + 1)
+    if len(losses) < 2:
+        return None
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    if not (first > 0 and math.isfinite(last) and last > LOSS_ROSE_FACTOR * first):
+        return None
+    lr = f" (now {learning_rate:g})" if learning_rate else ""
+    return (
+        f"the training loss rose from {first:.4g} to {last:.4g} (history.csv): the job "
+        f"diverged; try a smaller learning rate{lr}, gradient clipping (--clip-norm) or a "
+        "larger batch"
+    )
 
 
 def _print_train_summary(summary: dict[str, Any], training: dict[str, Any]) -> None:
@@ -1114,16 +1143,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     prices = price_overrides(DEFAULT_PRICES, args.price or [])
     local_data, spec = _spec_for(args)
     rows, features, classes = args.rows, args.features, args.classes
+    regression = spec.model.task == "regression"
     if local_data:
         data = _prepare_data(args, spec)
         rows = rows or len(data.y)  # flags are at least 1 (cli_parser._count)
         features = features or data.X.shape[1]
         classes = classes or len(data.classes or [])
+        regression = data.classes is None  # an mlp's task: auto, decided from the labels
     elif rows is None or features is None:
         raise CliError(
             f"{spec.dataset.uri} is not a local file: give its size with --rows N --features D"
         )
-    if spec.model.task == "regression" or spec.model.type == "linear":
+    if regression or spec.model.type == "linear":
         classes = 1
     elif not classes:
         classes = 2

@@ -87,6 +87,22 @@ EXPRESS_MAX_SECONDS = 300.0
 DEFAULT_ROUND_FUNCTION_TIMEOUT = 55.0
 #: template.yaml's ``SegmentSeconds`` default: a segment ends after the round that passes it.
 DEFAULT_SEGMENT_SECONDS = 120.0
+#: Parameter-sized vectors each optimizer keeps between rounds (``lambdagrad.optim``).
+OPTIMIZER_STATE_VECTORS = {
+    "sgd": 0,
+    "momentum": 1,
+    "nesterov": 1,
+    "adagrad": 1,
+    "rmsprop": 1,
+    "adam": 2,
+    "adamw": 2,
+}
+#: An allowance for a handler's memory before any job data: its imports (Python, numpy,
+#: boto3, Powertools, lambdagrad) take about 60 MB of RSS; the rest is for Lambda's runtime
+#: and working buffers.
+RUNTIME_MB = 150.0
+#: Lambda's largest memory size.
+LAMBDA_MAX_MEMORY_MB = 10_240
 #: Inline Map runs at most this many iterations at once (DESIGN.md §7).
 INLINE_MAP_CONCURRENCY = 40
 #: Standard parent states per segment with an Express child (statemachine/train.asl.json):
@@ -370,6 +386,23 @@ class JobShape:
     register_model: bool = False
     itemsize: int = 8  # bytes per gradient element sent (training.dtype)
     steps_per_round: int = 1  # K local steps: each worker computes K batches a round
+    state_vectors: int = 0  # parameter-sized vectors the optimizer keeps (adam: 2)
+    hidden_units: int = 0  # an mlp's hidden widths summed: activations per row
+
+    def memory_mb(self) -> dict[str, float]:
+        """About how much memory a worker and the reducer need (MB), for the estimate's
+        warning: the parameter-sized float64 vectors each holds at once (reducer: the
+        parameters, the gradient sum, the new parameters, and the optimizer state read and
+        written; worker: the parameters, its gradient and, with K local steps, its own
+        copy), an mlp's activations of a worker's batch (forward and backward), and the
+        runtime's own (Python, numpy, the handler: :data:`RUNTIME_MB`)."""
+        vector_mb = self.n_params * 8 / 2**20
+        batch = self.batch_rows / self.workers
+        activations_mb = batch * self.hidden_units * 3 * 8 / 2**20
+        return {
+            "worker": RUNTIME_MB + vector_mb * (2 + (self.steps_per_round > 1)) + activations_mb,
+            "reduce": RUNTIME_MB + vector_mb * (3 + 2 * self.state_vectors),
+        }
 
     @property
     def segments(self) -> int:
@@ -409,6 +442,8 @@ class JobShape:
             register_model=bool(spec.output.model_name),
             itemsize=_gradient_itemsize(spec),
             steps_per_round=spec.training.steps_per_round,
+            state_vectors=OPTIMIZER_STATE_VECTORS.get(spec.optimizer.name, 2),
+            hidden_units=sum(spec.model.hidden) if spec.model.type == "mlp" else 0,
         )
 
 
@@ -611,6 +646,22 @@ def estimate(
                 f"a {step} call takes about {seconds:.0f} s, over the {round_function_timeout:.0f}"
                 " s RoundFunctionTimeout: every round would time out; use more workers, smaller"
                 " batches or fewer local steps"
+            )
+    needs = shape.memory_mb()
+    for step, parameter, who, holds in (
+        ("worker", "WorkerMemorySize", "a worker", "parameters, gradient, activations"),
+        ("reduce", "ReduceMemorySize", "the reducer", "parameters, gradient sum, optimizer state"),
+    ):
+        if needs[step] > memory.of(step):
+            fix = (
+                f"raise {parameter} (now {memory.of(step)} MB)"
+                if needs[step] <= LAMBDA_MAX_MEMORY_MB
+                else f"Lambda allows at most {LAMBDA_MAX_MEMORY_MB} MB"
+            )
+            warnings.append(
+                f"{who} needs about {needs[step]:,.0f} MB ({holds}; {p:,} parameters as "
+                f"float64): more than its {memory.of(step)} MB, so it "
+                f"would run out of memory; use a smaller model, or {fix}"
             )
     if orchestration == "express" and segment_seconds + round_s > EXPRESS_MAX_SECONDS:
         warnings.append(

@@ -161,10 +161,24 @@ class ModelSpec(_Strict):
             data = {**data, "task": fixed}
         return data
 
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _no_booleans_for_sizes(cls, value: Any) -> Any:
+        """``[true, true]`` would be read as two layers of width 1."""
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            raise ValueError(f"expected layer sizes (whole numbers), got {json.dumps(value)}")
+        return value
+
     @model_validator(mode="after")
     def _hidden_for_mlp(self, info: ValidationInfo) -> ModelSpec:
         if self.type != "mlp" and self.hidden:
             raise ValueError(f"hidden layers are for model type mlp, not {self.type}")
+        explicit = "hidden" in self.model_fields_set and not _stored(info)
+        if self.type == "mlp" and explicit and not self.hidden:
+            raise ValueError(
+                "hidden: [] gives an mlp no hidden layer; leave it out for the default [64], "
+                "or use model type linear, logistic or softmax for none"
+            )
         if self.type != "mlp" and self.activation != "relu" and not _stored(info):
             raise ValueError(f"an activation is for model type mlp, not {self.type}")
         if self.type == "mlp" and not self.hidden:
@@ -228,6 +242,15 @@ class OptimizerSpec(_Strict):
                     f"{field} {value} is read by the {' / '.join(readers)} {kind} only, not "
                     f"{getattr(self, chooser)} (it would be ignored)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cosine_decays(self, info: ValidationInfo) -> OptimizerSpec:
+        if self.schedule == "cosine" and self.final_lr > self.lr and not _stored(info):
+            raise ValueError(
+                f"final_lr {self.final_lr:g} is above the learning rate {self.lr:g}: a cosine "
+                "schedule decays to final_lr"
+            )
         return self
 
     @model_validator(mode="after")

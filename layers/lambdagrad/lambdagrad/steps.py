@@ -32,6 +32,7 @@ from lambdagrad import __version__
 from lambdagrad.artifact import TrainedModel
 from lambdagrad.cost import actual_cost_of_job, handler_seconds, write_cost
 from lambdagrad.data import (
+    DataError,
     Dataset,
     Standardizer,
     shard_bounds,
@@ -303,7 +304,8 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
 
 
 def check_sizes(spec: JobSpec, n_train: int) -> None:
-    """The batch and the workers fit the training rows (the CLI checks a local file early)."""
+    """The batch, the workers and the warm-up fit the training rows (the CLI checks a local
+    file early)."""
     bs = spec.training.batch_size
     if bs != "full" and int(bs) > n_train:
         raise SpecError(
@@ -314,6 +316,13 @@ def check_sizes(spec: JobSpec, n_train: int) -> None:
         raise SpecError(
             f"training.workers: {spec.training.workers} workers for {n_train} training rows; "
             "every worker needs at least one row"
+        )
+    warmup, rounds = spec.optimizer.warmup, total_rounds(spec, n_train)
+    if warmup > rounds:
+        raise SpecError(
+            f"optimizer.warmup: {warmup} rounds of warm-up in a job of {rounds} rounds: the "
+            f"learning rate would never reach {spec.optimizer.lr:g}; warm up over at most "
+            f"{rounds} rounds"
         )
 
 
@@ -334,10 +343,39 @@ def split_and_scaler(
             check_sizes(each, len(train_idx))
         except SpecError as exc:
             raise SpecError(f"{name}: {exc}" if name else str(exc)) from None
+    _check_fits_dtype(spec, data, source)
     if not spec.dataset.standardize:
         return train_idx, val_idx, Standardizer.identity(data.X.shape[1])
     scaler = Standardizer.fit_rows(data.X, train_idx, names=data.feature_names, source=source)
     return train_idx, val_idx, scaler
+
+
+def _check_fits_dtype(spec: JobSpec, data: Dataset, source: str, chunk: int = 16_384) -> None:
+    """float32 shards hold values up to 3.4e38: a larger one became inf, and the first
+    round failed as if the learning rate were too large. Standardized features are small;
+    unscaled ones and regression targets are checked, chunk by chunk, and named."""
+    if spec.training.dtype != "float32":
+        return
+    top = float(np.finfo(np.float32).max)
+    if data.classes is None and data.y.dtype != np.float32 and data.y.size:
+        largest = float(np.abs(data.y).max())
+        if largest > top:
+            raise DataError(
+                f"{source}: label values up to {largest:g} overflow float32 (training.dtype); "
+                "rescale the label or train in float64"
+            )
+    if spec.dataset.standardize or data.X.dtype == np.float32:
+        return
+    for lo in range(0, len(data.X), chunk):
+        over = np.flatnonzero(np.abs(data.X[lo : lo + chunk]).max(axis=0) > top)
+        if over.size:
+            j = int(over[0])
+            largest = float(np.abs(data.X[:, j]).max())
+            raise DataError(
+                f"{source}: feature column {data.feature_names[j]!r}: values up to {largest:g} "
+                "overflow float32 (training.dtype) unscaled; standardize the features or train "
+                "in float64"
+            )
 
 
 def prepare(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) -> dict:

@@ -206,6 +206,7 @@ def expand_grid(base_spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]])
     base.pop("job_id", None)
     points: list[dict] = []
     errors: list[tuple[int, dict[str, Any], str]] = []
+    unranked: list[tuple[int, dict[str, Any]]] = []
     for index, combo in enumerate(itertools.product(*axes)):
         params = dict(zip(paths, combo, strict=True))
         doc = copy.deepcopy(base)
@@ -216,6 +217,8 @@ def expand_grid(base_spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]])
         except SpecError as exc:
             errors.append((index, params, str(exc)))
             continue
+        if spec.dataset.validation == 0 and not spec.training.full_batch:
+            unranked.append((index, params))
         spec_doc = json.loads(spec.model_dump_json(exclude_unset=True))
         spec_doc.pop("job_id", None)
         points.append({"params": params, "spec": spec_doc})
@@ -225,6 +228,14 @@ def expand_grid(base_spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]])
         shown = "; ".join(f"{describe_point(i, p)}: {msg}" for i, p, msg in errors[:10])
         more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise SpecError(f"{len(errors)} of {total} grid points are invalid: {shown}{more}")
+    if unranked:
+        index, params = unranked[0]
+        raise SweepError(
+            f"{describe_point(index, params)} has no validation split and trains on "
+            "mini-batches: without held-out data a sweep ranks points by their last round's "
+            "training loss, which for a mini-batch is the loss of its few rows, not a fair "
+            "comparison; set dataset.validation (--validation 0.1), or sweep full batches only"
+        )
     return points
 
 

@@ -278,7 +278,27 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
             else "model type logistic, softmax or mlp (--model)"
         )
         raise DataError(f"{exc}; if the column holds classes, use {fix}") from None
+    if dataset.classes is not None:
+        label = dataset.label_name or ds.label or "the last column"
+        _refuse_continuous_classes(dataset.classes, source, label, spec)
     return spec, dataset
+
+
+def _refuse_continuous_classes(classes: list, source: str, label: str, spec: Any) -> None:
+    """Numbers with fractions, more than ``task: auto`` would take for classes, are a
+    regression target: a classifier would learn one class per value (a float column of
+    prices as 2,000 classes) and report accuracy 0, without a word."""
+    if len(classes) <= MAX_AUTO_CLASSES or not all(_is_number(c) for c in classes):
+        return
+    fraction = next((c for c in classes if _is_fraction(c)), None)
+    if fraction is None:
+        return
+    fix = "--task regression" if spec.model.type == "mlp" else "--model linear (or an mlp)"
+    raise DataError(
+        f"{source}: label {label!r} holds {len(classes)} distinct numbers, "
+        f"some with fractions (e.g. {fraction!r}): a continuous target, not classes; for a "
+        f"regression use {fix}"
+    )
 
 
 def _is_number(label: object) -> bool:

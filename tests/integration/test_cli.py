@@ -80,6 +80,9 @@ def test_train_evaluate_predict_regression(tmp_path, capsys):
     lines = preds.read_text().splitlines()
     assert lines[0] == "prediction" and len(lines) == 2001
 
+    assert main(["predict", str(out), str(HOUSES), "--proba"]) == 1
+    assert "--proba: the model is a regression" in capsys.readouterr().err
+
     # an --out that is a symlink is written through, as a shell's > would: the link stays
     target, link = tmp_path / "kept" / "predictions.csv", tmp_path / "latest.csv"
     target.parent.mkdir()
@@ -107,6 +110,14 @@ def test_train_classifier_with_config_and_flag_override(tmp_path, capsys):
     preds = tmp_path / "p.csv"
     assert main(["predict", str(out), str(IRIS), "--out", str(preds)]) == 0
     assert set(preds.read_text().split()[1:]) <= {"setosa", "versicolor", "virginica"}
+    # --proba: a column per class; each row sums to 1 and its largest is the prediction
+    assert main(["predict", str(out), str(IRIS), "--out", str(preds), "--proba"]) == 0
+    with open(preds) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["prediction", "p_setosa", "p_versicolor", "p_virginica"]
+    p = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    assert [rows[0][1:][i][2:] for i in p.argmax(axis=1)] == [r[0] for r in rows[1:]]
 
 
 def test_defaults_train_well(tmp_path, capsys):

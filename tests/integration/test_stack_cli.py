@@ -129,6 +129,30 @@ def test_registered_model_is_served_by_the_predict_function(engine, tmp_path, ca
     engine.reset()
 
 
+def test_predict_proba_from_the_stack_matches_the_run_directory(engine, tmp_path, capsys):
+    iris = EVENTS / "data" / "iris.csv"
+    flags = stack_flags(engine)
+    train = ["train", str(iris), "--label", "species", "--model", "softmax", "--rounds", "20"]
+    out = ["--quiet", "--out", str(tmp_path / "m"), "--model-name", "iris", "--job-id", "iris-p"]
+    assert main([*train, *out, *flags]) == 0
+    served, local = tmp_path / "served.csv", tmp_path / "local.csv"
+    predict = ["predict", "--proba", "--out"]
+    assert main([*predict, str(served), "--model-name", "iris", str(iris), *flags]) == 0
+    assert main([*predict, str(local), str(tmp_path / "m"), str(iris)]) == 0
+    rows = [line.split(",") for line in served.read_text().splitlines()]
+    assert rows[0] == ["prediction", "p_setosa", "p_versicolor", "p_virginica"]
+    assert len(rows) == 151 and {r[0] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
+    mine = [line.split(",") for line in local.read_text().splitlines()]
+    assert [r[0] for r in mine] == [r[0] for r in rows]
+    np.testing.assert_allclose(
+        [[float(v) for v in r[1:]] for r in rows[1:]],
+        [[float(v) for v in r[1:]] for r in mine[1:]],
+        rtol=1e-12,
+    )
+    capsys.readouterr()
+    engine.reset()
+
+
 def test_a_file_submitted_twice_at_once_is_two_jobs_under_ascii_keys(
     engine, tmp_path, capsys, monkeypatch
 ):

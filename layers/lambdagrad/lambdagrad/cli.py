@@ -635,11 +635,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictions_csv(predictions: list[Any], out: str | None) -> None:
+def _predictions_csv(
+    predictions: list[Any], out: str | None, proba: tuple[list[Any], list[list[float]]] | None
+) -> None:
+    """One row per input row: the prediction, and with ``proba`` (classes, probabilities)
+    a ``p_<class>`` column per class."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["prediction"])
-    writer.writerows([p] for p in predictions)
+    if proba is None:
+        writer.writerow(["prediction"])
+        writer.writerows([p] for p in predictions)
+    else:
+        classes, probabilities = proba
+        writer.writerow(["prediction", *(f"p_{c}" for c in classes)])
+        writer.writerows([p, *row] for p, row in zip(predictions, probabilities, strict=True))
     if out:
         path = Path(out)
         _write_file_atomically(path, buf.getvalue())
@@ -700,8 +709,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         with open_stack(args) as stack:
             pointer = lookup(stack.store, args.model_name)
             trained = load_registered(stack.store, pointer)
+            _check_proba(args, trained)
             X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
             predictions: list[Any] = []
+            probabilities: list[list[float]] = []
             chunk = _predict_chunk(
                 int(stack.outputs.get("PredictMaxRows", PREDICT_CHUNK_ROWS)), X[:1].tolist()
             )
@@ -711,18 +722,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 except StackError as exc:  # its rows are the chunk's: name the file's
                     raise CliError(_rows_of_file(str(exc), path.name, start)) from None
                 predictions += answer["predictions"]
-        _predictions_csv(predictions, args.out)
+                probabilities += answer.get("probabilities") or []
+        proba = (_classes_of(trained), probabilities) if args.proba else None
+        _predictions_csv(predictions, args.out, proba)
         return 0
     if len(args.paths) != 2:
         raise CliError("lambdagrad predict RUN_DIR DATA (or --stack NAME --model-name MODEL DATA)")
     run, data = args.paths
     trained = _load_run(run)
+    _check_proba(args, trained)
     path = Path(data)
     X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
     with _scoring(path):
-        predictions = trained.predict(X)
-    _predictions_csv(predictions, args.out)
+        predictions, out = trained.predict_with_proba(X)
+    proba = (_classes_of(trained), out.tolist()) if args.proba and out is not None else None
+    _predictions_csv(predictions, args.out, proba)
     return 0
+
+
+def _check_proba(args: argparse.Namespace, trained: TrainedModel) -> None:
+    if args.proba and not trained.is_classifier:
+        raise CliError("--proba: the model is a regression; probabilities are a classifier's")
+
+
+def _classes_of(trained: TrainedModel) -> list[Any]:
+    return list(trained.classes or range(trained.model.n_classes))
 
 
 def _require_stack(args: argparse.Namespace, what: str) -> None:

@@ -499,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["csv", "npy", "npz"])
     pr.add_argument("--out", help="CSV to write (default: standard output)")
     pr.add_argument("--model-name", help="with --stack: the registered model to call")
+    pr.add_argument(
+        "--proba",
+        action="store_true",
+        help="a classifier's probabilities too: a p_<class> column per class",
+    )
     _add_stack_flags(pr)
 
     sw = sub.add_parser(

@@ -764,3 +764,20 @@ def test_train_warns_when_the_job_diverged_without_overflowing(tmp_path, capsys)
     assert len(summary["warnings"]) == 1 and "the job diverged" in summary["warnings"][0]
     assert main(train_args(data, tmp_path / "ok", *flags, "--lr", "0.05", "--json")) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["warnings"] == []
+
+
+def test_a_job_that_overflows_fails_by_name_without_numpy_warnings(tmp_path, capsys):
+    """numpy's overflow warnings reached the terminal before ModelDiverged said it all."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 3))
+    data = tmp_path / "cls3.csv"
+    data.write_text(
+        "a,b,c,y\n" + "".join(f"{a},{b},{c},{int(a > 0) + int(b > 0)}\n" for a, b, c in X)
+    )
+    flags = ["--label", "y", "--model", "mlp", "--hidden", "3", "--rounds", "150"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a warning would fail the step instead
+        rc = main(train_args(data, tmp_path / "run", *flags, "--workers", "2", "--lr", "1000"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "failed: ModelDiverged: round" in err and "RuntimeWarning" not in err

@@ -415,7 +415,10 @@ def _write_run(
 
     from lambdagrad.plot import loss_curve_png
 
-    files["loss.png"] = loss_curve_png(files["history.csv"], title=f"{job_id}")
+    try:
+        files["loss.png"] = loss_curve_png(files["history.csv"], title=f"{job_id}")
+    except Exception as exc:  # a picture must not cost the user the model
+        _stderr_console().print(f"[yellow]warning:[/] no loss.png: drawing it failed ({exc})")
     write_directory_atomically(out, files)
     summary = {
         "job_id": job_id,

@@ -457,9 +457,10 @@ def worker(store: Store, event: dict[str, Any], emit: MetricSink = _no_metrics) 
     data = cached_shard(store, keys.shard(shard))  # memory, then /tmp, then S3
     X, y = data["X"], data["y"]
     params = _cached(store, keys.params(round_), "get_array")  # immutable once written
-    grad_sum, loss_sum, count = worker_update(
-        _model(meta, spec), spec, params, X, y, round_, shard, int(meta["rounds"])
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # not finite: ModelDiverged, below
+        grad_sum, loss_sum, count = worker_update(
+            _model(meta, spec), spec, params, X, y, round_, shard, int(meta["rounds"])
+        )
     if not (math.isfinite(loss_sum) and np.all(np.isfinite(grad_sum))):
         raise ModelDiverged(
             f"round {round_}, shard {shard}: the loss or gradient is not finite; the last "
@@ -548,7 +549,8 @@ def _validation_loss(
     val = _cached(store, keys.validation, "get_arrays")
     if len(val["y"]) == 0:
         return None
-    loss = float(model.loss(params, val["X"], val["y"]))
+    with np.errstate(over="ignore", invalid="ignore"):  # not finite: ModelDiverged, below
+        loss = float(model.loss(params, val["X"], val["y"]))
     if not math.isfinite(loss):
         raise ModelDiverged(
             f"round {round_}: the validation loss is {loss}; the last finite parameters are "

@@ -379,9 +379,13 @@ def test_a_run_says_why_it_stopped_and_a_job_id_is_used_once(tmp_path, capsys):
     before = (out / "model.json").read_bytes()
     assert main(train_args(IRIS, out, *flags, "--overwrite")) == 1
     err = capsys.readouterr().err
-    assert "job 'es-1' already ran in" in err and "give --job-id NEW" in err
+    assert "job 'es-1' already ran in" in err and "give --job-id NEW to train" in err
     assert "continue it" not in err  # it finished
     assert (out / "model.json").read_bytes() == before
+    # without --overwrite the advice names both flags a new run there needs (each refusal
+    # named one, and the user went back and forth between them)
+    assert main(train_args(IRIS, out, *flags)) == 1
+    assert "give --job-id NEW --overwrite to train again there" in capsys.readouterr().err
     # a job that stopped with a checkpoint and no model: the message names its resume
     stopped = tmp_path / "stopped"
     shutil.copytree(out, stopped)
@@ -460,7 +464,8 @@ def test_status_of_a_local_job_reads_its_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("st1: SUCCEEDED, round 2/2") and "AWS cost of what ran" in printed
     assert main(["status", "st1", "--out", str(tmp_path / "elsewhere")]) == 1
-    assert "no local records of job st1 in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no local records of job st1 in" in err and "ran inside that submit command" in err
     assert main(["status", "st1", "--out", str(out), "--follow"]) == 1
     assert "--follow needs --stack" in capsys.readouterr().err
     records = out / "state" / "DataBucket" / "jobs" / "st1"
@@ -781,3 +786,37 @@ def test_a_job_that_overflows_fails_by_name_without_numpy_warnings(tmp_path, cap
     assert rc == 1
     err = capsys.readouterr().err
     assert "failed: ModelDiverged: round" in err and "RuntimeWarning" not in err
+
+
+def test_a_later_job_that_did_not_finish_is_named_beside_the_model_it_left(tmp_path, capsys):
+    """An interrupted train --overwrite keeps the old model (as it should); evaluate and
+    predict scored it without a word, though the user had asked for a new one."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    flags = ["--label", "price", "--rounds", "3", "--workers", "2"]
+    assert main(train_args(HOUSES, out, *flags, "--job-id", "old")) == 0
+    assert main(train_args(HOUSES, other, *flags, "--job-id", "new")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # job "new" as an interrupted train --overwrite into `out` leaves it: running, no model
+    jobs = out / "state" / "DataBucket" / "jobs"
+    shutil.copytree(other / "state" / "DataBucket" / "jobs" / "new", jobs / "new")
+    (jobs / "new" / "model" / "model.json").unlink()
+    status = json.loads((jobs / "new" / "status.json").read_text())
+    (jobs / "new" / "status.json").write_text(json.dumps({**status, "state": "RUNNING"}))
+    assert main(["evaluate", str(out), str(HOUSES), "--json"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: {out}/model.json is job old's; job new, started here after it, stopped" in err
+    assert f"continue it with: lambdagrad resume new --out {out} --overwrite" in err
+    assert main(["predict", str(out), str(HOUSES), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "job new, started here after it, stopped" in " ".join(capsys.readouterr().err.split())
+
+
+def test_counts_are_singular_for_one():
+    from lambdagrad.cli import _counted
+
+    assert (_counted(1, "round"), _counted(2, "round"), _counted(0, "point")) == (
+        "1 round",
+        "2 rounds",
+        "0 points",
+    )

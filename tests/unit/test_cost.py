@@ -307,6 +307,11 @@ def test_estimate_command_prints_the_bill(capsys):
     assert rc == 0
     for text in ("Lambda compute", "S3 GET/HEAD", "Step Functions", "total", P.as_of, "--price"):
         assert text in out, text
+    assert "except" not in out
+    rc = main(["estimate", str(HOUSES), "--label", "price", "--price", "s3_get=0.001"])
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert rc == 0 and f"list prices as of {P.as_of}" in out
+    assert ", except s3_get=0.001 (--price);" in out
     rc = main(
         [
             *("estimate", str(HOUSES), "--label", "price", "--rounds", "50", "--json"),

@@ -328,18 +328,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     job_id = spec.job_id or _default_job_id(args.data or spec.dataset.uri)
     out = Path(args.out) if args.out else Path("runs") / job_id
     _check_out(out, directory=True)
-    if (out / "model.json").exists() and not args.overwrite:
-        raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
+    replaces = (out / "model.json").exists() and not args.overwrite
     ran = _local_jobs(out) / job_id
     if not args.stack and (ran / "claim.json").is_file():
-        # a job id is used once (its claim stays): say so now, not after the engine started
+        # a job id is used once (its claim stays): say so now, not after the engine started;
+        # first, so the advice names every flag a new run there needs
         unfinished = not (ran / "model" / "model.json").is_file()
         resumable = unfinished and any((ran / "params").glob("*"))
+        again = "--job-id NEW --overwrite" if replaces else "--job-id NEW"
         raise CliError(
             f"job {job_id!r} already ran in {out}/ and a job id is used once: give "
-            f"--job-id NEW to train again there, or another --out"
+            f"{again} to train again there, or another --out"
             + (f" (or continue it: {_resume_command(job_id, out)})" if resumable else "")
         )
+    if replaces:
+        raise CliError(f"{out} already holds a model; pass --overwrite or choose another --out")
 
     started = time.monotonic()
     # a new job: of earlier jobs in this run directory only their claims come back (their
@@ -531,6 +534,11 @@ def _loss_rose(history_csv: bytes, learning_rate: float | None) -> str | None:
     )
 
 
+def _counted(n: int, noun: str) -> str:
+    """``1 round``, ``3 rounds``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_train_summary(summary: dict[str, Any], training: dict[str, Any]) -> None:
     val = summary.get("validation") or {}
     parts = [f"{k} {v:.4g}" for k, v in val.items() if k != "rows" and isinstance(v, float)]
@@ -538,7 +546,7 @@ def _print_train_summary(summary: dict[str, Any], training: dict[str, Any]) -> N
     val_loss = summary.get("validation_loss")
     why = _why_stopped(summary, training)
     print(
-        f"done: {summary['rounds']} rounds in {summary['seconds']} s{why}; "
+        f"done: {_counted(summary['rounds'], 'round')} in {summary['seconds']} s{why}; "
         f"train loss {train_loss:.4g}"
         + (f", validation loss {val_loss:.4g}" if val_loss is not None else "")
         + (f" ({', '.join(parts)})" if parts else "")
@@ -602,7 +610,41 @@ def _load_run(run: str) -> TrainedModel:
             f"{directory} has no model yet: its job ({job}) did not finish; continue it "
             f"with: {_resume_command(job, directory)}"
         )
-    return TrainedModel.load(directory)
+    trained = TrainedModel.load(directory)
+    _warn_of_a_later_unfinished_job(directory, trained.info.get("job_id"))
+    return trained
+
+
+def _warn_of_a_later_unfinished_job(directory: Path, model_job: str | None) -> None:
+    """An interrupted ``train --overwrite`` leaves the old model in place (as it should), but
+    the user asked for a new one: say whose model this is, and how to finish the new one."""
+    jobs = _local_jobs(directory)
+    if not jobs.is_dir():
+        return
+
+    def claimed(job: str) -> float:
+        with contextlib.suppress(CliError, TypeError, ValueError):
+            return float(_read_json(jobs / job / "claim.json").get("claimed_at"))
+        return -math.inf
+
+    since = claimed(model_job) if model_job else -math.inf
+    for job in sorted(p.name for p in jobs.iterdir() if (p / "status.json").is_file()):
+        if job == model_job or claimed(job) <= since:
+            continue
+        with contextlib.suppress(CliError):
+            status, held = _recorded_status(directory, job)
+            if status.get("state") not in ("RUNNING", "STOPPED"):
+                continue
+            later = (
+                f"is still training here (round {status.get('round')})"
+                if held
+                else f"stopped at round {status.get('round')}; continue it with: "
+                f"{_resume_command(job, directory)}"
+            )
+            _stderr_console().print(
+                f"[yellow]warning:[/] {directory}/model.json is job {model_job}'s; job {job}, "
+                f"started here after it, {later}"
+            )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -907,7 +949,8 @@ def _local_status(
     if not (records / "status.json").is_file():
         raise CliError(
             f"no local records of job {args.job_id} in {records}/: give the --out it was "
-            "trained with, or --stack NAME for a job on a deployed stack"
+            "trained with, or --stack NAME for a job on a deployed stack (a job submitted "
+            "without --stack ran inside that submit command and kept no records)"
         )
     status, _ = _recorded_status(out, args.job_id)
     done = status.get("state") == "SUCCEEDED" and (records / "cost.json").is_file()
@@ -1062,8 +1105,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
         if not args.quiet and not args.json:
             _stderr_console().print(
-                f"sweep [bold]{sweep_id}[/]: {len(points)} points, "
-                f"at most {args.concurrency} at once"
+                f"sweep [bold]{sweep_id}[/]: {_counted(len(points), 'point')}"
+                + (f", at most {args.concurrency} at once" if args.concurrency < len(points) else "")
             )
         desc = stack.wait_execution(arn, poll_seconds=0.5)
         if desc["status"] != "SUCCEEDED":
@@ -1123,7 +1166,7 @@ def _job_cost(stack: StackClient, job_id: str) -> dict[str, Any] | None:
 def _cost_line(cost: dict[str, Any]) -> str:
     return (
         f"AWS cost of what ran: ${cost['dollars']:.6f} "
-        f"({cost['rounds']} rounds, prices of {cost['prices']['as_of']})"
+        f"({_counted(cost['rounds'], 'round')}, prices of {cost['prices']['as_of']})"
     )
 
 

@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a classifier's probabilities too: a p_<class> column per class",
     )
-    _add_stack_flags(pr)
+    _add_stack_flags(pr, "default: the run directory RUN_DIR")
 
     sw = sub.add_parser(
         "sweep",

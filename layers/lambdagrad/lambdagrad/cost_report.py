@@ -6,7 +6,10 @@ and what finalize writes to ``cost.json`` -- so both print the same way.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
+
+from lambdagrad.pricing import DEFAULT_PRICES
 
 __all__ = ["cost_table", "print_cost"]
 
@@ -73,10 +76,17 @@ def print_cost(doc: dict[str, Any], console: Any = None, *, notes: bool = True) 
         return
     prices = doc.get("prices", {})
     details = doc.get("details", {})
+    listed = asdict(DEFAULT_PRICES)
+    changed = [
+        f"{k}={v:g}"
+        for k, v in prices.items()
+        if k not in ("as_of", "region") and k in listed and v != listed[k]
+    ]
     console.print(
         f"prices: {prices.get('region', '?')} list prices as of {prices.get('as_of', '?')} "
-        "(arm64 Lambda, S3 Standard, no free tier); override with "
-        "--price lambda_gb_second=0.0000133334 (names: "
+        "(arm64 Lambda, S3 Standard, no free tier)"
+        + (f", except {', '.join(changed)} (--price)" if changed else "")
+        + "; override with --price lambda_gb_second=0.0000133334 (names: "
         + ", ".join(k for k in prices if k not in ("as_of", "region"))
         + ")"
     )

@@ -1104,9 +1104,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"{sweep_id}-p000{_stack_flags(args)}"
             )
         if not args.quiet and not args.json:
+            limit = args.concurrency < len(points)
             _stderr_console().print(
                 f"sweep [bold]{sweep_id}[/]: {_counted(len(points), 'point')}"
-                + (f", at most {args.concurrency} at once" if args.concurrency < len(points) else "")
+                + (f", at most {args.concurrency} at once" if limit else "")
             )
         desc = stack.wait_execution(arn, poll_seconds=0.5)
         if desc["status"] != "SUCCEEDED":

@@ -820,3 +820,32 @@ def test_counts_are_singular_for_one():
         "2 rounds",
         "0 points",
     )
+
+
+def test_columns_excluded_from_training_are_ignored_by_evaluate_and_predict(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 3))
+    data = tmp_path / "withid.csv"
+    data.write_text(
+        "id,a,b,c,notes,y\n"
+        + "".join(
+            f"h{i},{a},{b},{c},note {i},{a + 2 * b + 3 * c}\n" for i, (a, b, c) in enumerate(X)
+        )
+    )
+    out = tmp_path / "run"
+    flags = ["--label", "y", "--exclude", "id,notes", "--rounds", "60", "--workers", "2"]
+    assert main(train_args(data, out, *flags)) == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["feature_names"] == ["a", "b", "c"]
+    assert model["spec"]["dataset"]["exclude"] == ["id", "notes"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["r2"] > 0.99
+    assert main(["predict", str(out), str(data), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 301
+    # without it the id is "not a number"; a misspelt one is named with the header
+    assert main(train_args(data, tmp_path / "no", "--label", "y")) == 1
+    err = capsys.readouterr().err
+    assert "column 'id': 'h0' is not a number (a column that is not a feature is left out" in err
+    assert main(train_args(data, tmp_path / "no", "--label", "y", "--exclude", "ID")) == 1
+    assert "dataset.exclude names no column 'ID'" in capsys.readouterr().err

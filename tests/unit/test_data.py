@@ -376,3 +376,32 @@ def test_a_label_an_npz_would_ignore_is_refused(source, fmt, label):
 )
 def test_labels_that_apply_pass(source, fmt, label):
     check_label_applies(source, fmt, label, "dataset.label")
+
+
+def test_excluded_columns_are_not_read():
+    """An id or a note column: not a number (train refused the file) or, when numeric, a
+    feature by accident."""
+    text = "id,a,note,b,y\nh1,1,hello,2,3\nh2,4,,5,6\n"
+    ds = _csv(text, exclude=["id", "note"])
+    assert ds.feature_names == ["a", "b"] and ds.X.tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    assert ds.y.tolist() == [3.0, 6.0]
+    with pytest.raises(
+        DataError,
+        match=r"data\.csv: dataset\.exclude names no column 'ID'; "
+        r"its header has 'id', 'a', 'note', 'b', 'y'",
+    ):
+        _csv(text, exclude=["ID", "note"])
+    with pytest.raises(DataError, match=r"dataset\.exclude names the label 'y'"):
+        _csv(text, exclude=["id", "note", "y"])
+    with pytest.raises(DataError, match=r"no feature columns"):
+        _csv("id,y\nh1,3\n", exclude=["id"])
+    buf = io.BytesIO()
+    np.save(buf, np.ones((3, 3)))
+    with pytest.raises(
+        DataError,
+        match=r"d\.npy: dataset\.exclude names CSV columns; a \.npy "
+        r"has none",
+    ):
+        load_dataset(
+            buf.getvalue(), source="d.npy", fmt=None, label=None, task="regression", exclude=["id"]
+        )

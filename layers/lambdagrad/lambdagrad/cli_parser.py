@@ -41,6 +41,7 @@ class CliError(RuntimeError):
 # flag destination -> (spec group, field)
 SPEC_FLAGS: dict[str, tuple[str, str]] = {
     "label": ("dataset", "label"),
+    "exclude": ("dataset", "exclude"),
     "format": ("dataset", "format"),
     "validation": ("dataset", "validation"),
     "standardize": ("dataset", "standardize"),
@@ -263,6 +264,11 @@ def _add_spec_flags(p: argparse.ArgumentParser, *, lists: bool = False) -> Any:
     d = p.add_argument_group("data")
     d.add_argument(
         "--label", help="label column (CSV) or column index (.npy); default: last column"
+    )
+    d.add_argument(
+        "--exclude",
+        type=_items,
+        help="CSV columns that are not features, e.g. id,notes (not read; predict ignores them)",
     )
     d.add_argument(
         "--format", choices=["csv", "npy", "npz"], help="file format; default: from the extension"

@@ -92,6 +92,7 @@ def load_dataset(
     max_features: int = 10_000,
     min_classes: int = 2,
     features: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Dataset:
     """Parse and validate a dataset held in memory.
 
@@ -120,6 +121,9 @@ def load_dataset(
         csv only: the feature columns to read, by name and in this order (a trained model's);
         every other column but the label is ignored, unparsed (an id, a note). None: every
         column but the label.
+    exclude : list of str
+        csv only: columns that are not features (an id, a note), left unparsed; each must
+        exist and not be the label.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -128,9 +132,13 @@ def load_dataset(
         X = _np_features(data, source, fmt)
         _check_feature_count(X.shape[1], source, max_features)
         return Dataset(_numeric_features(X, source), np.zeros(0), _x_names(X.shape[1]), None)
+    if exclude and fmt != "csv":
+        raise DataError(
+            f"{source}: dataset.exclude names CSV columns; a .{fmt} has none (leave it out)"
+        )
     if fmt == "csv":
         feature_names, X, y_raw, label_name = _read_csv(
-            data, source, label, task, max_features, features
+            data, source, label, task, max_features, features, exclude
         )
         if task == "features":
             return Dataset(X, np.zeros(0), feature_names, None)
@@ -241,6 +249,7 @@ def _read_csv(
     task: str,
     max_features: int,
     wanted: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> tuple[list[str], np.ndarray, list[str] | np.ndarray, str]:
     """Features as float64, labels as float64 (regression) or stripped strings."""
     try:
@@ -286,11 +295,34 @@ def _read_csv(
             )
         feature_names = list(wanted)
         picked = [names.index(name) for name in wanted]
+    elif exclude:
+        unknown = [name for name in exclude if name not in names]
+        if unknown:
+            raise DataError(
+                f"{source}: dataset.exclude names no column {', '.join(map(repr, unknown))}"
+                + _columns_found(names)
+            )
+        if li < len(names) and names[li] in exclude:
+            raise DataError(f"{source}: dataset.exclude names the label {names[li]!r}")
+        feature_names = [name for name in feature_names if name not in exclude]
+        picked = [names.index(name) for name in feature_names]
     _check_feature_count(len(feature_names), source, max_features)
 
     ncols, label_name = len(names), (names[li] if li < len(names) else "")
     regression = task == "regression"
     features_only = task == "features"
+
+    def features_of(cells: list[list[str]], lines: list[int]) -> np.ndarray:
+        try:
+            return _to_float(cells, lines, feature_names, source, plain)
+        except DataError as exc:  # an id or a note among the columns trained on?
+            if wanted is not None or features_only or " is not a number" not in str(exc):
+                raise
+            raise DataError(
+                f"{exc} (a column that is not a feature is left out with --exclude, "
+                "dataset.exclude)"
+            ) from None
+
     x_chunks: list[np.ndarray] = []
     y_chunks: list[np.ndarray] = []
     labels: list[str] = []  # all label cells (classification) or this chunk's (regression)
@@ -308,13 +340,13 @@ def _read_csv(
         cells.append(row[:li] + row[li + 1 :] if picked is None else [row[j] for j in picked])
         lines.append(line)
         if len(cells) >= _CHUNK_ROWS:
-            x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
+            x_chunks.append(features_of(cells, lines))
             if regression:
                 y_chunks.append(_regression_labels_of(labels, lines, label_name, source, plain))
                 labels = []
             cells, lines = [], []
     if cells:
-        x_chunks.append(_to_float(cells, lines, feature_names, source, plain))
+        x_chunks.append(features_of(cells, lines))
         if regression:
             y_chunks.append(_regression_labels_of(labels, lines, label_name, source, plain))
     if not x_chunks:

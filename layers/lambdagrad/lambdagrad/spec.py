@@ -93,6 +93,11 @@ class DatasetSpec(_Strict):
     label: str | None = Field(
         None, description="label column (CSV) or column index (npy); an npz's labels are array y"
     )
+    exclude: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="CSV columns that are not features (an id, a note): not read",
+    )
     validation: float = Field(0.1, ge=0.0, le=0.9, description="held-out fraction")
     standardize: bool = Field(True, description="scale features to zero mean, unit variance")
     max_features: int = Field(

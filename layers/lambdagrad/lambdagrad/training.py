@@ -22,6 +22,7 @@ optimizer steps with (:func:`local_sgd`, :func:`reduce_round`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -213,6 +214,7 @@ def infer_task(
     fmt: str | None,
     label: str | None,
     max_features: int = 10_000,
+    exclude: Sequence[str] = (),
 ) -> str:
     """Regression or classification for an mlp with ``task: auto``, from the labels.
 
@@ -223,7 +225,13 @@ def infer_task(
     """
     try:
         ds = load_dataset(
-            data, source=source, fmt=fmt, label=label, task="regression", max_features=max_features
+            data,
+            source=source,
+            fmt=fmt,
+            label=label,
+            task="regression",
+            max_features=max_features,
+            exclude=exclude,
         )
     except DataError as not_numeric:
         # read as classes, a DataError is the file's own (a bad feature cell, a ragged row)
@@ -235,6 +243,7 @@ def infer_task(
             task="classification",
             min_classes=1,
             max_features=max_features,
+            exclude=exclude,
         )
         numbers = [c for c in labels.classes or [] if _is_number(c)]
         if any(_is_fraction(c) for c in numbers):
@@ -259,7 +268,12 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
     check_label_applies(source, ds.format, ds.label, "dataset.label")
     if task == "auto":
         task = infer_task(
-            data, source=source, fmt=ds.format, label=ds.label, max_features=ds.max_features
+            data,
+            source=source,
+            fmt=ds.format,
+            label=ds.label,
+            max_features=ds.max_features,
+            exclude=ds.exclude,
         )
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})})
     try:
@@ -270,6 +284,7 @@ def read_training_data(data: bytes, *, source: str, spec: JobSpec) -> tuple[JobS
             label=ds.label,
             task=task,
             max_features=ds.max_features,
+            exclude=ds.exclude,
         )
     except LabelNotNumberError as exc:
         fix = (

@@ -849,3 +849,21 @@ def test_columns_excluded_from_training_are_ignored_by_evaluate_and_predict(tmp_
     assert "column 'id': 'h0' is not a number (a column that is not a feature is left out" in err
     assert main(train_args(data, tmp_path / "no", "--label", "y", "--exclude", "ID")) == 1
     assert "dataset.exclude names no column 'ID'" in capsys.readouterr().err
+
+
+def test_ctrl_c_quiets_the_interpreter_of_the_executions_it_cuts():
+    """Interrupted, the engine stops its executions mid-step; moto's interpreter logged every
+    task it cut (kilobytes after the resume command)."""
+    import argparse
+    import logging
+
+    from lambdagrad.cli import open_stack
+
+    moto_log = logging.getLogger("moto")
+    level = moto_log.level
+    try:
+        with pytest.raises(KeyboardInterrupt), open_stack(argparse.Namespace(template=None)):
+            raise KeyboardInterrupt
+        assert moto_log.level > logging.CRITICAL
+    finally:
+        moto_log.setLevel(level)

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -126,7 +127,13 @@ def open_stack(
                 f"s3://{bucket}/": f"{state_dir / logical_id}/"
                 for bucket, logical_id in engine.buckets().items()
             }
-        yield stack
+        try:
+            yield stack
+        except KeyboardInterrupt:
+            # the engine stops its executions mid-step, and moto's interpreter logs each
+            # task it cuts (kilobytes of internals that buried the resume command): quiet
+            logging.getLogger("moto").setLevel(logging.CRITICAL + 1)
+            raise
 
 
 # ---- progress -------------------------------------------------------------------------

@@ -562,6 +562,11 @@ def test_ctrl_c_names_the_resume_command_and_the_unfinished_run_says_so(
     assert main(["status", "ctrl-c", "--out", str(out)]) == 1
     printed = capsys.readouterr().out
     assert printed.startswith("ctrl-c: STOPPED, round ")
+    # the round of its last checkpoint on disk, not status.json's (written once a second)
+    records = out / "state" / "DataBucket" / "jobs" / "ctrl-c"
+    saved = {int(p.stem) for p in (records / "params").glob("*.npy")}
+    last = max(r for r in saved if (records / "optimizer" / f"{r}.npz").exists())
+    assert printed.startswith(f"ctrl-c: STOPPED, round {last}/")
     assert (
         "Stopped: the process running it ended before the job did (killed or interrupted); "
         f"continue it with: {resume}" in printed

@@ -924,6 +924,25 @@ def _local_jobs(out: Path) -> Path:
     return out / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
 
 
+def _at_last_checkpoint(records: Path, status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` moved to the last round whose parameters and optimizer state are on disk,
+    with that round's losses: status.json is written at most once a second, so a stopped
+    job's may lag its checkpoints by rounds (resume checks the one it starts from)."""
+    rounds = {p.stem for p in (records / "params").glob("*.npy")}
+    done = [int(r) for r in rounds if r.isdigit() and (records / "optimizer" / f"{r}.npz").exists()]
+    recorded = status.get("round")
+    if not done or not isinstance(recorded, int) or max(done) <= recorded:
+        return status
+    last = max(done)
+    moved: dict[str, Any] = {**status, "round": last}
+    with contextlib.suppress(CliError, OSError):
+        record = _read_json(records / "metrics" / f"{last:08d}.json")
+        if record.get("round") == last:
+            moved.update(train_loss=record.get("train_loss"))
+            moved.update(validation_loss=record.get("validation_loss"))
+    return moved
+
+
 def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | None]:
     """A local job's ``status.json``, and whether a process holds the run directory (asked
     only of a RUNNING job; None: cannot be told). The engine ends with the process that ran
@@ -934,7 +953,7 @@ def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | Non
     held = is_held(out / STATE_DIRNAME)
     if held is False:
         status = {
-            **status,
+            **_at_last_checkpoint(_local_jobs(out) / job_id, status),
             "state": "STOPPED",
             "error": "Stopped",
             "message": "the process running it ended before the job did (killed or "

@@ -347,3 +347,23 @@ def test_float32_shards_refuse_values_float32_cannot_hold(standardize):
         update={"training": spec.training.model_copy(update={"dtype": "float64"})}
     )
     steps.split_and_scaler(float64, data, "d.csv")
+
+
+def test_history_seconds_do_not_count_the_time_a_job_sat_stopped():
+    """A resumed job's first round counts from its segment's start, not the round before."""
+    store = Store(MemoryS3(), "bucket-name")
+    keys = JobKeys("hist")
+    at = datetime(2026, 11, 28, 5, 0, tzinfo=UTC).timestamp()
+    records = [
+        (1, at + 1.0, "2026-11-28T05:00:00+00:00"),
+        (2, at + 2.0, "2026-11-28T05:00:00+00:00"),
+        # stopped after round 2, resumed an hour later: a new segment
+        (3, at + 3600.5, "2026-11-28T06:00:00+00:00"),
+        (4, at + 3601.5, None),  # a record without segment_started (an older version's)
+    ]
+    for r, finished, started in records:
+        doc = {"round": r, "finished_at": finished, "train_loss": 1.0, "validation_loss": None}
+        store.put_json(keys.metrics(r), {**doc, "segment_started": started})
+    _, csv_bytes = steps._history(store, keys, {"prepared_at": at})
+    seconds = [float(line.split(",")[3]) for line in csv_bytes.decode().splitlines()[1:]]
+    assert seconds == [1.0, 1.0, 0.5, 1.0]

@@ -24,6 +24,7 @@ import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -769,11 +770,25 @@ def _history(store: Store, keys: JobKeys, meta: dict[str, Any]) -> tuple[list[di
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["round", "train_loss", "validation_loss", "seconds"])
     for rec in records:
-        seconds = max(0.0, rec["finished_at"] - previous)
+        # a segment's first round counts from the segment's start when that is later: a
+        # resumed job's first round is not the hours it sat stopped
+        started = _epoch_or_none(rec.get("segment_started"))
+        seconds = max(0.0, rec["finished_at"] - max(previous, started or previous))
         previous = rec["finished_at"]
         val = "" if rec["validation_loss"] is None else repr(rec["validation_loss"])
         writer.writerow([rec["round"], repr(rec["train_loss"]), val, f"{seconds:.4f}"])
     return records, buf.getvalue().encode()
+
+
+def _epoch_or_none(iso: Any) -> float | None:
+    """``2026-11-28T05:02:50.88+00:00`` (``$$.Execution.StartTime``) as epoch seconds."""
+    if not isinstance(iso, str):
+        return None
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def _final_metrics(store: Store, keys: JobKeys, trained: TrainedModel, meta: dict) -> dict:

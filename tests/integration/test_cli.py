@@ -761,13 +761,18 @@ def test_a_loss_that_rose_a_thousandfold_is_warned_of():
     assert _loss_rose(history([2.0]), 0.1) is None
 
 
-def test_train_warns_when_the_job_diverged_without_overflowing(tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((200, 3))
+def three_classes_csv(tmp_path: Path) -> Path:
+    """200 rows of 3 features, 3 classes: an mlp at learning rate 1000 diverges on it."""
+    X = np.random.default_rng(1).standard_normal((200, 3))
     data = tmp_path / "cls3.csv"
     data.write_text(
         "a,b,c,y\n" + "".join(f"{a},{b},{c},{int(a > 0) + int(b > 0)}\n" for a, b, c in X)
     )
+    return data
+
+
+def test_train_warns_when_the_job_diverged_without_overflowing(tmp_path, capsys):
+    data = three_classes_csv(tmp_path)
     flags = ["--label", "y", "--model", "mlp", "--hidden", "3", "--rounds", "20", "--workers", "2"]
     assert main(train_args(data, tmp_path / "run", *flags, "--lr", "1000", "--json")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -778,12 +783,7 @@ def test_train_warns_when_the_job_diverged_without_overflowing(tmp_path, capsys)
 
 def test_a_job_that_overflows_fails_by_name_without_numpy_warnings(tmp_path, capsys):
     """numpy's overflow warnings reached the terminal before ModelDiverged said it all."""
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((200, 3))
-    data = tmp_path / "cls3.csv"
-    data.write_text(
-        "a,b,c,y\n" + "".join(f"{a},{b},{c},{int(a > 0) + int(b > 0)}\n" for a, b, c in X)
-    )
+    data = three_classes_csv(tmp_path)
     flags = ["--label", "y", "--model", "mlp", "--hidden", "3", "--rounds", "150"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a warning would fail the step instead

@@ -169,6 +169,20 @@ def test_express_segments_end_on_time_and_too_long_rounds_are_flagged():
     assert "over the 55 s RoundFunctionTimeout" in over_timeout
 
 
+def measured_bill(memory_mb):
+    """A 4-round, 2-worker job's bill from what its steps measured."""
+    return actual_cost(
+        workers=2,
+        rounds=4,
+        segments=1,
+        seconds={"prepare": 0.1, "worker": 0.05, "reduce": 0.002, "finalize": 0.01},
+        billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
+        invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
+        memory_mb=memory_mb,
+        orchestration="standard",
+    )
+
+
 def test_actual_cost_from_measured_seconds():
     per_round = handler_seconds([{"seconds": 0.0101}, {"seconds": 0.002}], 0.0005)
     assert per_round == {
@@ -178,16 +192,7 @@ def test_actual_cost_from_measured_seconds():
         "reduce": 0.0005,
         "reduce_billed_ms": 1,
     }
-    bill = actual_cost(
-        workers=2,
-        rounds=4,
-        segments=1,
-        seconds={"prepare": 0.1, "worker": 0.05, "reduce": 0.002, "finalize": 0.01},
-        billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
-        invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
-        memory_mb=1024,
-        orchestration="standard",
-    )
+    bill = measured_bill(memory_mb=1024)
     assert bill.basis == "measured"
     assert bill.line("Lambda compute").total == pytest.approx(0.166)
     assert bill.line("Lambda compute").per_round == pytest.approx(0.056 / 4)
@@ -231,16 +236,7 @@ def test_each_function_is_priced_at_its_own_memory():
         "reduce": 2048,
         "finalize": 2048,
     }
-    measured = actual_cost(
-        workers=2,
-        rounds=4,
-        segments=1,
-        seconds={"prepare": 0.1, "worker": 0.05, "reduce": 0.004, "finalize": 0.01},
-        billed_ms={"prepare": 100, "worker": 52, "reduce": 4, "finalize": 10},
-        invocations={"prepare": 1, "worker": 8, "reduce": 4, "finalize": 1},
-        memory_mb=memory,
-        orchestration="standard",
-    )
+    measured = measured_bill(memory_mb=memory)
     total = 0.1 * 4 + 0.052 + 0.004 * 2 + 0.01 * 2
     assert measured.line("Lambda compute").total == pytest.approx(total)
     assert measured.line("Lambda compute").per_round == pytest.approx((0.052 + 0.008) / 4)

@@ -872,3 +872,27 @@ def test_ctrl_c_quiets_the_interpreter_of_the_executions_it_cuts():
         assert moto_log.level > logging.CRITICAL
     finally:
         moto_log.setLevel(level)
+
+
+def test_a_stopped_job_reports_its_last_committed_round(tmp_path, capsys):
+    """status.json lags by up to a second; the metrics record, written last, commits a round
+    (a round with params and optimizer state but no record is not resumed from)."""
+    run = tmp_path / "run"
+    flags = ["--label", "price", "--rounds", "12", "--workers", "2", "--job-id", "st"]
+    assert main(train_args(HOUSES, run, *flags)) == 0
+    records = run / "state" / "DataBucket" / "jobs" / "st"
+    for path in (run / "model.json", run / "model.npz", records / "cost.json"):
+        path.unlink()
+    shutil.rmtree(records / "model")
+    status = json.loads((records / "status.json").read_text())
+    stale = {**status, "state": "RUNNING", "round": 5, "train_loss": 9.9}
+    (records / "status.json").write_text(json.dumps(stale))
+    (records / "metrics" / "00000012.json").unlink()  # killed between the writes of round 12
+    eleven = json.loads((records / "metrics" / "00000011.json").read_text())
+    capsys.readouterr()
+    assert main(["status", "st", "--out", str(run), "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["round"]) == ("STOPPED", 11)
+    assert shown["train_loss"] == eleven["train_loss"]
+    assert main(["resume", "st", "--out", str(run)]) == 0  # from where status said
+    assert "job st: resumed from round 11" in " ".join(capsys.readouterr().err.split())

@@ -924,23 +924,28 @@ def _local_jobs(out: Path) -> Path:
     return out / STATE_DIRNAME / DATA_BUCKET_ID / "jobs"
 
 
-def _at_last_checkpoint(records: Path, status: dict[str, Any]) -> dict[str, Any]:
-    """``status`` moved to the last round whose parameters and optimizer state are on disk,
-    with that round's losses: status.json is written at most once a second, so a stopped
-    job's may lag its checkpoints by rounds (resume checks the one it starts from)."""
-    rounds = {p.stem for p in (records / "params").glob("*.npy")}
-    done = [int(r) for r in rounds if r.isdigit() and (records / "optimizer" / f"{r}.npz").exists()]
-    recorded = status.get("round")
-    if not done or not isinstance(recorded, int) or max(done) <= recorded:
-        return status
-    last = max(done)
-    moved: dict[str, Any] = {**status, "round": last}
-    with contextlib.suppress(CliError, OSError):
-        record = _read_json(records / "metrics" / f"{last:08d}.json")
-        if record.get("round") == last:
-            moved.update(train_loss=record.get("train_loss"))
-            moved.update(validation_loss=record.get("validation_loss"))
-    return moved
+def _at_last_checkpoint(out: Path, status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` moved to the job's last committed round on disk (the steps' own rule: its
+    params, optimizer state and metrics record, the commit mark), with that round's losses:
+    status.json is written at most once a second, so a stopped job's may lag by rounds."""
+    from lambdagrad.local.mirror import MirrorS3
+    from lambdagrad.steps import committed_record, last_complete_round
+    from lambdagrad.store import JobKeys, Store
+
+    job_id, recorded = str(status.get("job_id")), status.get("round")
+    store = Store(MirrorS3(out / STATE_DIRNAME / DATA_BUCKET_ID), "mirror")
+    keys = JobKeys(job_id)
+    with contextlib.suppress(Exception):  # a damaged record: keep status.json's round
+        last = last_complete_round(store, keys)
+        record = committed_record(store, keys, last) if last else None
+        if record is not None and isinstance(recorded, int) and last > recorded:
+            return {
+                **status,
+                "round": last,
+                "train_loss": record.get("train_loss"),
+                "validation_loss": record.get("validation_loss"),
+            }
+    return status
 
 
 def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | None]:
@@ -953,7 +958,7 @@ def _recorded_status(out: Path, job_id: str) -> tuple[dict[str, Any], bool | Non
     held = is_held(out / STATE_DIRNAME)
     if held is False:
         status = {
-            **_at_last_checkpoint(_local_jobs(out) / job_id, status),
+            **_at_last_checkpoint(out, {**status, "job_id": job_id}),
             "state": "STOPPED",
             "error": "Stopped",
             "message": "the process running it ended before the job did (killed or "

@@ -21,6 +21,7 @@ written by two processes: a second ``train`` or ``resume`` on it is refused.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdagrad.client import StackError
+from lambdagrad.store import MemoryS3
 
 __all__ = ["BucketMirror", "StateLockedError", "install_put_hook", "is_held", "mirrored"]
 
@@ -168,7 +170,7 @@ class BucketMirror:
         if not root.is_dir():
             return
         for path in sorted(root.rglob("*")):
-            if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".tmp")):
+            if _whole_file(path):
                 key = path.relative_to(root).as_posix()
                 if mirrored(key):
                     yield key, path
@@ -189,6 +191,39 @@ class BucketMirror:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(put, jobs))
         return len(jobs)
+
+
+def _whole_file(path: Path) -> bool:
+    """A mirrored object's file, not one being written (:meth:`BucketMirror.write`)."""
+    return path.is_file() and not (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
+class MirrorS3:
+    """A read-only S3 client over one bucket's mirror folder (``state/DataBucket``): enough
+    for a :class:`~lambdagrad.store.Store` to read a stopped local job with the steps' own
+    rules (``steps.last_complete_round``) without starting an engine."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _file(self, key: str) -> Path:
+        path = self.folder / key
+        if ".." in key.split("/") or not path.is_file():
+            raise MemoryS3._Missing()
+        return path
+
+    def get_object(self, Bucket: str, Key: str, **_: Any) -> dict:
+        return {"Body": io.BytesIO(self._file(Key).read_bytes()), "ETag": ""}
+
+    def head_object(self, Bucket: str, Key: str, **_: Any) -> dict:
+        return {"ContentLength": self._file(Key).stat().st_size, "ETag": ""}
+
+    def list_objects_v2(self, Bucket: str, Prefix: str = "", **_: Any) -> dict:
+        root = self.folder / Prefix.rsplit("/", 1)[0] if "/" in Prefix else self.folder
+        paths = root.rglob("*") if root.is_dir() else []
+        keys = sorted(p.relative_to(self.folder).as_posix() for p in paths if _whole_file(p))
+        listed = [{"Key": k} for k in keys if k.startswith(Prefix)]
+        return {"Contents": listed, "IsTruncated": False}
 
 
 @contextlib.contextmanager

@@ -747,18 +747,27 @@ def test_a_sweep_out_that_holds_the_current_directory_is_refused(tmp_path, capsy
 def test_a_loss_that_rose_a_thousandfold_is_warned_of():
     from lambdagrad.cli import _loss_rose
 
-    def history(losses):
-        rows = "".join(f"{i},{x},,0.1\n" for i, x in enumerate(losses))
+    def history(train, validation=None):
+        validation = validation or [""] * len(train)
+        pairs = enumerate(zip(train, validation, strict=True))
+        rows = "".join(f"{i},{t},{v},0.1\n" for i, (t, v) in pairs)
         return ("round,train_loss,validation_loss,seconds\n" + rows).encode()
 
-    rose = _loss_rose(history([1.4, 1.5, 17584.0, 5.6e87]), 1000.0)
+    rose = _loss_rose(history([1.4, 1.5, 17584.0, 5.6e87]), 1000.0, full_batch=True)
     assert rose is not None and rose.startswith("the training loss rose from 1.4 to 5.6e+87")
     assert "smaller learning rate (now 1000)" in rose
-    # noisy mini-batches, a falling loss, a short job: no warning
+    rose = _loss_rose(history([1.0] * 4, [1.2, 3.0, 9e5, 4e9]), 0.1, full_batch=False)
+    assert rose is not None and rose.startswith("the validation loss rose from 1.2 to 4e+09")
+    # heavy-tailed mini-batches: a tiny first batch and a normal last one, the model steady
+    claims = [5e-5, 0.2, 3.0, 7500.0, 0.01, 20.0, 0.3, 7719.0]
+    assert _loss_rose(history(claims, [7500.0] * 7 + [7519.0]), 0.1, full_batch=False) is None
+    assert _loss_rose(history(claims), 0.1, full_batch=False) is None  # too few to tell
     noisy = [0.01 if i % 2 else 5.0 for i in range(200)]
-    assert _loss_rose(history(noisy), 0.1) is None
-    assert _loss_rose(history([2.0, 1.0, 0.5]), 0.1) is None
-    assert _loss_rose(history([2.0]), 0.1) is None
+    assert _loss_rose(history(noisy), 0.1, full_batch=False) is None
+    assert _loss_rose(history([2.0, 1.0, 0.5]), 0.1, full_batch=True) is None
+    assert _loss_rose(history([2.0]), 0.1, full_batch=True) is None
+    rose = _loss_rose(history([1.0, 1e9]), None, full_batch=True)
+    assert rose is not None and "(now" not in rose
 
 
 def three_classes_csv(tmp_path: Path) -> Path:

@@ -440,8 +440,11 @@ def _write_run(
     }
     summary.update(status.get("metrics") or {})
     summary["aws_dollars"] = cost["dollars"] if cost else None
-    spec = json.loads(files["model.json"]).get("spec") or {}
-    rose = _loss_rose(files["history.csv"], (spec.get("optimizer") or {}).get("learning_rate"))
+    info = json.loads(files["model.json"])
+    spec = info.get("spec") or {}
+    lr = (info.get("optimizer_in_force") or {}).get("learning_rate")
+    full = (spec.get("training") or {}).get("batch_size") == "full"
+    rose = _loss_rose(files["history.csv"], lr, full)
     summary["warnings"] = [rose] if rose else []
     chaos = getattr(args, "chaos_run", None)
     if chaos is not None:
@@ -520,22 +523,27 @@ def _why_stopped(summary: dict[str, Any], training: dict[str, Any]) -> str:
 LOSS_ROSE_FACTOR = 1000.0
 
 
-def _loss_rose(history_csv: bytes, learning_rate: float | None) -> str | None:
-    """A warning when the training loss ended far above where it started: the job diverged
-    without overflowing (a job whose loss overflows fails with ModelDiverged), yet it
-    succeeded, and a user reading only "done" would take the model. The means of the first
-    and last rounds (a tenth of them, at most 20) smooth out single mini-batches."""
+def _loss_rose(history_csv: bytes, learning_rate: Any, full_batch: bool) -> str | None:
+    """A warning when the loss ended far above where it started: the job diverged without
+    overflowing (a job whose loss overflows fails with ModelDiverged), yet it succeeded, and
+    a user reading only "done" would take the model. The validation loss (all the held-out
+    rows) when there is one; else the training loss, exact for full batches, and for
+    mini-batches the means of the first and last tenth of the rounds (at least 10 rounds):
+    one heavy-tailed batch is not a divergence."""
     rows = list(csv.DictReader(io.StringIO(history_csv.decode())))
-    losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
-    k = min(20, len(losses) // 10 + 1)
-    if len(losses) < 2:
+    validation = [float(r["validation_loss"]) for r in rows if r.get("validation_loss")]
+    which, losses, k = "validation", validation, 1
+    if not validation:
+        which, losses = "training", [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+        k = 1 if full_batch else min(20, len(losses) // 10)
+    if len(losses) < 2 or k < 1:
         return None
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     if not (first > 0 and math.isfinite(last) and last > LOSS_ROSE_FACTOR * first):
         return None
-    lr = f" (now {learning_rate:g})" if learning_rate else ""
+    lr = f" (now {learning_rate:g})" if isinstance(learning_rate, int | float) else ""
     return (
-        f"the training loss rose from {first:.4g} to {last:.4g} (history.csv): the job "
+        f"the {which} loss rose from {first:.4g} to {last:.4g} (history.csv): the job "
         f"diverged; try a smaller learning rate{lr}, gradient clipping (--clip-norm) or a "
         "larger batch"
     )

@@ -463,7 +463,7 @@ def test_estimate_prices_an_auto_mlp_on_a_regression_label_as_a_regression(capsy
 
 
 def test_estimate_warns_of_a_model_the_functions_cannot_hold(capsys):
-    """8 layers of 4096 with adam: 122 M parameters, 6.6 GB in the reducer."""
+    """8 layers of 4096 with adam: 122 M parameters, 14 GB in the reducer."""
     flags = [
         *("estimate", "s3://bucket-name/big.csv", "--rows", "100000", "--features", "1000"),
         *("--classes", "10", "--model", "mlp", "--hidden", ",".join(["4096"] * 8)),
@@ -472,15 +472,27 @@ def test_estimate_warns_of_a_model_the_functions_cannot_hold(capsys):
     ]
     assert main(flags) == 0
     warnings = json.loads(capsys.readouterr().out)["details"]["warnings"]
+    # 8 workers' gradients (7.4 GB) + parameters, sum, new parameters, adam's 2 x 2 (6.5 GB)
+    assert (
+        "the reducer needs about 14,017 MB (workers' gradients, parameters, state; "
+        "121,610,250 parameters as float64): more than its 1769 MB, so it would run out of "
+        "memory; Lambda allows at most 10,240 MB: use a smaller model or fewer workers"
+    ) in warnings, warnings
     assert any(
-        w.startswith(
-            "the reducer needs about 6,645 MB (parameters, gradient sum, optimizer "
-            "state; 121,610,250 parameters as float64): more than its 1769 MB"
-        )
-        and "raise ReduceMemorySize (now 1769 MB)" in w
+        w.startswith("a worker needs about 2,004 MB") and "raise WorkerMemorySize" in w
         for w in warnings
     ), warnings
-    assert any(w.startswith("a worker needs about") for w in warnings), warnings
+    # the workers' gradients alone: 2 x 4096 with sgd, 5000 features, 8 workers
+    wide = [
+        *("estimate", "s3://bucket-name/big.csv", "--rows", "100000", "--features", "5000"),
+        *("--model", "mlp", "--hidden", "4096,4096", "--workers", "8", "--task", "regression"),
+    ]
+    assert main([*wide, "--json"]) == 0
+    (warning,) = json.loads(capsys.readouterr().out)["details"]["warnings"]
+    assert warning.startswith("the reducer needs about 3,228 MB") and "raise Reduce" in warning
+    # Lambda's smallest memory holds a small job
+    assert main(["estimate", str(HOUSES), "--label", "price", "--memory", "128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["details"]["warnings"] == []
     small = [f if f != ",".join(["4096"] * 8) else "64,64" for f in flags]
     assert main(small) == 0
     assert json.loads(capsys.readouterr().out)["details"]["warnings"] == []

@@ -99,8 +99,8 @@ OPTIMIZER_STATE_VECTORS = {
 }
 #: An allowance for a handler's memory before any job data: its imports (Python, numpy,
 #: boto3, Powertools, lambdagrad) take about 60 MB of RSS; the rest is for Lambda's runtime
-#: and working buffers.
-RUNTIME_MB = 150.0
+#: and working buffers (below 128 MB, Lambda's smallest size, so a tiny job never warns).
+RUNTIME_MB = 100.0
 #: Lambda's largest memory size.
 LAMBDA_MAX_MEMORY_MB = 10_240
 #: Inline Map runs at most this many iterations at once (DESIGN.md §7).
@@ -390,18 +390,21 @@ class JobShape:
     hidden_units: int = 0  # an mlp's hidden widths summed: activations per row
 
     def memory_mb(self) -> dict[str, float]:
-        """About how much memory a worker and the reducer need (MB), for the estimate's
-        warning: the parameter-sized float64 vectors each holds at once (reducer: the
-        parameters, the gradient sum, the new parameters, and the optimizer state read and
-        written; worker: the parameters, its gradient and, with K local steps, its own
-        copy), an mlp's activations of a worker's batch (forward and backward), and the
-        runtime's own (Python, numpy, the handler: :data:`RUNTIME_MB`)."""
+        """About how much memory the model needs in a worker and in the reducer (MB), for
+        the estimate's warning: the parameter-sized float64 vectors each holds at once
+        (reducer: every worker's gradient as received, in the transfer dtype, then the
+        parameters, their sum, the new parameters and the optimizer state read and written;
+        worker: the parameters, its gradient and, with K local steps, its own copy), an
+        mlp's activations of a worker's batch (forward and backward), and the runtime's own
+        (:data:`RUNTIME_MB`). Not the worker's data shard: it is cached in memory up to half
+        the function's, then in /tmp."""
         vector_mb = self.n_params * 8 / 2**20
+        received_mb = self.workers * self.n_params * self.itemsize / 2**20
         batch = self.batch_rows / self.workers
         activations_mb = batch * self.hidden_units * 3 * 8 / 2**20
         return {
             "worker": RUNTIME_MB + vector_mb * (2 + (self.steps_per_round > 1)) + activations_mb,
-            "reduce": RUNTIME_MB + vector_mb * (3 + 2 * self.state_vectors),
+            "reduce": RUNTIME_MB + received_mb + vector_mb * (3 + 2 * self.state_vectors),
         }
 
     @property
@@ -650,18 +653,19 @@ def estimate(
     needs = shape.memory_mb()
     for step, parameter, who, holds in (
         ("worker", "WorkerMemorySize", "a worker", "parameters, gradient, activations"),
-        ("reduce", "ReduceMemorySize", "the reducer", "parameters, gradient sum, optimizer state"),
+        ("reduce", "ReduceMemorySize", "the reducer", "workers' gradients, parameters, state"),
     ):
         if needs[step] > memory.of(step):
+            smaller = "a smaller model" + (" or fewer workers" if step == "reduce" else "")
             fix = (
-                f"raise {parameter} (now {memory.of(step)} MB)"
+                f"use {smaller}, or raise {parameter} (now {memory.of(step)} MB)"
                 if needs[step] <= LAMBDA_MAX_MEMORY_MB
-                else f"Lambda allows at most {LAMBDA_MAX_MEMORY_MB} MB"
+                else f"Lambda allows at most {LAMBDA_MAX_MEMORY_MB:,} MB: use {smaller}"
             )
             warnings.append(
                 f"{who} needs about {needs[step]:,.0f} MB ({holds}; {p:,} parameters as "
-                f"float64): more than its {memory.of(step)} MB, so it "
-                f"would run out of memory; use a smaller model, or {fix}"
+                f"float64): more than its {memory.of(step)} MB, so it would run out of "
+                f"memory; {fix}"
             )
     if orchestration == "express" and segment_seconds + round_s > EXPRESS_MAX_SECONDS:
         warnings.append(

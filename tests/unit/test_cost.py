@@ -503,6 +503,10 @@ def test_memory_needs_count_the_optimizers_state():
         rows=1000, features=10, n_params=2**20, workers=2, rounds=1, segment_rounds=1,
         batch_rows=100,
     )  # fmt: skip
+    from lambdagrad.cost import _state_vectors
+
+    # read off each optimizer's own state
+    assert [_state_vectors(name) for name in ("sgd", "momentum", "rmsprop", "adamw")] == [0, 1, 1, 2]
     sgd, adam = shape.memory_mb(), replace(shape, state_vectors=2).memory_mb()
     assert adam["reduce"] - sgd["reduce"] == pytest.approx(4 * 8)  # 2 vectors, read + written
     assert adam["worker"] == sgd["worker"]

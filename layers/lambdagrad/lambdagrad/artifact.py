@@ -382,6 +382,12 @@ class TrainedModel:
     def is_classifier(self) -> bool:
         return self.model.task == "classification"
 
+    @property
+    def class_labels(self) -> list[Any]:
+        """A classifier's classes in the order of its probabilities: the original labels,
+        or the indices when it has none."""
+        return list(self.classes or range(self.model.n_classes))
+
     def _features(self, X: np.ndarray) -> np.ndarray:
         """``X`` as float64 rows of the model's width, every value a finite number."""
         X = np.asarray(X, dtype=np.float64)

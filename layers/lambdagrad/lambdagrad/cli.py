@@ -783,7 +783,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     raise CliError(_rows_of_file(str(exc), path.name, start)) from None
                 predictions += answer["predictions"]
                 probabilities += answer.get("probabilities") or []
-        proba = (_classes_of(trained), probabilities) if args.proba else None
+        proba = (trained.class_labels, probabilities) if args.proba else None
         _predictions_csv(predictions, args.out, proba)
         return 0
     if len(args.paths) != 2:
@@ -795,7 +795,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     X = read_features(path.read_bytes(), source=path.name, fmt=args.format, trained=trained)
     with _scoring(path):
         predictions, out = trained.predict_with_proba(X)
-    proba = (_classes_of(trained), out.tolist()) if args.proba and out is not None else None
+    proba = (trained.class_labels, out.tolist()) if args.proba and out is not None else None
     _predictions_csv(predictions, args.out, proba)
     return 0
 
@@ -803,10 +803,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _check_proba(args: argparse.Namespace, trained: TrainedModel) -> None:
     if args.proba and not trained.is_classifier:
         raise CliError("--proba: the model is a regression; probabilities are a classifier's")
-
-
-def _classes_of(trained: TrainedModel) -> list[Any]:
-    return list(trained.classes or range(trained.model.n_classes))
 
 
 def _require_stack(args: argparse.Namespace, what: str) -> None:

@@ -87,16 +87,6 @@ EXPRESS_MAX_SECONDS = 300.0
 DEFAULT_ROUND_FUNCTION_TIMEOUT = 55.0
 #: template.yaml's ``SegmentSeconds`` default: a segment ends after the round that passes it.
 DEFAULT_SEGMENT_SECONDS = 120.0
-#: Parameter-sized vectors each optimizer keeps between rounds (``lambdagrad.optim``).
-OPTIMIZER_STATE_VECTORS = {
-    "sgd": 0,
-    "momentum": 1,
-    "nesterov": 1,
-    "adagrad": 1,
-    "rmsprop": 1,
-    "adam": 2,
-    "adamw": 2,
-}
 #: An allowance for a handler's memory before any job data: its imports (Python, numpy,
 #: boto3, Powertools, lambdagrad) take about 60 MB of RSS; the rest is for Lambda's runtime
 #: and working buffers (below 128 MB, Lambda's smallest size, so a tiny job never warns).
@@ -372,6 +362,17 @@ def _gradient_itemsize(spec: Any) -> int:
     return 8 if spec.training.dtype == "float64" else 4
 
 
+def _state_vectors(optimizer: str) -> int:
+    """Parameter-sized vectors an optimizer keeps between rounds: counted in its own state,
+    initialised for three parameters (adam: ``mu`` and ``nu``)."""
+    import numpy as np
+
+    from lambdagrad.optim import make_optimizer
+
+    state = make_optimizer(optimizer, 0.1).init(np.zeros(3))
+    return sum(1 for value in state.values() if np.shape(value) == (3,))
+
+
 @dataclass(frozen=True)
 class JobShape:
     """What the bill depends on besides the structure: sizes and lengths."""
@@ -445,7 +446,7 @@ class JobShape:
             register_model=bool(spec.output.model_name),
             itemsize=_gradient_itemsize(spec),
             steps_per_round=spec.training.steps_per_round,
-            state_vectors=OPTIMIZER_STATE_VECTORS.get(spec.optimizer.name, 2),
+            state_vectors=_state_vectors(spec.optimizer.name),
             hidden_units=sum(spec.model.hidden) if spec.model.type == "mlp" else 0,
         )
 

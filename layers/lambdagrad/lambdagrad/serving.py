@@ -262,7 +262,6 @@ def predict(store: Store, cache: ModelCache, body: Any, max_rows: int) -> dict[s
         },
     }
     if proba is not None:
-        classes = trained.classes or list(range(trained.model.n_classes))
-        result["classes"] = list(classes)
+        result["classes"] = trained.class_labels
         result["probabilities"] = proba.tolist()
     return result

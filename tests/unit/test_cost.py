@@ -506,7 +506,8 @@ def test_memory_needs_count_the_optimizers_state():
     from lambdagrad.cost import _state_vectors
 
     # read off each optimizer's own state
-    assert [_state_vectors(name) for name in ("sgd", "momentum", "rmsprop", "adamw")] == [0, 1, 1, 2]
+    names = ("sgd", "momentum", "rmsprop", "adamw")
+    assert [_state_vectors(name) for name in names] == [0, 1, 1, 2]
     sgd, adam = shape.memory_mb(), replace(shape, state_vectors=2).memory_mb()
     assert adam["reduce"] - sgd["reduce"] == pytest.approx(4 * 8)  # 2 vectors, read + written
     assert adam["worker"] == sgd["worker"]

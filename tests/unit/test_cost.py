@@ -511,3 +511,13 @@ def test_memory_needs_count_the_optimizers_state():
     sgd, adam = shape.memory_mb(), replace(shape, state_vectors=2).memory_mb()
     assert adam["reduce"] - sgd["reduce"] == pytest.approx(4 * 8)  # 2 vectors, read + written
     assert adam["worker"] == sgd["worker"]
+
+
+def test_estimate_prices_registering_the_model(capsys):
+    """train --model-name writes the registry pointer: estimate takes the same flag."""
+    totals = {}
+    for extra in ([], ["--model-name", "houses"]):
+        assert main(["estimate", str(HOUSES), "--label", "price", "--json", *extra]) == 0
+        lines = json.loads(capsys.readouterr().out)["lines"]
+        totals[bool(extra)] = next(x["total"] for x in lines if x["item"] == "S3 PUT/LIST")
+    assert totals[True] == pytest.approx(totals[False] + 1)

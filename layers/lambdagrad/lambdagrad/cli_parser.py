@@ -428,7 +428,8 @@ def _add_estimate_parser(sub: Any) -> None:
         "RoundFunctionTimeout from",
     )
     _show_spec_defaults(es)
-    es.set_defaults(job_id=None, model_name=None)
+    c.add_argument("--model-name", help="price registering the model under a name, as train would")
+    es.set_defaults(job_id=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -388,7 +388,7 @@ def test_estimate_for_data_in_s3_takes_its_size(capsys):
         ([str(HOUSES), "--label", "price", "--batch-size", "5000"], "5000 is larger than the 1800"),
         (
             [str(HOUSES), "--label", "price", "--rows", "1000", "--features", "20000"],
-            "20000 feature columns; the limit is 10000 (dataset.max_features",
+            "houses.csv: 20000 feature columns; the limit is 10000 (raise dataset.max_features",
         ),
     ],
 )

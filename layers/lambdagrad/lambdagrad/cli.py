@@ -43,7 +43,7 @@ from lambdagrad.client import (
     execution_arn,
 )
 from lambdagrad.cost import CostError
-from lambdagrad.data import DataError, check_label_applies, resolve_format
+from lambdagrad.data import DataError, check_feature_count, check_label_applies, resolve_format
 from lambdagrad.local.mirror import is_held
 from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
@@ -1276,11 +1276,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         durations = replace(durations, s3_request_s=args.s3_latency)
     shape = JobShape.from_spec(spec, rows, features, classes)
     check_sizes(spec, shape.rows)  # the job train would refuse is not priced either
-    if features > spec.dataset.max_features:
-        raise CliError(
-            f"{features} feature columns; the limit is {spec.dataset.max_features} "
-            "(dataset.max_features, which Prepare enforces: raise it in the spec)"
-        )
+    source = Path(args.data).name if local_data else spec.dataset.uri
+    check_feature_count(features, source, spec.dataset.max_features)  # as Prepare would
     bill = estimate(
         shape,
         orchestration=args.orchestration,

@@ -130,7 +130,7 @@ def load_dataset(
     fmt = resolve_format(source, fmt)
     if task == "features" and fmt != "csv":
         X = _np_features(data, source, fmt)
-        _check_feature_count(X.shape[1], source, max_features)
+        check_feature_count(X.shape[1], source, max_features)
         return Dataset(_numeric_features(X, source), np.zeros(0), _x_names(X.shape[1]), None)
     if exclude and fmt != "csv":
         raise DataError(
@@ -146,7 +146,7 @@ def load_dataset(
         feature_names, X, y_raw, label_name = _read_npy(data, source, label)
     else:
         feature_names, X, y_raw, label_name = _read_npz(data, source)
-    _check_feature_count(len(feature_names), source, max_features)
+    check_feature_count(len(feature_names), source, max_features)
     if fmt != "csv":
         X = _numeric_features(X, source)
     header_label = label_name if fmt == "csv" else None
@@ -199,7 +199,8 @@ def check_label_applies(source: str, fmt: str | None, label: str | None, what: s
         )
 
 
-def _check_feature_count(d: int, source: str, max_features: int) -> None:
+def check_feature_count(d: int, source: str, max_features: int) -> None:
+    """Refuse a dataset with no feature column, or more than ``dataset.max_features``."""
     if d == 0:
         raise DataError(f"{source}: no feature columns (only the label)")
     if d > max_features:
@@ -306,7 +307,7 @@ def _read_csv(
             raise DataError(f"{source}: dataset.exclude names the label {names[li]!r}")
         feature_names = [name for name in feature_names if name not in exclude]
         picked = [names.index(name) for name in feature_names]
-    _check_feature_count(len(feature_names), source, max_features)
+    check_feature_count(len(feature_names), source, max_features)
 
     ncols, label_name = len(names), (names[li] if li < len(names) else "")
     regression = task == "regression"

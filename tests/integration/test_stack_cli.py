@@ -153,6 +153,36 @@ def test_predict_proba_from_the_stack_matches_the_run_directory(engine, tmp_path
     engine.reset()
 
 
+def test_a_model_promoted_while_predict_runs_stops_it(engine, tmp_path, capsys, monkeypatch):
+    """The file's columns are put in the order of the model the name named when predict
+    began; the rows after a promotion were scored by another model, silently."""
+    from lambdagrad.client import StackClient
+    from lambdagrad.registry import promote
+
+    flags = stack_flags(engine)
+    train = ["train", str(HOUSES), "--label", "price", "--rounds", "3", "--quiet", *flags]
+    assert main([*train, "--out", str(tmp_path / "a"), "--job-id", "ha", "--model-name", "h"]) == 0
+    assert main([*train, "--out", str(tmp_path / "b"), "--job-id", "hb"]) == 0
+    calls = []
+    served = StackClient.predict
+
+    def promoted_meanwhile(self, name, instances):
+        calls.append(len(instances))
+        if len(calls) == 2:  # another user promotes between two requests
+            promote(self.store, "h", "hb")
+        return served(self, name, instances)
+
+    monkeypatch.setattr(StackClient, "predict", promoted_meanwhile)
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    assert main(["predict", "--model-name", "h", str(HOUSES), "--out", str(out), *flags]) == 1
+    err = capsys.readouterr().err
+    row = calls[0] + 1
+    assert f"model 'h' was promoted to job hb while predicting (from row {row} of the file" in err
+    assert "it was job ha): nothing was written" in err and not out.exists()
+    engine.reset()
+
+
 def test_a_file_submitted_twice_at_once_is_two_jobs_under_ascii_keys(
     engine, tmp_path, capsys, monkeypatch
 ):

@@ -781,6 +781,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     answer = stack.predict(args.model_name, X[start : start + chunk].tolist())
                 except StackError as exc:  # its rows are the chunk's: name the file's
                     raise CliError(_rows_of_file(str(exc), path.name, start)) from None
+                _same_model(answer, pointer, args.model_name, start)
                 predictions += answer["predictions"]
                 probabilities += answer.get("probabilities") or []
         proba = (trained.class_labels, probabilities) if args.proba else None
@@ -798,6 +799,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     proba = (trained.class_labels, out.tolist()) if args.proba and out is not None else None
     _predictions_csv(predictions, args.out, proba)
     return 0
+
+
+def _same_model(answer: dict[str, Any], pointer: dict[str, Any], name: str, row: int) -> None:
+    """The file's columns were put in the order of the model the name pointed at when
+    predict began; a model promoted under the name since would score them out of order."""
+    served = answer.get("model") or {}
+    if served.get("version") != pointer["version"] or served.get("job_id") != pointer["job_id"]:
+        raise CliError(
+            f"model {name!r} was promoted to job {served.get('job_id')} while predicting (from "
+            f"row {row + 1} of the file; it was job {pointer['job_id']}): nothing was written, "
+            "run predict again"
+        )
 
 
 def _check_proba(args: argparse.Namespace, trained: TrainedModel) -> None:

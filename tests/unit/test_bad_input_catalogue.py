@@ -358,6 +358,14 @@ PREPARE: list[Row] = [
         memory_store(), spec(dataset={"uri": "s3://someone-elses-bucket/datasets/data.csv"})),
      SpecError, ["dataset.uri: s3://someone-elses-bucket/datasets/data.csv is not in this "
                  f"stack's bucket {BUCKET}"]),
+    # anyone who may upload a job file could train on (and partly read) another job's data
+    ("prepare-dataset-another-jobs-shard", lambda: prepare(
+        memory_store(), spec(dataset={"uri": f"s3://{BUCKET}/jobs/other/shards/0.npz"})),
+     SpecError, [f"dataset.uri: s3://{BUCKET}/jobs/other/shards/0.npz is a job's or the "
+                 "registry's own file, not a dataset"]),
+    ("prepare-dataset-a-registered-model", lambda: prepare(
+        memory_store(), spec(dataset={"uri": f"s3://{BUCKET}/models/houses/current.json"})),
+     SpecError, ["models/houses/current.json is a job's or the registry's own file"]),
     ("prepare-job-id-a-number", lambda: prepare(memory_store(), event={"job_id": 123,
                                                                         "spec": spec()}),
      SpecError, ["job_id: expected a string, got 123"]),

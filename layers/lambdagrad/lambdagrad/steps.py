@@ -300,6 +300,11 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
             f"dataset.uri: {spec.dataset.uri} is not in this stack's bucket {store.bucket}: "
             "copy it there (under datasets/), or give the CLI the local file (it uploads it)"
         )
+    if key.startswith(("jobs/", "models/")):  # another job's shards, checkpoints, model
+        raise SpecError(
+            f"dataset.uri: {spec.dataset.uri} is a job's or the registry's own file, not a "
+            "dataset: a job trains on data under datasets/ (or anywhere else in the bucket)"
+        )
     data = store.get_bytes(key, bucket=bucket)
     return read_training_data(data, source=key.rsplit("/", 1)[-1], spec=spec)
 

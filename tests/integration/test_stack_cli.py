@@ -242,6 +242,35 @@ def test_submit_and_status(engine, tmp_path, capsys, monkeypatch):
     engine.reset()
 
 
+def test_status_of_a_stopped_stack_job_says_so(engine, tmp_path, capsys):
+    """A stopped execution runs no RecordFailure: status.json stayed RUNNING, and status
+    said so for ever (only --follow asked Step Functions)."""
+    import time
+
+    flags = stack_flags(engine)
+    spec = tmp_path / "long.json"
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    doc["training"] = {"rounds": 100_000, "workers": 2}
+    spec.write_text(json.dumps(doc))
+    assert main(["submit", str(spec), "--data", str(HOUSES), "--quiet", *flags]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    sfn, status = engine.client("stepfunctions"), {}
+    for _ in range(300):  # until Prepare has written a status naming its execution
+        assert main(["status", job_id, "--json", *flags]) == 0
+        status = json.loads(capsys.readouterr().out)
+        if status.get("state") == "RUNNING" and status.get("execution"):
+            break
+        time.sleep(0.1)
+    assert status["state"] == "RUNNING"
+    sfn.stop_execution(executionArn=status["execution"])
+    assert main(["status", job_id, *flags]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{job_id}: STOPPED, round " in out
+    resume = f"lambdagrad resume {job_id} --stack {engine.stack_name} --region {engine.region}"
+    assert f"ABORTED: its execution was stopped; continue it with: {resume}" in out
+    engine.reset()
+
+
 def sweep_args(engine, out, *extra: str) -> list[str]:
     return [
         "sweep",

@@ -1020,7 +1020,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 give_up = f"{unknown}; gave up after {NO_RECORD_SECONDS:.0f} s"
                 status = _follow_with_progress(stack, args.job_id, args.quiet, give_up)
             else:
-                status = stack.status(args.job_id)
+                resume = f"lambdagrad resume {args.job_id}{_stack_flags(args)}"
+                status = stack.as_executed(stack.status(args.job_id), resume)
                 if _no_record(status) and not args.json:
                     print(f"note: {unknown}", file=sys.stderr)
             cost = _job_cost(stack, args.job_id) if status.get("state") == "SUCCEEDED" else None

@@ -299,6 +299,25 @@ class StackClient:
             return desc.get("error") or desc["status"], _cause_message(desc.get("cause"))
         return None
 
+    def as_executed(self, status: dict[str, Any], resume: str) -> dict[str, Any]:
+        """``status`` as its execution left it: a job still marked running whose execution
+        ended without a record (stopped, timed out: RecordFailure does not run) is FAILED,
+        or STOPPED when it was stopped, with how to continue it (``resume``, a command)."""
+        if status.get("state") in TERMINAL_STATES or not status.get("execution"):
+            return status
+        failure = self._execution_failure(status)
+        if failure is None:
+            return status
+        error, message = failure
+        stopped = error == "ABORTED"
+        why = "its execution was stopped" if stopped else f"its execution ended: {message}"
+        return {
+            **status,
+            "state": "STOPPED" if stopped else "FAILED",
+            "error": error,
+            "message": f"{why}; continue it with: {resume}",
+        }
+
     def _confirmed(self, job_id: str, status: dict[str, Any]) -> dict[str, Any]:
         """The status of a job this client started, checked against its execution.
 

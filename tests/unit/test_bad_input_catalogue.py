@@ -344,7 +344,7 @@ PREPARE: list[Row] = [
      ["data.csv: 4 feature columns", "limit is 3", "dataset.max_features"]),
     ("prepare-dataset-missing", lambda: prepare(
         memory_store(), spec(dataset={"uri": f"s3://{BUCKET}/datasets/nope.csv"})), StoreError,
-     ["datasets/nope.csv"]),
+     [f"dataset.uri: s3://{BUCKET}/datasets/nope.csv"]),
     ("upload-oversized-spec", _oversized_upload, SpecError,
      ["jobs/incoming/huge.json", "a job spec is at most 65536"]),
     ("upload-invalid-spec", _invalid_upload, SpecError,

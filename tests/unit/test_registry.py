@@ -178,3 +178,12 @@ def test_a_damaged_pointer_is_named_and_promote_repairs_it(store, damaged):
         list_models(store)
     assert promote(store, "houses", "job-1")["job_id"] == "job-1"
     assert lookup(store, "houses")["job_id"] == "job-1"
+
+
+def test_a_pointer_that_lost_its_name_is_listed_under_its_key(store):
+    """models list printed part of its table, then died with KeyError: 'name'."""
+    write_model(store, "job-1")
+    pointer = promote(store, "houses", "job-1")
+    store.put_json(pointer_key("houses"), {k: v for k, v in pointer.items() if k != "name"})
+    (entry,) = list_models(store)
+    assert entry["name"] == "houses" and entry["job_id"] == "job-1"

@@ -152,6 +152,12 @@ def test_rmsprop_reads_its_eps():
     assert not np.allclose(steps[0], steps[1])
 
 
+def test_a_key_given_twice_is_one_message():
+    with pytest.raises(SpecError) as err:
+        parse_spec(f'{{"dataset": {{"uri": "{URI}"}}, "colour": 1, "colour": 2}}')
+    assert str(err.value) == "invalid job spec: colour: unknown field"
+
+
 def test_an_mlp_left_without_hidden_layers_gets_the_default_and_cosine_may_end_lower():
     mlp = parse_spec({"dataset": {"uri": URI}, "model": {"type": "mlp"}})
     assert mlp.model.hidden == [64]

@@ -211,6 +211,7 @@ def list_models(store: Store) -> list[dict[str, Any]]:
         out.append(
             {
                 **pointer,
+                "name": name,  # the key's: a pointer edited by hand may have lost its own
                 "metrics": doc.get("metrics"),
                 "model_type": spec.get("type"),
                 "task": spec.get("task"),

@@ -372,7 +372,9 @@ def _format_errors(exc: ValidationError) -> str:
             msg = "unknown field"
         elif err["type"] == "string_pattern_mismatch":  # say what was given, too
             msg = f"{err['input']!r} does not match {err['ctx']['pattern']}"
-        found.setdefault(".".join(loc) or "spec", []).append(msg)
+        messages = found.setdefault(".".join(loc) or "spec", [])
+        if msg not in messages:  # a key given twice in the JSON is reported twice
+            messages.append(msg)
     return "invalid job spec: " + "; ".join(f"{w}: {' or '.join(m)}" for w, m in found.items())
 
 

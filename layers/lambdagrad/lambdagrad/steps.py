@@ -305,7 +305,10 @@ def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
             f"dataset.uri: {spec.dataset.uri} is a job's or the registry's own file, not a "
             "dataset: a job trains on data under datasets/ (or anywhere else in the bucket)"
         )
-    data = store.get_bytes(key, bucket=bucket)
+    try:
+        data = store.get_bytes(key, bucket=bucket)
+    except MissingObjectError as exc:
+        raise MissingObjectError(f"dataset.uri: {exc}") from None
     return read_training_data(data, source=key.rsplit("/", 1)[-1], spec=spec)
 
 

@@ -271,6 +271,35 @@ def test_status_of_a_stopped_stack_job_says_so(engine, tmp_path, capsys):
     engine.reset()
 
 
+def test_a_dataset_no_job_may_read_is_refused_before_anything_starts(engine, tmp_path, capsys):
+    """Prepare refuses it; the CLI said so only after uploading the spec (submit) or
+    starting the execution (train, sweep)."""
+    from lambdagrad.client import StackClient
+
+    flags = stack_flags(engine)
+    stack = StackClient.from_outputs(engine.outputs, engine.client)
+    spec = tmp_path / "job.json"
+    doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
+    for uri, message in (
+        ("s3://someone-elses-bucket/datasets/d.csv", "is not in this stack's bucket"),
+        (f"s3://{stack.bucket}/jobs/other/shards/0.npz", "is a job's or the registry's own file"),
+    ):
+        doc["dataset"]["uri"] = uri
+        spec.write_text(json.dumps(doc))
+        before = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)
+        for argv in (
+            ["submit", str(spec)],
+            ["train", "--config", str(spec), "--out", str(tmp_path / "r")],
+            ["sweep", "--config", str(spec), "--lr", "0.1,0.2", "--out", str(tmp_path / "s")],
+        ):
+            assert main([*argv, "--quiet", *flags]) == 1, argv
+            assert f"error: dataset.uri: {uri} {message}" in capsys.readouterr().err
+        after = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)
+        assert after["executions"] == before["executions"]
+        assert not stack.store.list_keys("jobs/incoming/")
+    engine.reset()
+
+
 def sweep_args(engine, out, *extra: str) -> list[str]:
     return [
         "sweep",

@@ -49,7 +49,7 @@ from lambdagrad.models import ModelError
 from lambdagrad.registry import RegistryError, list_models, load_registered, lookup, promote
 from lambdagrad.resume import ResumeError
 from lambdagrad.spec import JobSpec, SpecError, parse_spec
-from lambdagrad.steps import check_sizes, split_and_scaler
+from lambdagrad.steps import check_dataset_uri, check_sizes, split_and_scaler
 from lambdagrad.store import JobKeys, StoreError, is_claim_key
 from lambdagrad.sweep import SweepError
 from lambdagrad.tabular import read_features, read_labelled
@@ -355,6 +355,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # a new job: of earlier jobs in this run directory only their claims come back (their
     # ids stay taken); their datasets and checkpoints stay on disk for `resume`
     with open_stack(args, state_dir=out / STATE_DIRNAME, restore=is_claim_key) as stack:
+        if not local_data:  # before anything starts, not in Prepare
+            check_dataset_uri(spec.dataset.uri, stack.bucket)
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
         spec = spec.model_copy(
             update={"job_id": job_id, "dataset": spec.dataset.model_copy(update={"uri": uri})}
@@ -907,6 +909,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with open_stack(args) as stack:
         if args.data:
             doc["dataset"]["uri"] = stack.upload_dataset(Path(args.data))
+        else:  # before the spec is uploaded (which starts the job), not in Prepare
+            check_dataset_uri(str((doc.get("dataset") or {}).get("uri")), stack.bucket)
         # ASCII only (an event's key and the CLI's must be one string), and unique: the same
         # file submitted twice in a second is two jobs, not one key overwritten
         stem = "".join(
@@ -1141,6 +1145,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / sweep_id
     _check_sweep_out(out, overwrite=args.overwrite)
     with open_stack(args) as stack:
+        if not local_data:  # before anything starts, not in each point's Prepare
+            check_dataset_uri(spec.dataset.uri, stack.bucket)
         uri = stack.upload_dataset(Path(args.data)) if local_data else spec.dataset.uri
         for point in points:
             point["spec"]["dataset"]["uri"] = uri

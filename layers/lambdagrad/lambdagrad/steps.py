@@ -292,19 +292,26 @@ def _claim(store: Store, keys: JobKeys, execution: str | None, started: str | No
         )
 
 
-def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
-    """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
-    bucket, key = parse_s3_uri(spec.dataset.uri)
-    if bucket != store.bucket:  # the functions' roles read their own bucket only
+def check_dataset_uri(uri: str, bucket: str) -> tuple[str, str]:
+    """The dataset's bucket and key if a job of the stack whose bucket is ``bucket`` may
+    train on it, else SpecError: Prepare's rule, which the CLI applies before it starts."""
+    dataset_bucket, key = parse_s3_uri(uri)
+    if dataset_bucket != bucket:  # the functions' roles read their own bucket only
         raise SpecError(
-            f"dataset.uri: {spec.dataset.uri} is not in this stack's bucket {store.bucket}: "
+            f"dataset.uri: {uri} is not in this stack's bucket {bucket}: "
             "copy it there (under datasets/), or give the CLI the local file (it uploads it)"
         )
     if key.startswith(("jobs/", "models/")):  # another job's shards, checkpoints, model
         raise SpecError(
-            f"dataset.uri: {spec.dataset.uri} is a job's or the registry's own file, not a "
+            f"dataset.uri: {uri} is a job's or the registry's own file, not a "
             "dataset: a job trains on data under datasets/ (or anywhere else in the bucket)"
         )
+    return dataset_bucket, key
+
+
+def _read_dataset(store: Store, spec: JobSpec) -> tuple[JobSpec, Dataset]:
+    """The dataset, and the spec with an mlp's ``auto`` task decided from the labels."""
+    bucket, key = check_dataset_uri(spec.dataset.uri, store.bucket)
     try:
         data = store.get_bytes(key, bucket=bucket)
     except MissingObjectError as exc:

@@ -250,7 +250,9 @@ def test_status_of_a_stopped_stack_job_says_so(engine, tmp_path, capsys):
     flags = stack_flags(engine)
     spec = tmp_path / "long.json"
     doc = json.loads((EVENTS / "jobs" / "houses-linear.json").read_text())
-    doc["training"] = {"rounds": 100_000, "workers": 2}
+    # segments of 5 rounds: the running one (an Express child, which a stop of its parent
+    # does not stop) ends soon after, instead of training on through the tests that follow
+    doc["training"] = {"rounds": 100_000, "workers": 2, "segment_rounds": 5}
     spec.write_text(json.dumps(doc))
     assert main(["submit", str(spec), "--data", str(HOUSES), "--quiet", *flags]) == 0
     job_id = capsys.readouterr().out.split()[0]
@@ -268,6 +270,13 @@ def test_status_of_a_stopped_stack_job_says_so(engine, tmp_path, capsys):
     assert f"{job_id}: STOPPED, round " in out
     resume = f"lambdagrad resume {job_id} --stack {engine.stack_name} --region {engine.region}"
     assert f"ABORTED: its execution was stopped; continue it with: {resume}" in out
+    segments = engine.outputs["SegmentStateMachineArn"]
+    for _ in range(300):  # the last segment ends within its 5 rounds
+        running = sfn.list_executions(stateMachineArn=segments, statusFilter="RUNNING")
+        if not running["executions"]:
+            break
+        time.sleep(0.1)
+    assert not running["executions"]
     engine.reset()
 
 
@@ -287,6 +296,7 @@ def test_a_dataset_no_job_may_read_is_refused_before_anything_starts(engine, tmp
         doc["dataset"]["uri"] = uri
         spec.write_text(json.dumps(doc))
         before = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)
+        uploads = stack.store.list_keys("jobs/incoming/")
         for argv in (
             ["submit", str(spec)],
             ["train", "--config", str(spec), "--out", str(tmp_path / "r")],
@@ -296,7 +306,7 @@ def test_a_dataset_no_job_may_read_is_refused_before_anything_starts(engine, tmp
             assert f"error: dataset.uri: {uri} {message}" in capsys.readouterr().err
         after = stack.sfn.list_executions(stateMachineArn=stack.state_machine_arn)
         assert after["executions"] == before["executions"]
-        assert not stack.store.list_keys("jobs/incoming/")
+        assert stack.store.list_keys("jobs/incoming/") == uploads
     engine.reset()
 
 

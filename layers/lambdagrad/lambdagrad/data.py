@@ -316,8 +316,8 @@ def _read_csv(
     def features_of(cells: list[list[str]], lines: list[int]) -> np.ndarray:
         try:
             return _to_float(cells, lines, feature_names, source, plain)
-        except DataError as exc:  # an id or a note among the columns trained on?
-            if wanted is not None or features_only or " is not a number" not in str(exc):
+        except CellNotNumberError as exc:  # an id or a note among the columns trained on?
+            if wanted is not None or features_only:
                 raise
             raise DataError(
                 f"{exc} (a column that is not a feature is left out with --exclude, "
@@ -424,7 +424,12 @@ def _column_to_float(
     return _numbers(cells, places, odd, source, lines)
 
 
-class LabelNotNumberError(DataError):
+class CellNotNumberError(DataError):
+    """A cell that is not a number where one was needed: the callers that know what the
+    column is can say what to do about it."""
+
+
+class LabelNotNumberError(CellNotNumberError):
     """A regression label cell that is not a number: perhaps the column holds classes, which
     the caller, knowing the model, can say what to do about."""
 
@@ -436,9 +441,7 @@ def _regression_labels_of(
     is not one)."""
     try:
         return _column_to_float(cells, lines, name, source, plain)
-    except DataError as exc:
-        if not str(exc).endswith("is not a number"):
-            raise
+    except CellNotNumberError as exc:
         raise LabelNotNumberError(str(exc)) from None
 
 
@@ -484,7 +487,7 @@ def _check_cell(cell: str, source: str, line: int, name: str) -> float:
             raise ValueError(s)
         value = float(s)
     except ValueError:
-        raise DataError(f"{where}: {s!r} is not a number") from None
+        raise CellNotNumberError(f"{where}: {s!r} is not a number") from None
     if not math.isfinite(value):
         raise DataError(f"{where}: {s!r} is not a finite number")
     return value

@@ -1228,34 +1228,34 @@ def _cost_line(cost: dict[str, Any]) -> str:
 
 def _template_settings(args: argparse.Namespace) -> tuple[Any, dict[str, float], str]:
     """What the bill depends on in the template: each function's memory, SegmentSeconds
-    and RoundFunctionTimeout (their defaults), and where they came from."""
+    and RoundFunctionTimeout (their defaults), and where they came from (without a
+    template, the defaults of this version's)."""
     from lambdagrad.cost import (
         DEFAULT_ROUND_FUNCTION_TIMEOUT,
         DEFAULT_SEGMENT_SECONDS,
         FunctionMemory,
         template_parameter,
     )
+    from lambdagrad.local.sam import TemplateError, load_template
 
+    template: dict[str, Any] = {}
     try:
         path = Path(args.template) if args.template else find_template()
     except CliError:
-        limits = {
-            "segment_seconds": DEFAULT_SEGMENT_SECONDS,
-            "round_function_timeout": DEFAULT_ROUND_FUNCTION_TIMEOUT,
-        }
-        return FunctionMemory(), limits, "default (no template.yaml found)"
-    from lambdagrad.local.sam import TemplateError, load_template
-
-    try:
-        template = load_template(path)
-    except TemplateError as exc:
-        raise CliError(f"--template: {exc}") from None
+        path = None
+    if path is not None:
+        try:
+            template = load_template(path)
+        except TemplateError as exc:
+            raise CliError(f"--template: {exc}") from None
     limits = {
         "segment_seconds": template_parameter(template, "SegmentSeconds", DEFAULT_SEGMENT_SECONDS),
         "round_function_timeout": template_parameter(
             template, "RoundFunctionTimeout", DEFAULT_ROUND_FUNCTION_TIMEOUT
         ),
     }
+    if path is None:
+        return FunctionMemory(), limits, "default (no template.yaml found)"
     return FunctionMemory.from_template(template), limits, str(path)
 
 

@@ -195,8 +195,8 @@ class StackClient:
             if not self.embedded:  # one process owns an embedded stack (and its run dir lock)
                 self._refuse_a_racing_resume(job_id, n)
             # a stopped execution's status names it: never mistake its end for the new one's
-            if self.status(job_id).get("execution"):
-                self._stale.setdefault(job_id, set()).add(self.status(job_id)["execution"])
+            if stopped := self.status(job_id).get("execution"):
+                self._stale.setdefault(job_id, set()).add(stopped)
             mark_resuming(self.store, job_id, start)
             started = self.sfn.start_execution(
                 stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(start)
